@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+
+pub mod buildinfo;
+pub mod db;
+pub mod desc;
+pub mod package;
+pub mod pkginfo;
+pub mod sign;
+pub mod srcinfo;
+pub mod version;
