@@ -1,0 +1,204 @@
+//! Every real `.SRCINFO` of the shared corpus (`../shared/corpus/srcinfo/*/.SRCINFO`, next to
+//! the repository, never copied into it) parses to the package names and version its
+//! `INDEX.tsv` lists; the broken ones give clear errors. Skipped with a notice when the corpus is
+//! absent (a fresh clone has none).
+
+use std::path::PathBuf;
+
+use pacmesh_repo::srcinfo::{SrcInfo, SrcInfoError};
+
+fn corpus_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/srcinfo");
+    dir.join("INDEX.tsv").is_file().then_some(dir)
+}
+
+struct Row {
+    dir: String,
+    npkgs: usize,
+    version: String,
+    pkgnames: Vec<String>,
+    /// The INDEX cuts long name lists with a trailing `…`.
+    names_truncated: bool,
+    regen: String,
+}
+
+fn read_index(dir: &std::path::Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(dir.join("INDEX.tsv")).expect("read INDEX.tsv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("INDEX header").split('\t').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("INDEX.tsv has no `{name}` column: {header:?}"))
+    };
+    let (c_dir, c_n, c_ver, c_names, c_regen) = (
+        col("dir"),
+        col("npkgs"),
+        col("version"),
+        col("pkgnames"),
+        col("regen_vs_makepkg_6.0.2"),
+    );
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let get = |i: usize| f.get(i).copied().unwrap_or("").to_owned();
+            let mut pkgnames: Vec<String> =
+                get(c_names).split_whitespace().map(str::to_owned).collect();
+            let names_truncated = pkgnames.last().is_some_and(|n| n == "…");
+            if names_truncated {
+                pkgnames.pop();
+            }
+            Row {
+                dir: get(c_dir),
+                npkgs: get(c_n).parse().expect("npkgs is a number"),
+                version: get(c_ver),
+                pkgnames,
+                names_truncated,
+                regen: get(c_regen),
+            }
+        })
+        .collect()
+}
+
+/// The file without comment lines, for comparing with what `Display` writes.
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn squash_ws(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn corpus_parses_to_index() {
+    let Some(dir) = corpus_dir() else {
+        eprintln!(
+            "SKIPPED corpus_parses_to_index: no corpus at {}/../../shared/corpus/srcinfo",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        return;
+    };
+    let rows = read_index(&dir);
+    assert!(
+        rows.len() >= 50,
+        "INDEX.tsv lists only {} folders",
+        rows.len()
+    );
+    let (mut ok, mut rejected, mut rewritten) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for row in &rows {
+        let path = dir.join(&row.dir).join(".SRCINFO");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let result = SrcInfo::from_bytes(&bytes);
+        if row.npkgs == 0 {
+            // The INDEX marks a file with no packages (the 0-byte one): it must be refused clearly.
+            match result {
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("empty .SRCINFO"),
+                        "{}: unclear error {msg:?}",
+                        row.dir
+                    );
+                    if bytes.is_empty() {
+                        assert_eq!(e, SrcInfoError::Empty);
+                    }
+                    eprintln!("{}: rejected as expected: {msg}", row.dir);
+                    rejected += 1;
+                }
+                Ok(s) => failures.push(format!("{}: expected an error, parsed {s:?}", row.dir)),
+            }
+            continue;
+        }
+        let info = match result {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(format!("{}: {e}", row.dir));
+                continue;
+            }
+        };
+        let names = info.pkgnames();
+        if names.len() != row.npkgs {
+            failures.push(format!(
+                "{}: {} packages, INDEX says {}",
+                row.dir,
+                names.len(),
+                row.npkgs
+            ));
+        }
+        let listed = if row.names_truncated {
+            &names[..row.pkgnames.len().min(names.len())]
+        } else {
+            &names[..]
+        };
+        if listed != row.pkgnames {
+            failures.push(format!(
+                "{}: pkgnames {names:?}, INDEX says {:?}",
+                row.dir, row.pkgnames
+            ));
+        }
+        if info.version() != row.version {
+            failures.push(format!(
+                "{}: version {}, INDEX says {}",
+                row.dir,
+                info.version(),
+                row.version
+            ));
+        }
+        // Resolving every package and every source must not panic and must agree with the names.
+        for (p, name) in info.packages().iter().zip(&names) {
+            assert_eq!(p.pkgname, *name);
+            assert_eq!(p.version, info.version());
+        }
+        let _ = info.all_sources();
+        // Writing back gives makepkg's text for files makepkg wrote.
+        let text = String::from_utf8_lossy(&bytes);
+        let written = info.to_string();
+        match row.regen.as_str() {
+            "identical" => {
+                if written != without_comments(&text) {
+                    failures.push(format!("{}: Display differs from the file", row.dir));
+                } else {
+                    rewritten += 1;
+                }
+            }
+            _ => {
+                if squash_ws(&written) != squash_ws(&text) {
+                    failures.push(format!(
+                        "{}: Display differs from the file beyond whitespace",
+                        row.dir
+                    ));
+                } else {
+                    rewritten += 1;
+                }
+            }
+        }
+        // And parsing what we wrote gives the same value.
+        assert_eq!(
+            SrcInfo::parse(&written).as_ref(),
+            Ok(&info),
+            "{}: re-parse",
+            row.dir
+        );
+        ok += 1;
+    }
+    eprintln!(
+        "corpus: {ok} parsed and matched INDEX.tsv, {rejected} rejected as expected, \
+         {rewritten} written back identically, {} failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "corpus failures:\n{}",
+        failures.join("\n")
+    );
+}
