@@ -1,0 +1,254 @@
+//! Synthetic packages for tests and benchmarks (cargo feature `testutil`).
+//!
+//! A [`SyntheticPackage`] is a valid pacman package: a tar (zstd by default)
+//! with `.PKGINFO`, `.BUILDINFO` and a few files under parent directories,
+//! entries written like makepkg does (directories with a trailing `/`),
+//! deterministic for a given description.
+//!
+//! ```
+//! # #[cfg(feature = "testutil")] {
+//! use pacmesh_repo::package::{read_package, testutil::SyntheticPackage};
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = SyntheticPackage::rich("demo", "1:2.0-3").write_to(dir.path()).unwrap();
+//! let info = read_package(&path).unwrap();
+//! assert_eq!(info.pkginfo.pkgname, "demo");
+//! # }
+//! ```
+
+use super::Compression;
+use crate::db::TarWriter;
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Description of a package to generate.
+#[derive(Debug, Clone)]
+pub struct SyntheticPackage {
+    /// `pkgname`
+    pub name: String,
+    /// Full version `[epoch:]pkgver-pkgrel`.
+    pub version: String,
+    /// `arch`
+    pub arch: String,
+    /// `builddate`, also the mtime of the members.
+    pub builddate: u64,
+    /// `.PKGINFO` lines after the standard ones, as `(key, value)`.
+    pub lines: Vec<(String, String)>,
+    /// Regular files `(path, contents)`; parent directories are added.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Archive compression.
+    pub compression: Compression,
+}
+
+impl SyntheticPackage {
+    /// A minimal package with one file, `usr/share/NAME/README`.
+    pub fn new(name: &str, version: &str) -> Self {
+        SyntheticPackage {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            arch: "x86_64".to_owned(),
+            builddate: 1_700_000_000,
+            lines: vec![
+                ("pkgbase".into(), name.to_owned()),
+                ("pkgdesc".into(), format!("Synthetic package {name}")),
+                ("url".into(), "https://example.invalid/".into()),
+                (
+                    "packager".into(),
+                    "pacmesh tests <tests@pacmesh.invalid>".into(),
+                ),
+                ("license".into(), "MIT".into()),
+            ],
+            files: vec![(
+                format!("usr/share/{name}/README"),
+                format!("{name} {version}\n").into_bytes(),
+            )],
+            compression: Compression::Zstd,
+        }
+    }
+
+    /// A package using every field repo-add copies: several depends,
+    /// optdepends with descriptions, versioned provides, groups, licenses,
+    /// replaces, conflicts, backup, check/make depends, xdata.
+    pub fn rich(name: &str, version: &str) -> Self {
+        let mut p = Self::new(name, version);
+        for (k, v) in [
+            ("license", "Apache-2.0"),
+            ("license", "custom:weird license"),
+            ("group", "pacmesh-group"),
+            ("group", "other-group"),
+            ("replaces", "old-name"),
+            ("replaces", "older-name<1.0"),
+            ("conflict", "conflicting-pkg"),
+            ("conflict", "other>=2:1.0"),
+            ("backup", "etc/example.conf"),
+            ("depend", "glibc"),
+            ("depend", "sh>=1.0"),
+            ("depend", "libfoo.so=1-64"),
+            ("optdepend", "python: for the helper script"),
+            ("optdepend", "bash-completion: completions"),
+            ("makedepend", "cmake"),
+            ("makedepend", "ninja"),
+            ("checkdepend", "python-pytest"),
+            ("xdata", "pkgtype=pkg"),
+        ] {
+            p.lines.push((k.into(), v.into()));
+        }
+        p.lines
+            .push(("provides".into(), format!("{name}-virtual={version}")));
+        p.lines.push(("provides".into(), "libbar.so=2-64".into()));
+        p.files
+            .push(("etc/example.conf".into(), b"key=value\n".to_vec()));
+        p.files
+            .push((format!("usr/bin/{name}"), b"#!/bin/sh\necho hi\n".to_vec()));
+        p
+    }
+
+    /// Add a `.PKGINFO` line.
+    pub fn line(mut self, key: &str, value: &str) -> Self {
+        self.lines.push((key.into(), value.into()));
+        self
+    }
+
+    /// Add a file.
+    pub fn file(mut self, path: &str, contents: &[u8]) -> Self {
+        self.files.push((path.into(), contents.to_vec()));
+        self
+    }
+
+    /// Set the compression.
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+
+    /// `NAME-VERSION-ARCH.pkg.tar.EXT`
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}-{}-{}.pkg.{}",
+            self.name,
+            self.version,
+            self.arch,
+            self.compression.extension()
+        )
+    }
+
+    /// The `.PKGINFO` text, in makepkg's layout.
+    pub fn pkginfo_text(&self) -> String {
+        let size: usize = self.files.iter().map(|f| f.1.len()).sum();
+        let mut s = String::from("# Generated by makepkg 6.0.2\n# using fakeroot version 1.31\n");
+        s.push_str(&format!("pkgname = {}\n", self.name));
+        s.push_str(&format!("pkgver = {}\n", self.version));
+        s.push_str(&format!("builddate = {}\n", self.builddate));
+        s.push_str(&format!("size = {size}\n"));
+        s.push_str(&format!("arch = {}\n", self.arch));
+        for (k, v) in &self.lines {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        s
+    }
+
+    /// The package archive.
+    pub fn archive_bytes(&self) -> Vec<u8> {
+        let pkginfo = self.pkginfo_text();
+        let buildinfo = format!(
+            "format = 2\npkgname = {}\npkgver = {}\n",
+            self.name, self.version
+        );
+        let mut members: Vec<(String, Option<Vec<u8>>)> = vec![
+            (".BUILDINFO".into(), Some(buildinfo.into_bytes())),
+            (".PKGINFO".into(), Some(pkginfo.into_bytes())),
+        ];
+        let mut dirs = BTreeSet::new();
+        for (p, _) in &self.files {
+            let mut acc = String::new();
+            let parts: Vec<&str> = p.split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                acc.push_str(part);
+                acc.push('/');
+                dirs.insert(acc.clone());
+            }
+        }
+        let mut rest: Vec<(String, Option<Vec<u8>>)> =
+            dirs.into_iter().map(|d| (d, None)).collect();
+        rest.extend(self.files.iter().map(|(p, c)| (p.clone(), Some(c.clone()))));
+        rest.sort();
+        members.extend(rest);
+        let mut tw = TarWriter::new();
+        for (p, c) in &members {
+            match c {
+                None => tw.dir(p, 0o755, self.builddate),
+                Some(c) => tw.file(p, 0o644, c, self.builddate),
+            }
+        }
+        self.compression
+            .compress(&tw.finish())
+            .expect("in-memory compression")
+    }
+
+    /// Write the package into `dir` under [`Self::file_name`].
+    pub fn write_to(&self, dir: &Path) -> io::Result<PathBuf> {
+        let path = dir.join(self.file_name());
+        std::fs::write(&path, self.archive_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Write an arbitrary archive: `members` are `(path, Some(contents))` files
+/// or `(path, None)` directories, in the given order. For hostile-input tests.
+pub fn write_raw_package(
+    dir: &Path,
+    file_name: &str,
+    members: &[(&str, Option<&[u8]>)],
+    compression: Compression,
+) -> io::Result<PathBuf> {
+    let mut tw = TarWriter::new();
+    for (p, c) in members {
+        match c {
+            None => tw.dir(p, 0o755, 0),
+            Some(c) => tw.file(p, 0o644, c, 0),
+        }
+    }
+    let path = dir.join(file_name);
+    std::fs::write(&path, compression.compress(&tw.finish())?)?;
+    Ok(path)
+}
+
+/// `n` varied synthetic packages (names `synth-00000`…), deterministic for a
+/// `seed`; every fourth one is [`SyntheticPackage::rich`].
+pub fn generate(n: usize, seed: u64) -> Vec<SyntheticPackage> {
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    (0..n)
+        .map(|i| {
+            let name = format!("synth-{i:05}");
+            let version = format!(
+                "{}.{}.{}-{}",
+                next() % 10,
+                next() % 30,
+                next() % 100,
+                1 + next() % 3
+            );
+            let mut p = if i % 4 == 0 {
+                SyntheticPackage::rich(&name, &version)
+            } else {
+                SyntheticPackage::new(&name, &version)
+            };
+            let nfiles = (next() % 12) as usize;
+            for j in 0..nfiles {
+                let len = (next() % 2048) as usize;
+                let byte = (next() % 251) as u8;
+                p.files.push((
+                    format!("usr/lib/{name}/mod{j}/file{j}.dat"),
+                    vec![byte; len],
+                ));
+            }
+            p
+        })
+        .collect()
+}
