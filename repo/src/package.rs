@@ -134,7 +134,13 @@ impl Compression {
                 e.write_all(data)?;
                 e.finish()?
             }
-            Compression::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL)?,
+            Compression::Zstd => {
+                // Like the zstd CLI (which repo-add and makepkg use): with a
+                // content checksum.
+                let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+                c.include_checksum(true)?;
+                c.compress(data)?
+            }
         })
     }
 }
