@@ -108,6 +108,9 @@ pub enum BuildInfoLineError {
     /// Not of the form `key = value`.
     #[error("expected `key = value`")]
     NotKeyValue,
+    /// A NUL byte, which no text file has (this is probably a binary file).
+    #[error("NUL byte (is this a binary file?)")]
+    NulByte,
     /// A key BUILDINFO does not have.
     #[error("unknown key `{key}`")]
     UnknownKey {
@@ -307,22 +310,30 @@ impl BuildInfo {
             let line_no = i + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
             let trimmed = line.trim_matches(|c| c == ' ' || c == '\t');
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            any = true;
             let err = |kind: BuildInfoLineError| BuildInfoError::Line {
                 line: line_no,
                 text: quote(line),
                 kind,
             };
+            if line.contains('\0') {
+                return Err(err(BuildInfoLineError::NulByte));
+            }
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            any = true;
             let Some((key, value)) = trimmed.split_once('=') else {
                 return Err(err(BuildInfoLineError::NotKeyValue));
             };
             let key = key.trim_matches(|c| c == ' ' || c == '\t');
             let value = value.trim_matches(|c| c == ' ' || c == '\t');
-            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if key.is_empty() {
                 return Err(err(BuildInfoLineError::NotKeyValue));
+            }
+            if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(err(BuildInfoLineError::UnknownKey {
+                    key: key.to_owned(),
+                }));
             }
             let invalid = |reason: String| {
                 err(BuildInfoLineError::InvalidValue {

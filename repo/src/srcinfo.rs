@@ -187,6 +187,15 @@ pub enum LineErrorKind {
     /// Not of the form `key = value`.
     #[error("expected `key = value`")]
     NotKeyValue,
+    /// A key with characters other than letters, digits and `_`.
+    #[error("invalid key `{key}` (keys are letters, digits and _)")]
+    InvalidKey {
+        /// The key found.
+        key: String,
+    },
+    /// A NUL byte, which no text file has (this is probably a binary file).
+    #[error("NUL byte (is this a binary file?)")]
+    NulByte,
     /// A field before the `pkgbase = ...` line.
     #[error("`{key}` before the `pkgbase = ...` line that must open the file")]
     BeforePkgbase {
@@ -253,7 +262,11 @@ pub enum LineErrorKind {
     #[error("no `pkgname = ...` section follows the pkgbase section")]
     NoPackages,
     /// A checksum array whose length differs from its source array.
-    #[error("{key} has {sums} entries but {source_key} has {sources}")]
+    #[error(
+        "{key} has {} but {source_key} has {}: every source needs one checksum of each kind used",
+        count(*sums, "checksum"),
+        count(*sources, "source")
+    )]
     ChecksumCount {
         /// The checksum key, e.g. `sha256sums_x86_64`.
         key: String,
@@ -944,6 +957,14 @@ fn check_checksum(kind: &str, value: &str) -> Result<(), String> {
     }
 }
 
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn quote(line: &str) -> String {
     if line.chars().count() > MAX_QUOTED_LINE {
         let mut s: String = line.chars().take(MAX_QUOTED_LINE).collect();
@@ -977,21 +998,27 @@ impl Parser {
             let line_no = i + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
             let trimmed = line.trim_matches(|c| c == ' ' || c == '\t');
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
             let err = |kind: LineErrorKind| SrcInfoError::Line {
                 line: line_no,
                 text: quote(line),
                 kind,
             };
+            if line.contains('\0') {
+                return Err(err(LineErrorKind::NulByte));
+            }
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
             let Some((key, value)) = trimmed.split_once('=') else {
                 return Err(err(LineErrorKind::NotKeyValue));
             };
             let key = key.trim_matches(|c| c == ' ' || c == '\t');
             let value = value.trim_matches(|c| c == ' ' || c == '\t');
-            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if key.is_empty() {
                 return Err(err(LineErrorKind::NotKeyValue));
+            }
+            if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(err(LineErrorKind::InvalidKey { key: key.into() }));
             }
             self.line(line_no, key, value).map_err(err)?;
         }
