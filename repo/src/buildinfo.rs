@@ -309,7 +309,7 @@ impl BuildInfo {
         for (i, raw) in text.split('\n').enumerate() {
             let line_no = i + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
-            let trimmed = line.trim_matches(|c| c == ' ' || c == '\t');
+            let trimmed = line.trim_matches(is_space);
             let err = |kind: BuildInfoLineError| BuildInfoError::Line {
                 line: line_no,
                 text: quote(line),
@@ -325,8 +325,8 @@ impl BuildInfo {
             let Some((key, value)) = trimmed.split_once('=') else {
                 return Err(err(BuildInfoLineError::NotKeyValue));
             };
-            let key = key.trim_matches(|c| c == ' ' || c == '\t');
-            let value = value.trim_matches(|c| c == ' ' || c == '\t');
+            let key = key.trim_matches(is_space);
+            let value = value.trim_matches(is_space);
             if key.is_empty() {
                 return Err(err(BuildInfoLineError::NotKeyValue));
             }
@@ -547,6 +547,11 @@ fn check_size(size: usize) -> Result<(), BuildInfoError> {
         });
     }
     Ok(())
+}
+
+/// Whitespace trimmed around keys and values: bash's `[[:space:]]` minus the newline.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\x0b' | '\x0c')
 }
 
 #[cfg(test)]

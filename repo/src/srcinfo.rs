@@ -997,7 +997,7 @@ impl Parser {
         for (i, raw) in text.split('\n').enumerate() {
             let line_no = i + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
-            let trimmed = line.trim_matches(|c| c == ' ' || c == '\t');
+            let trimmed = line.trim_matches(is_space);
             let err = |kind: LineErrorKind| SrcInfoError::Line {
                 line: line_no,
                 text: quote(line),
@@ -1012,8 +1012,8 @@ impl Parser {
             let Some((key, value)) = trimmed.split_once('=') else {
                 return Err(err(LineErrorKind::NotKeyValue));
             };
-            let key = key.trim_matches(|c| c == ' ' || c == '\t');
-            let value = value.trim_matches(|c| c == ' ' || c == '\t');
+            let key = key.trim_matches(is_space);
+            let value = value.trim_matches(is_space);
             if key.is_empty() {
                 return Err(err(LineErrorKind::NotKeyValue));
             }
@@ -1191,6 +1191,11 @@ impl Parser {
             packages: self.packages,
         })
     }
+}
+
+/// Whitespace trimmed around keys and values: bash's `[[:space:]]` minus the newline.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\x0b' | '\x0c')
 }
 
 #[cfg(test)]
