@@ -308,6 +308,16 @@ impl OpenPgpKey {
     }
 }
 
+impl crate::db::DetachedSigner for OpenPgpKey {
+    /// A binary detached signature created now; see [`OpenPgpKey::sign_detached`].
+    fn sign_detached(
+        &self,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        OpenPgpKey::sign_detached(self, data).map_err(Into::into)
+    }
+}
+
 /// Verify a detached OpenPGP signature (binary or armored) over `data` with a transferable public
 /// key (binary or armored). Succeeds only for a binary-document (type 0x00) signature, made by
 /// the key's primary key, whose key self-signatures are valid. Never panics on malformed input.

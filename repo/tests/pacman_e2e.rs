@@ -10,9 +10,10 @@
 //! Needs root (pacman insists on it even with `--root`), pacman, pacman-key, gpg and repo-add;
 //! otherwise the test prints a notice and passes without checking anything.
 //!
-//! The package is written by hand (tar + zstd). The repository database is written by
-//! `repo-add`, and every signature is made by `pacmesh_repo::sign`, so this test proves the
-//! OpenPGP part independently of the database writer.
+//! The package is written by hand (tar + zstd). Databases are written by pacmesh's own writer
+//! (`pacmesh_repo::db::repo_add`, signing through `DetachedSigner`), and once by the shell
+//! `repo-add` with signatures from `pacmesh_repo::sign`, which proves the OpenPGP part
+//! independently of the database writer.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pacmesh_repo::db::{AddOptions, DetachedSigner, repo_add};
 use pacmesh_repo::sign::{self, OpenPgpKey};
 
 const SEED_PUBLISHER: [u8; 32] = *b"pacmesh e2e publisher seed 32 b!";
@@ -255,38 +257,63 @@ fn make_package(hello: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // repositories
 
-/// Write `dir/PKGFILE` (+ `.sig` made over `signed_pkg` by `pkg_signer`), create the database
-/// with repo-add (which embeds the package signature as %PGPSIG%), and sign the database with
-/// `db_signer` (no `.sig` when `None`).
+/// Which tool writes the repository database.
+#[derive(Clone, Copy)]
+enum Writer {
+    /// `pacmesh_repo::db::repo_add` (signs the database, and the package when it has no `.sig`).
+    Pacmesh,
+    /// The shell `repo-add`, with the database signed afterwards by `pacmesh_repo::sign`.
+    RepoAdd,
+}
+
+/// Write `dir/PKGFILE`; with `pkg_sig = Some((signed_bytes, key))` also `PKGFILE.sig` made by
+/// `key` over `signed_bytes` (which may differ from `pkg`: "changed after signing"). Then write
+/// the database `pacmesh` with `writer`, signed by `db_signer` (no `.sig` when `None`). Both
+/// writers embed the package signature as `%PGPSIG%`.
 fn make_repo(
+    writer: Writer,
     dir: &Path,
     pkg: &[u8],
-    signed_pkg: &[u8],
-    pkg_signer: &OpenPgpKey,
+    pkg_sig: Option<(&[u8], &OpenPgpKey)>,
     db_signer: Option<&OpenPgpKey>,
 ) {
     std::fs::create_dir_all(dir).unwrap();
     let pkg_path = dir.join(PKGFILE);
     std::fs::write(&pkg_path, pkg).unwrap();
-    std::fs::write(
-        dir.join(format!("{PKGFILE}.sig")),
-        pkg_signer.sign_detached(signed_pkg).unwrap(),
-    )
-    .unwrap();
-    let o = run(
-        tool("repo-add")
-            .arg("--quiet")
-            .arg(dir.join("pacmesh.db.tar.gz"))
-            .arg(&pkg_path),
-        Duration::from_secs(120),
-    );
-    check(o, "repo-add");
-    let db = std::fs::read(dir.join("pacmesh.db")).expect("repo-add made pacmesh.db");
-    if let Some(signer) = db_signer {
-        let sig = signer.sign_detached(&db).unwrap();
-        std::fs::write(dir.join("pacmesh.db.sig"), &sig).unwrap();
-        std::fs::write(dir.join("pacmesh.db.tar.gz.sig"), &sig).unwrap();
+    if let Some((signed, key)) = pkg_sig {
+        std::fs::write(
+            dir.join(format!("{PKGFILE}.sig")),
+            key.sign_detached(signed).unwrap(),
+        )
+        .unwrap();
     }
+    match writer {
+        Writer::Pacmesh => {
+            let mut opts = AddOptions::default();
+            opts.sign_packages = true;
+            let signer = db_signer.map(|k| k as &dyn DetachedSigner);
+            let report = repo_add(&dir.join("pacmesh.db.tar.zst"), &[&pkg_path], &opts, signer)
+                .expect("pacmesh repo_add");
+            assert!(report.written.is_some());
+        }
+        Writer::RepoAdd => {
+            let o = run(
+                tool("repo-add")
+                    .arg("--quiet")
+                    .arg(dir.join("pacmesh.db.tar.gz"))
+                    .arg(&pkg_path),
+                Duration::from_secs(120),
+            );
+            check(o, "repo-add");
+            let db = std::fs::read(dir.join("pacmesh.db")).expect("repo-add made pacmesh.db");
+            if let Some(signer) = db_signer {
+                let sig = signer.sign_detached(&db).unwrap();
+                std::fs::write(dir.join("pacmesh.db.sig"), &sig).unwrap();
+                std::fs::write(dir.join("pacmesh.db.tar.gz.sig"), &sig).unwrap();
+            }
+        }
+    }
+    assert!(std::fs::read(dir.join(format!("{PKGFILE}.sig"))).is_ok() || pkg_sig.is_none());
 }
 
 struct Env {
@@ -365,6 +392,8 @@ impl Env {
                 ]),
             Duration::from_secs(180),
         );
+        // Shown with --nocapture, and on failure.
+        eprintln!("=== pacman -Sy, case {name}:\n{}", text(&o));
         (root, o)
     }
 }
@@ -408,39 +437,81 @@ fn pacman_installs_from_signed_pacmesh_repo() {
     let other =
         OpenPgpKey::from_ed25519_secret(&SEED_OTHER, &sign::default_uid("e2e-other")).unwrap();
 
-    // Repositories under srv/: good, bad-pkg (package changed after signing), bad-db (database
-    // signed by another key), no-sig (database without signature).
+    // Repositories under srv/:
+    //   good          pacmesh database writer, database and package signed by the publisher
+    //   good-repo-add shell repo-add, signatures by pacmesh_repo::sign (the OpenPGP part alone)
+    //   bad-pkg       package changed by one byte after it was signed
+    //   bad-db        database signed by another derived key
+    //   no-sig        database without a signature
     let srv = tmp.path().join("srv");
     let pkg = make_package(HELLO);
     let mut hello_tampered = HELLO.to_vec();
     hello_tampered[0] ^= 0x01; // "iello": one byte changed
     let tampered_pkg = make_package(&hello_tampered);
-    make_repo(&srv.join("good"), &pkg, &pkg, &publisher, Some(&publisher));
+    assert_eq!(pkg.len(), tampered_pkg.len());
+    use Writer::{Pacmesh, RepoAdd};
+    make_repo(Pacmesh, &srv.join("good"), &pkg, None, Some(&publisher));
     make_repo(
-        &srv.join("bad-pkg"),
-        &tampered_pkg,
+        RepoAdd,
+        &srv.join("good-repo-add"),
         &pkg,
-        &publisher,
+        Some((&pkg, &publisher)),
         Some(&publisher),
     );
-    make_repo(&srv.join("bad-db"), &pkg, &pkg, &publisher, Some(&other));
-    make_repo(&srv.join("no-sig"), &pkg, &pkg, &publisher, None);
+    make_repo(
+        Pacmesh,
+        &srv.join("bad-pkg"),
+        &tampered_pkg,
+        Some((&pkg, &publisher)),
+        Some(&publisher),
+    );
+    make_repo(
+        Pacmesh,
+        &srv.join("bad-db"),
+        &pkg,
+        Some((&pkg, &publisher)),
+        Some(&other),
+    );
+    make_repo(
+        Pacmesh,
+        &srv.join("no-sig"),
+        &pkg,
+        Some((&pkg, &publisher)),
+        None,
+    );
     // Our own verifier agrees with what pacman is about to be told.
-    let good_db = std::fs::read(srv.join("good/pacmesh.db")).unwrap();
+    let public = publisher.public_key_bytes();
+    let read = |p: &str| std::fs::read(srv.join(p)).unwrap();
     sign::verify_detached(
-        &publisher.public_key_bytes(),
-        &good_db,
-        &std::fs::read(srv.join("good/pacmesh.db.sig")).unwrap(),
+        &public,
+        &read("good/pacmesh.db"),
+        &read("good/pacmesh.db.sig"),
     )
     .unwrap();
+    sign::verify_detached(
+        &public,
+        &read("good/pacmesh.files"),
+        &read("good/pacmesh.files.sig"),
+    )
+    .unwrap();
+    sign::verify_detached(&public, &pkg, &read(&format!("good/{PKGFILE}.sig"))).unwrap();
     assert!(
         sign::verify_detached(
-            &publisher.public_key_bytes(),
+            &public,
             &tampered_pkg,
-            &std::fs::read(srv.join(format!("bad-pkg/{PKGFILE}.sig"))).unwrap(),
+            &read(&format!("bad-pkg/{PKGFILE}.sig"))
         )
         .is_err()
     );
+    assert!(
+        sign::verify_detached(
+            &public,
+            &read("bad-db/pacmesh.db"),
+            &read("bad-db/pacmesh.db.sig")
+        )
+        .is_err()
+    );
+    assert!(!srv.join("no-sig/pacmesh.db.sig").exists());
 
     let server = serve(srv.clone());
     let env = Env {
@@ -488,27 +559,29 @@ fn pacman_installs_from_signed_pacmesh_repo() {
         text(&o)
     );
 
-    // 1. The good repository: database and package signatures verify, the file is installed.
-    let (root, o) = env.install("good", "good");
-    assert!(
-        o.status.success(),
-        "pacman refused the good repo: {}\nserver log: {:?}",
-        text(&o),
-        server.log.lock().unwrap()
-    );
-    let installed = root.join("usr/share/pacmesh-test/hello");
-    assert_eq!(std::fs::read(&installed).unwrap(), HELLO, "{}", text(&o));
-    assert!(
-        root.join("var/lib/pacman/local")
-            .read_dir()
-            .unwrap()
-            .any(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("pacmesh-hello-1.0-1")
-            })
-    );
+    // 1. The good repositories: database and package signatures verify, the file is installed.
+    for case in ["good", "good-repo-add"] {
+        let (root, o) = env.install(case, case);
+        assert!(
+            o.status.success(),
+            "pacman refused the {case} repo: {}\nserver log: {:?}",
+            text(&o),
+            server.log.lock().unwrap()
+        );
+        let installed = root.join("usr/share/pacmesh-test/hello");
+        assert_eq!(std::fs::read(&installed).unwrap(), HELLO, "{}", text(&o));
+        assert!(
+            root.join("var/lib/pacman/local")
+                .read_dir()
+                .unwrap()
+                .any(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("pacmesh-hello-1.0-1")
+                })
+        );
+    }
 
     // 2. Package changed by one byte after signing (the database lists the changed package's
     //    checksums, so only the OpenPGP signature can catch it).
@@ -519,14 +592,18 @@ fn pacman_installs_from_signed_pacmesh_repo() {
         text(&o)
     );
     assert!(!root.join("usr/share/pacmesh-test/hello").exists());
-    let msg = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    let msg = String::from_utf8_lossy(&o.stderr);
     assert!(
-        msg.contains("signature") || msg.contains("pgp"),
-        "refused, but not for the signature: {}",
+        msg.contains(&format!(
+            "signature from \"{}\" is invalid",
+            publisher.uid()
+        )) && msg.contains("(PGP signature)"),
+        "refused, but not for the package signature: {}",
         text(&o)
     );
 
-    // 3. Database signed by another key.
+    // 3. Database signed by another key, unknown to the keyring (pacman offers to import it,
+    //    cannot fetch it offline, and fails the sync).
     let (root, o) = env.install("bad-db", "bad-db");
     assert!(
         !o.status.success(),
@@ -534,14 +611,14 @@ fn pacman_installs_from_signed_pacmesh_repo() {
         text(&o)
     );
     assert!(!root.join("usr/share/pacmesh-test/hello").exists());
-    let msg = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    let msg = String::from_utf8_lossy(&o.stderr);
     assert!(
-        msg.contains("signature") || msg.contains("pgp") || msg.contains("key"),
-        "refused, but not for the signature: {}",
+        msg.contains(&other.fingerprint()) && msg.contains("database (PGP signature)"),
+        "refused, but not for the database signature: {}",
         text(&o)
     );
 
-    // 4. Database without a signature.
+    // 4. Database without a signature (DatabaseRequired).
     let (root, o) = env.install("no-sig", "no-sig");
     assert!(
         !o.status.success(),
@@ -549,4 +626,34 @@ fn pacman_installs_from_signed_pacmesh_repo() {
         text(&o)
     );
     assert!(!root.join("usr/share/pacmesh-test/hello").exists());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pacmesh.db.sig"),
+        "{}",
+        text(&o)
+    );
+
+    // 5. The other key is in the keyring but not locally signed: its database signature is of
+    //    unknown trust and still refused. (Last: it changes the shared keyring.)
+    let other_asc = tmp.path().join("other.asc");
+    std::fs::write(&other_asc, other.public_key_armored()).unwrap();
+    check(
+        env.pacman_key(
+            &conf,
+            &["--add", other_asc.to_str().unwrap()],
+            Duration::from_secs(120),
+        ),
+        "pacman-key --add (other)",
+    );
+    let (root, o) = env.install("bad-db-known", "bad-db");
+    assert!(
+        !o.status.success(),
+        "pacman accepted a db signed by an untrusted key: {}",
+        text(&o)
+    );
+    assert!(!root.join("usr/share/pacmesh-test/hello").exists());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown trust"),
+        "refused, but not for trust: {}",
+        text(&o)
+    );
 }
