@@ -22,8 +22,10 @@ use serde::{Deserialize, Serialize};
 /// that a hostile peer cannot make a node allocate much: decoding allocates at
 /// most a small multiple of the input size (each CBOR item is at least one byte
 /// and becomes at most a few dozen bytes in memory).
+///
+/// Not `#[non_exhaustive]` on purpose, so callers can write
+/// `Limits { max_event_bytes: 2 << 20, ..Limits::default() }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// Largest encoded [`crate::Signed`]`<`[`crate::Event`]`>` (envelope
     /// included), except events whose body is `Publish`. Default 1 MiB.

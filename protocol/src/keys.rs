@@ -25,6 +25,9 @@ pub enum KeyError {
     /// 32 bytes that are not a point on the curve.
     #[error("public key: not a valid ed25519 point")]
     Invalid,
+    /// A non-canonical encoding of a point.
+    #[error("public key: non-canonical encoding refused")]
+    NonCanonical,
     /// A small-order point: every signature would verify against it.
     #[error("public key: weak (small-order) ed25519 key refused")]
     Weak,
@@ -41,6 +44,11 @@ impl PublicKey {
         let vk = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::Invalid)?;
         if vk.is_weak() {
             return Err(KeyError::Weak);
+        }
+        // Refuse non-canonical encodings (y >= p), so that one key has exactly
+        // one byte form and byte comparison is key comparison.
+        if vk.to_edwards().compress().as_bytes() != bytes {
+            return Err(KeyError::NonCanonical);
         }
         Ok(PublicKey(vk))
     }
@@ -230,5 +238,14 @@ mod tests {
         let mut b = [0u8; 32];
         b[0] = 1;
         assert_eq!(PublicKey::from_bytes(&b), Err(KeyError::Weak));
+    }
+
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        // y = 2^255 - 1 is not reduced mod p = 2^255 - 19; dalek decodes it.
+        let mut b = [0xff; 32];
+        b[31] = 0x7f;
+        assert!(PublicKey::from_bytes(&b).is_err());
+        assert!(PublicKey::from_bytes(&[0xff; 32]).is_err());
     }
 }

@@ -6,6 +6,7 @@ mod caps;
 mod codec;
 mod event;
 mod hash;
+pub mod hexdump;
 mod keys;
 mod manifest;
 mod names;

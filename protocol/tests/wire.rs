@@ -1,0 +1,150 @@
+//! Wire-format golden tests: every message, built from fixed keys, times and
+//! hashes, must encode to exactly the annotated bytes in `tests/golden/`, and
+//! those bytes must decode back to the same value. A change to any field name,
+//! order, type or to the signing context shows up here.
+//!
+//! To regenerate after an intentional format change (which also needs a
+//! version bump and a README version-history entry):
+//! `PACMESH_BLESS=1 cargo test -p pacmesh-protocol --test wire`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use pacmesh_protocol::hexdump::{annotate, parse_hex};
+use pacmesh_protocol::*;
+
+fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.txt"))
+}
+
+fn render<T: Message>(title: &str, signed: &Signed<T>) -> String {
+    format!(
+        "## {title}\n## id: {}\n## payload ({} bytes):\n{}## envelope ({} bytes):\n{}",
+        signed.id(),
+        signed.payload.len(),
+        annotate(&signed.payload),
+        signed.to_bytes().len(),
+        annotate(&signed.to_bytes()),
+    )
+}
+
+fn check_golden(name: &str, actual: &str) -> String {
+    let path = golden_path(name);
+    if std::env::var_os("PACMESH_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with PACMESH_BLESS=1 to create)", path.display()));
+    if actual != expected {
+        let (n, (a, e)) = actual
+            .lines()
+            .chain(std::iter::repeat("<end>"))
+            .zip(expected.lines().chain(std::iter::repeat("<end>")))
+            .enumerate()
+            .find(|(_, (a, e))| a != e)
+            .unwrap();
+        panic!(
+            "wire format of {name} changed at line {}:\n  golden: {e}\n  actual: {a}\n\
+             If intended: bump the message version, add a README version-history entry, \
+             and re-bless with PACMESH_BLESS=1.\nFull actual dump:\n{actual}",
+            n + 1
+        );
+    }
+    expected
+}
+
+/// The envelope bytes of a golden file (the dump after `## envelope`).
+fn envelope_bytes(golden: &str) -> Vec<u8> {
+    let i = golden.find("## envelope").expect("envelope section");
+    parse_hex(&golden[i..]).unwrap()
+}
+
+fn golden_signed<T: Message + PartialEq + std::fmt::Debug>(
+    name: &str,
+    title: &str,
+    key: &SigningKey,
+    value: &T,
+) {
+    let signed = Signed::sign(key, value).unwrap();
+    let golden = check_golden(name, &render(title, &signed));
+    // The frozen bytes decode, verify and give back the value.
+    let bytes = envelope_bytes(&golden);
+    assert_eq!(bytes, signed.to_bytes());
+    let limits = Limits::default();
+    let back = Signed::<T>::from_bytes(&bytes, &limits).unwrap();
+    assert_eq!(&back.verify_and_decode(&limits).unwrap(), value);
+    assert!(golden.contains(&format!("## id: {}", Hash::new(&bytes))));
+}
+
+#[test]
+fn event_wire_format_per_body_kind() {
+    for (kind, key, body) in all_bodies() {
+        let seq = if kind == "enqueue" { 1 } else { 7 };
+        let ev = event(&key, seq, body);
+        golden_signed(
+            &format!("event_{kind}"),
+            &format!("Signed<Event> with body `{kind}`, seq {seq}"),
+            &key,
+            &ev,
+        );
+    }
+}
+
+#[test]
+fn policy_wire_format() {
+    golden_signed("policy", "Signed<MeshPolicy>, policy_version 1", &root(), &policy(1));
+}
+
+#[test]
+fn announcement_wire_format() {
+    golden_signed(
+        "announcement",
+        "Signed<Announcement>",
+        &builder(),
+        &announcement(),
+    );
+}
+
+#[test]
+fn manifest_wire_format() {
+    golden_signed(
+        "manifest",
+        "Signed<RepoManifest> (a manifest on its own, e.g. served by a mirror)",
+        &publisher(),
+        &manifest(),
+    );
+    // The bare manifest decodes with the manifest limit.
+    let bare = manifest().encode().unwrap();
+    assert_eq!(RepoManifest::decode(&bare, &Limits::default()).unwrap(), manifest());
+}
+
+#[test]
+fn signing_context_is_fixed() {
+    assert_eq!(
+        signing_message("event", b"\x01\x02"),
+        b"pacmesh/v1/event\x00\x01\x02".to_vec()
+    );
+}
+
+#[test]
+fn topic_and_protocol_names() {
+    let root = pk(&root());
+    assert_eq!(SYNC_PROTOCOL, "/pacmesh/sync/1");
+    assert_eq!(BLOBS_PROTOCOL, "/pacmesh/blobs/1");
+    assert_eq!(events_topic(&root), format!("/pacmesh/{}/events/1", root.to_hex()));
+    assert_eq!(policy(1).events_topic(), events_topic(&root));
+    assert_eq!(announce_topic(&root), format!("/pacmesh/{}/announce/1", root.to_hex()));
+}
+
+#[test]
+fn fixed_keys_are_what_the_docs_say() {
+    // Keys from seeds [n; 32], as used in the README's examples.
+    assert_eq!(
+        pk(&root()).to_hex(),
+        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+    );
+}
