@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use pacmesh_repo::db::{self, AddOptions, AddOutcome, DetachedSigner};
+use pacmesh_repo::sign::OpenPgpKey;
 use clap::{Args, Parser, Subcommand};
 
 use crate::keys::{NodeKey, default_key_path};
@@ -25,6 +27,74 @@ pub enum Command {
     /// Create and show node keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Write pacman repository databases (a faster, atomic, deterministic repo-add).
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Show what a .SRCINFO, .PKGINFO, .BUILDINFO, package file or repository database says.
+    Inspect {
+        path: PathBuf,
+        /// Print every parsed field as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Verify PATH.sig with this OpenPGP public key (armored or binary).
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Add packages to a database (DB like x/NAME.db.tar.zst), creating it if needed.
+    ///
+    /// A newer version replaces an older one of the same pkgname; an older or equal version is
+    /// refused unless --allow-downgrade. With --key the databases are signed, and so are the
+    /// packages that have no .sig yet.
+    Add {
+        #[command(flatten)]
+        key: OptKeyArg,
+        /// Delete the package files (and .sig) that the new ones replace.
+        #[arg(long, short = 'R')]
+        remove: bool,
+        /// Accept an older version, or another build of the same version.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        db: PathBuf,
+        #[arg(required = true)]
+        packages: Vec<PathBuf>,
+    },
+    /// Remove packages (by pkgname) from a database; package files stay on disk.
+    Remove {
+        #[command(flatten)]
+        key: OptKeyArg,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        db: PathBuf,
+        #[arg(required = true)]
+        pkgnames: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct OptKeyArg {
+    /// Sign with this node key (OpenPGP v4 derived from it); unsigned without it.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// OpenPGP user id of the signing key [default: "pacmesh node <PEERID@pacmesh.invalid>"].
+    #[arg(long)]
+    pub uid: Option<String>,
+}
+
+impl OptKeyArg {
+    fn signer(&self) -> Result<Option<OpenPgpKey>> {
+        let Some(path) = &self.key else { return Ok(None) };
+        let key = NodeKey::load(path)?;
+        let uid = self.uid.clone().unwrap_or_else(|| default_uid(&key));
+        Ok(Some(OpenPgpKey::from_ed25519_secret(key.seed(), &uid)?))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,8 +105,14 @@ pub enum KeyCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Print the public key and libp2p node id (PeerId) of a key.
-    Show(KeyArg),
+    /// Print the public key, libp2p node id (PeerId) and OpenPGP fingerprint of a key.
+    Show {
+        #[command(flatten)]
+        key: KeyArg,
+        /// Print only the OpenPGP fingerprint (for pacman-key --lsign-key).
+        #[arg(long)]
+        fingerprint: bool,
+    },
     /// Print the ASCII-armored OpenPGP public key for `pacman-key --add`.
     Openpgp {
         #[command(flatten)]
@@ -78,6 +154,19 @@ pub fn init_tracing(verbose: u8) {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Key(k) => key_command(k),
+        Command::Repo(r) => repo_command(r),
+        Command::Inspect { path, json, pubkey } => {
+            let pubkey = pubkey
+                .map(|p| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())))
+                .transpose()?;
+            let report = crate::inspect::inspect(&path, pubkey.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::inspect::render(&report));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -91,15 +180,21 @@ fn key_command(cmd: KeyCommand) -> Result<()> {
             println!("public key: {}", key.public_hex());
             println!("node id:    {}", key.peer_id());
         }
-        KeyCommand::Show(arg) => {
-            let key = arg.load()?;
-            println!("public key: {}", key.public_hex());
-            println!("node id:    {}", key.peer_id());
+        KeyCommand::Show { key, fingerprint } => {
+            let key = key.load()?;
+            let pgp = OpenPgpKey::from_ed25519_secret(key.seed(), &default_uid(&key))?;
+            if fingerprint {
+                println!("{}", pgp.fingerprint());
+            } else {
+                println!("public key: {}", key.public_hex());
+                println!("node id:    {}", key.peer_id());
+                println!("openpgp:    {}", pgp.fingerprint());
+            }
         }
         KeyCommand::Openpgp { key, uid } => {
             let key = key.load()?;
             let uid = uid.unwrap_or_else(|| default_uid(&key));
-            let pgp = pacmesh_repo::sign::OpenPgpKey::from_ed25519_secret(key.seed(), &uid)?;
+            let pgp = OpenPgpKey::from_ed25519_secret(key.seed(), &uid)?;
             print!("{}", pgp.public_key_armored());
         }
     }
@@ -108,4 +203,56 @@ fn key_command(cmd: KeyCommand) -> Result<()> {
 
 fn default_uid(key: &NodeKey) -> String {
     format!("pacmesh node <{}@pacmesh.invalid>", key.peer_id())
+}
+
+fn repo_command(cmd: RepoCommand) -> Result<()> {
+    match cmd {
+        RepoCommand::Add { key, remove, allow_downgrade, json, db, packages } => {
+            let signer = key.signer()?;
+            let mut opts = AddOptions::default();
+            opts.allow_downgrade = allow_downgrade;
+            opts.remove_old_files = remove;
+            opts.sign_packages = signer.is_some();
+            let report = db::repo_add(&db, &packages, &opts, signer.as_ref().map(|s| s as &dyn DetachedSigner))
+                .with_context(|| format!("nothing changed in {}", db.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            for p in &report.packages {
+                let what = match &p.outcome {
+                    AddOutcome::New => "added".to_string(),
+                    AddOutcome::Replaced { old_version, .. } => format!("updated from {old_version}"),
+                    AddOutcome::Unchanged => "unchanged".to_string(),
+                    _ => "changed".to_string(),
+                };
+                let signed = if p.signed.is_some() { " (signed)" } else { "" };
+                println!("{} {}: {what}{signed}", p.name, p.version);
+            }
+            for f in &report.removed_files {
+                println!("removed {}", f.display());
+            }
+            for (f, why) in &report.remove_failures {
+                eprintln!("pacmesh: warning: could not remove {}: {why}", f.display());
+            }
+            match &report.written {
+                Some(w) => println!("wrote {}{}", w.db.display(), if w.db_sig.is_some() { " (signed)" } else { "" }),
+                None => println!("{} unchanged", db.display()),
+            }
+        }
+        RepoCommand::Remove { key, json, db, pkgnames } => {
+            let signer = key.signer()?;
+            let report = db::repo_remove(&db, &pkgnames, signer.as_ref().map(|s| s as &dyn DetachedSigner))
+                .with_context(|| format!("nothing changed in {}", db.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            for e in &report.removed {
+                println!("removed {} {}", e.name, e.version);
+            }
+            println!("wrote {}", report.written.db.display());
+        }
+    }
+    Ok(())
 }
