@@ -71,14 +71,9 @@ pub enum BuildInfoError {
         /// 1-based line number.
         line: usize,
     },
-    /// A required key is absent (not tied to one line).
-    #[error("missing `{key}` (required in BUILDINFO format {format})")]
-    Missing {
-        /// The key.
-        key: &'static str,
-        /// The format that requires it.
-        format: u8,
-    },
+    /// There is no `format = ...` line.
+    #[error("no `format = ...` line: not a .BUILDINFO of format 1 or 2")]
+    MissingFormat,
     /// A line is wrong; `kind` says why.
     #[error("line {line}: {kind}: {text:?}")]
     Line {
@@ -136,6 +131,14 @@ pub enum BuildInfoLineError {
     NotInFormat1 {
         /// The key.
         key: String,
+    },
+    /// A key the declared format requires is absent (the error names the `format` line).
+    #[error("BUILDINFO format {format} requires `{key}`, which is missing")]
+    Missing {
+        /// The key.
+        key: &'static str,
+        /// The declared format.
+        format: u8,
     },
     /// A malformed value.
     #[error("invalid {key}: {reason}")]
@@ -395,15 +398,12 @@ impl BuildInfo {
         if !any {
             return Err(BuildInfoError::NoContent);
         }
-        let format = match single.get("format").map(|(_, _, v)| v.as_str()) {
-            Some("1") => BuildInfoFormat::V1,
-            Some(_) => BuildInfoFormat::V2,
-            None => {
-                return Err(BuildInfoError::Missing {
-                    key: "format",
-                    format: 2,
-                });
-            }
+        let Some((format_line, format_text, format_value)) = single.get("format").cloned() else {
+            return Err(BuildInfoError::MissingFormat);
+        };
+        let format = match format_value.as_str() {
+            "1" => BuildInfoFormat::V1,
+            _ => BuildInfoFormat::V2,
         };
         if format == BuildInfoFormat::V1 {
             for key in V2_ONLY {
@@ -422,9 +422,13 @@ impl BuildInfo {
             single
                 .remove(key)
                 .map(|(_, _, v)| v)
-                .ok_or(BuildInfoError::Missing {
-                    key,
-                    format: format.number(),
+                .ok_or_else(|| BuildInfoError::Line {
+                    line: format_line,
+                    text: quote(&format_text),
+                    kind: BuildInfoLineError::Missing {
+                        key,
+                        format: format.number(),
+                    },
                 })
         };
         let pkgname = take("pkgname")?;
