@@ -30,6 +30,41 @@ pub enum Command {
     /// Write pacman repository databases (a faster, atomic, deterministic repo-add).
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Build one PKGBUILD folder with makepkg inside bubblewrap; prints artifact paths and blake3.
+    Build {
+        /// host: the host's system dirs read-only, makepkg --nodeps; chroot: a base root plus a
+        /// copy-on-write layer with the dependencies installed.
+        #[arg(long, default_value = "host", value_parser = ["host", "chroot"])]
+        profile: String,
+        /// Base root for --profile chroot (must contain pacman and makepkg).
+        #[arg(long, value_name = "DIR")]
+        base_root: Option<PathBuf>,
+        /// A local repository (NAME=DIR holding NAME.db) to install dependencies from (chroot).
+        #[arg(long, value_name = "NAME=DIR")]
+        dep_repo: Vec<String>,
+        /// Wall-clock limit of the whole build, in seconds.
+        #[arg(long, default_value_t = 3600, value_name = "SECS")]
+        timeout: u64,
+        /// SOURCE_DATE_EPOCH [default: $SOURCE_DATE_EPOCH, else the PKGBUILD's mtime].
+        #[arg(long, value_name = "N")]
+        source_date_epoch: Option<u64>,
+        /// Where to put the packages.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+        /// Data dir holding the work dirs and the source cache [default: $XDG_DATA_HOME/pacmesh].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Node key naming the PACKAGER [default: $XDG_DATA_HOME/pacmesh/node.key if present].
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Do not stream the build log to stderr (the tail is still shown on failure).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print the artifacts as JSON.
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+    },
     /// Show what a .SRCINFO, .PKGINFO, .BUILDINFO, package file or repository database says.
     Inspect {
         path: PathBuf,
@@ -155,6 +190,11 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Key(k) => key_command(k),
         Command::Repo(r) => repo_command(r),
+        Command::Build { profile, base_root, dep_repo, timeout, source_date_epoch, out, data_dir, key, quiet, json, dir } => {
+            crate::build_cmd::run(crate::build_cmd::BuildRequest {
+                dir, out, profile, base_root, dep_repos: dep_repo, timeout, source_date_epoch, data_dir, key, quiet, json,
+            })
+        }
         Command::Inspect { path, json, pubkey } => {
             let pubkey = pubkey
                 .map(|p| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())))
