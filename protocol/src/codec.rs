@@ -39,6 +39,10 @@ pub struct Limits {
     pub max_announcement_bytes: usize,
     /// Largest encoded sync request or response. Default 4 MiB.
     pub max_sync_bytes: usize,
+    /// Most author heads in one sync request. Default 65 536.
+    pub max_sync_heads: usize,
+    /// Most events in one sync response. Default 4 096.
+    pub max_sync_events: usize,
     /// Deepest CBOR nesting accepted (arrays and maps). Default 32; the deepest
     /// honest message is about 8.
     pub max_depth: usize,
@@ -64,6 +68,8 @@ impl Default for Limits {
             max_policy_bytes: 1 << 20,
             max_announcement_bytes: 64 << 10,
             max_sync_bytes: 4 << 20,
+            max_sync_heads: 65_536,
+            max_sync_events: 4_096,
             max_depth: 32,
             max_artifacts: 256,
             max_packages: 65_536,

@@ -12,6 +12,7 @@ mod manifest;
 mod names;
 mod policy;
 mod signed;
+mod sync;
 mod tagged;
 mod time;
 
@@ -27,6 +28,7 @@ pub use manifest::{ManifestPackage, RepoManifest, MANIFEST_VERSION};
 pub use names::{FileName, Name, NameError};
 pub use policy::{BuilderPolicy, MeshPolicy, PolicyError, RepoPolicy, Roles, POLICY_VERSION};
 pub use signed::{signing_message, Signed, VerifyError, SIGNED_VERSION, SIGNING_CONTEXT_PREFIX};
+pub use sync::{AuthorHead, SyncRequest, SyncResponse, SYNC_VERSION};
 pub use time::Timestamp;
 
 /// libp2p stream protocol for anti-entropy sync (request-response).

@@ -30,6 +30,12 @@ fn decode_everything(bytes: &[u8]) {
     let _ = RepoManifest::decode(bytes, &l);
     let _ = Announcement::decode(bytes, &l);
     let _ = hexdump::annotate(bytes);
+    let _ = SyncRequest::decode(bytes, &l);
+    if let Ok(r) = SyncResponse::decode(bytes, &l) {
+        for e in &r.events {
+            let _ = e.verify_and_decode(&l);
+        }
+    }
     if let Ok(s) = std::str::from_utf8(bytes) {
         let _ = s.parse::<Requirement>();
         let _ = Requirement::parse_wire(s);
@@ -235,6 +241,32 @@ fn unknown_source_kinds_and_requirements_decode() {
     let i = p2.windows(req.len()).position(|w| w == req).unwrap();
     p2.splice(i..i + req.len(), cbor_text("mem>=lots"));
     assert!(Event::decode(&p2, &l).unwrap_err().to_string().contains("mem>=lots"));
+}
+
+#[test]
+fn sync_response_checks_embedded_envelopes() {
+    let l = lim();
+    let k = maintainer();
+    // An embedded policy envelope is refused by kind.
+    let policy = Signed::sign(&root(), &policy(1)).unwrap();
+    let mut bytes = vec![0xa3];
+    bytes.extend(cbor_text("version"));
+    bytes.push(0x01);
+    bytes.extend(cbor_text("events"));
+    bytes.push(0x81);
+    bytes.extend(policy.to_bytes());
+    bytes.extend(cbor_text("complete"));
+    bytes.push(0xf5);
+    let err = SyncResponse::decode(&bytes, &l).unwrap_err();
+    assert!(err.to_string().contains("expected a signed event"), "{err}");
+    // Too many events.
+    let e = Signed::sign(&k, &event(&k, 1, EventBody::Cancel { entry: h("x") })).unwrap();
+    let r = SyncResponse { version: SYNC_VERSION, events: vec![e; 3], complete: false };
+    let small = Limits { max_sync_events: 2, ..Limits::default() };
+    assert!(matches!(
+        SyncResponse::decode(&r.encode().unwrap(), &small),
+        Err(DecodeError::TooMany { what: "sync events", len: 3, max: 2 })
+    ));
 }
 
 #[test]

@@ -122,6 +122,36 @@ fn manifest_wire_format() {
     assert_eq!(RepoManifest::decode(&bare, &Limits::default()).unwrap(), manifest());
 }
 
+fn golden_bare<T: Message + PartialEq + std::fmt::Debug>(name: &str, title: &str, value: &T) {
+    let bytes = value.encode().unwrap();
+    let rendered = format!("## {title}\n## message ({} bytes):\n{}", bytes.len(), annotate(&bytes));
+    let golden = check_golden(name, &rendered);
+    let i = golden.find("## message").unwrap();
+    let frozen = parse_hex(&golden[i..]).unwrap();
+    assert_eq!(frozen, bytes);
+    assert_eq!(&T::decode(&frozen, &Limits::default()).unwrap(), value);
+}
+
+#[test]
+fn sync_wire_format() {
+    let k = maintainer();
+    let first = Signed::sign(&k, &event(&k, 1, EventBody::Enqueue(queue_entry()))).unwrap();
+    golden_bare(
+        "sync_request",
+        "SyncRequest (unsigned; the libp2p connection authenticates the peer)",
+        &SyncRequest {
+            version: SYNC_VERSION,
+            heads: vec![AuthorHead { author: pk(&maintainer()), seq: 0 }, AuthorHead { author: pk(&builder()), seq: 41 }],
+            max_events: 1000,
+        },
+    );
+    golden_bare(
+        "sync_response",
+        "SyncResponse carrying one Signed<Event> (the enqueue example)",
+        &SyncResponse { version: SYNC_VERSION, events: vec![first], complete: true },
+    );
+}
+
 #[test]
 fn signing_context_is_fixed() {
     assert_eq!(
