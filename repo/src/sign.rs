@@ -391,10 +391,10 @@ fn parse_signature(bytes: &[u8]) -> Result<Signature, SignError> {
 
 fn verify_with_key(key: &SignedPublicKey, data: &[u8], signature: &[u8]) -> Result<(), SignError> {
     let sig = parse_signature(signature)?;
-    if let Some(created) = sig.created() {
-        if created < key.primary_key.created_at() {
-            return Err(SignError::BadSignature("signature predates the key".into()));
-        }
+    if let Some(created) = sig.created()
+        && created < key.primary_key.created_at()
+    {
+        return Err(SignError::BadSignature("signature predates the key".into()));
     }
     guard(|| sig.verify(key, data))
         .map_err(SignError::BadSignature)?

@@ -265,6 +265,23 @@ fn derivation_is_deterministic() {
             .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----")
     );
 
+    // Golden values: a change here changes every publisher's fingerprint (and breaks every
+    // pacman keyring that trusts one). The fingerprint was cross-checked with gpg 2.2.
+    let golden = OpenPgpKey::from_ed25519_secret(&SEED_A, "a <a@pacmesh.invalid>").unwrap();
+    assert_eq!(
+        golden.fingerprint(),
+        "3995CAE951877D9D34203D6DD0DC721F33D6B414"
+    );
+    assert_eq!(golden.key_id(), "D0DC721F33D6B414");
+    assert_eq!(
+        hex::encode(golden.public_key_bytes()),
+        "c633045e0be10016092b06010401da470f01010740d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf\
+         8520a332c9778737cd1561203c61407061636d6573682e696e76616c69643ec27f0413160800271621043995ca\
+         e951877d9d34203d6dd0dc721f33d6b41405025e0be100021b0303150a08021901000a0910d0dc721f33d6b414\
+         cafa00fb077aa5ba50b0b80ae2e416c0ff39b8447d9941c1af7a969c8273e1467f90555600fe2c03f5ad3d7fb1\
+         551a222f5af36b8e78c1b6315a57870f478972ca1abdda0e0b"
+    );
+
     let k3 = OpenPgpKey::from_ed25519_secret(&SEED_B, &uid).unwrap();
     assert_ne!(k1.fingerprint(), k3.fingerprint());
 
