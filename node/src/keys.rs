@@ -31,6 +31,13 @@ pub struct NodeKey {
     signing: SigningKey,
 }
 
+/// Shows the public half only: a secret never reaches a log line.
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey").field("public", &self.public_hex()).finish_non_exhaustive()
+    }
+}
+
 impl NodeKey {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Result<Self> {
