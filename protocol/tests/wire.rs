@@ -178,3 +178,27 @@ fn fixed_keys_are_what_the_docs_say() {
         "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
     );
 }
+
+#[test]
+fn readme_examples_match_golden_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut all_golden = String::new();
+    for e in std::fs::read_dir(dir.join("tests/golden")).unwrap() {
+        all_golden.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+        all_golden.push('\n');
+    }
+    let mut checked = 0;
+    for block in readme.split("```text\n").skip(1) {
+        let block = &block[..block.find("```").unwrap()];
+        if block.starts_with("## ") {
+            assert!(
+                all_golden.contains(block),
+                "README example no longer matches tests/golden (run protocol/gen_readme_examples.py):\n{}",
+                block.lines().next().unwrap()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} README examples found");
+}
