@@ -105,6 +105,7 @@ pub struct OpenPgpKey {
     secret: SecretKey,
     public: SignedPublicKey,
     public_bytes: Vec<u8>,
+    public_armored: String,
     uid: String,
 }
 
@@ -205,11 +206,15 @@ impl OpenPgpKey {
         let public_bytes = public
             .to_bytes()
             .map_err(|e| pgp_err("serialising public key", e))?;
+        let public_armored = public
+            .to_armored_string(ArmorOptions::default())
+            .map_err(|e| pgp_err("armoring public key", e))?;
 
         Ok(OpenPgpKey {
             secret: secret_key,
             public,
             public_bytes,
+            public_armored,
             uid: uid.to_owned(),
         })
     }
@@ -238,24 +243,26 @@ impl OpenPgpKey {
     /// The transferable public key, ASCII-armored (`-----BEGIN PGP PUBLIC KEY BLOCK-----`), for
     /// `pacman-key --add` / `gpg --import`.
     pub fn public_key_armored(&self) -> String {
-        // Armoring bytes that were already serialised once cannot fail; fall back to an
-        // empty string rather than panic should the library ever disagree.
-        self.public
-            .to_armored_string(ArmorOptions::default())
-            .unwrap_or_default()
+        self.public_armored.clone()
     }
 
     /// A binary detached signature over `data`, created now (clamped to no earlier than
     /// [`KEY_CREATION_TIME`], so a machine with a wrong clock still makes valid signatures).
     pub fn sign_detached(&self, data: &[u8]) -> Result<Vec<u8>, SignError> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .max(u64::from(KEY_CREATION_TIME));
-        let now = u32::try_from(now)
-            .map_err(|_| SignError::InvalidTime("system clock is beyond 2106".into()))?;
-        self.sign_detached_reader_at(data, now)
+        self.sign_detached_reader_at(data, now()?)
+    }
+
+    /// Like [`Self::sign_detached`], streaming the data from a reader (e.g. a package file).
+    pub fn sign_detached_reader<R: Read>(&self, data: R) -> Result<Vec<u8>, SignError> {
+        self.sign_detached_reader_at(data, now()?)
+    }
+
+    /// A [`DetachedSigner`](crate::db::DetachedSigner) that stamps every signature with the
+    /// fixed creation time `created` (seconds since the Unix epoch), so that, for instance, a
+    /// database written twice gets byte-identical `.sig` files. Signing fails if `created`
+    /// precedes [`KEY_CREATION_TIME`].
+    pub fn signer_at(&self, created: u32) -> SignerAt<'_> {
+        SignerAt { key: self, created }
     }
 
     /// A binary detached signature over `data` with the given creation time (seconds since the
@@ -308,6 +315,34 @@ impl OpenPgpKey {
     }
 }
 
+/// The current time for a signature, clamped to no earlier than [`KEY_CREATION_TIME`].
+fn now() -> Result<u32, SignError> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .max(u64::from(KEY_CREATION_TIME));
+    u32::try_from(now).map_err(|_| SignError::InvalidTime("system clock is beyond 2106".into()))
+}
+
+/// An [`OpenPgpKey`] signing at a fixed time; see [`OpenPgpKey::signer_at`].
+#[derive(Debug, Clone, Copy)]
+pub struct SignerAt<'a> {
+    key: &'a OpenPgpKey,
+    created: u32,
+}
+
+impl crate::db::DetachedSigner for SignerAt<'_> {
+    fn sign_detached(
+        &self,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        self.key
+            .sign_detached_at(data, self.created)
+            .map_err(Into::into)
+    }
+}
+
 impl crate::db::DetachedSigner for OpenPgpKey {
     /// A binary detached signature created now; see [`OpenPgpKey::sign_detached`].
     fn sign_detached(
@@ -321,7 +356,20 @@ impl crate::db::DetachedSigner for OpenPgpKey {
 /// Verify a detached OpenPGP signature (binary or armored) over `data` with a transferable public
 /// key (binary or armored). Succeeds only for a binary-document (type 0x00) signature, made by
 /// the key's primary key, whose key self-signatures are valid. Never panics on malformed input.
+///
+/// This checks the signature itself, not the key's standing: revocations, key or signature
+/// expiry and trust are not evaluated (pacmesh decides which publisher keys count from the signed
+/// mesh policy; pacman and GnuPG apply their own keyring rules).
 pub fn verify_detached(public_key: &[u8], data: &[u8], signature: &[u8]) -> Result<(), SignError> {
+    verify_detached_reader(public_key, data, signature)
+}
+
+/// Like [`verify_detached`], streaming the data from a reader (e.g. a package file).
+pub fn verify_detached_reader<R: Read>(
+    public_key: &[u8],
+    data: R,
+    signature: &[u8],
+) -> Result<(), SignError> {
     let key = parse_public_key(public_key)?;
     verify_with_key(&key, data, signature)
 }
@@ -389,7 +437,11 @@ fn parse_signature(bytes: &[u8]) -> Result<Signature, SignError> {
     }
 }
 
-fn verify_with_key(key: &SignedPublicKey, data: &[u8], signature: &[u8]) -> Result<(), SignError> {
+fn verify_with_key<R: Read>(
+    key: &SignedPublicKey,
+    data: R,
+    signature: &[u8],
+) -> Result<(), SignError> {
     let sig = parse_signature(signature)?;
     if let Some(created) = sig.created()
         && created < key.primary_key.created_at()
@@ -398,7 +450,10 @@ fn verify_with_key(key: &SignedPublicKey, data: &[u8], signature: &[u8]) -> Resu
     }
     guard(|| sig.verify(key, data))
         .map_err(SignError::BadSignature)?
-        .map_err(|e| SignError::BadSignature(e.to_string()))
+        .map_err(|e| match e {
+            pgp::errors::Error::IO { source, .. } => SignError::Io(source),
+            other => SignError::BadSignature(other.to_string()),
+        })
 }
 
 /// Belt and braces for untrusted input: the OpenPGP parser is not supposed to panic, but if it
@@ -457,6 +512,23 @@ mod tests {
         assert!(bytes.windows(needle.len()).any(|w| w == needle.as_slice()));
         // Algorithm 22 right after version 4 and the creation time.
         assert_eq!(&bytes[2..8], &[4, 0x5e, 0x0b, 0xe1, 0x00, 22]);
+    }
+
+    #[test]
+    fn key_is_send_sync_and_fixed_time_signer_is_deterministic() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<OpenPgpKey>();
+        use crate::db::DetachedSigner;
+        let a = OpenPgpKey::from_ed25519_secret(&SEED, "t <t@t>").unwrap();
+        let t = KEY_CREATION_TIME + 1000;
+        let s1 = DetachedSigner::sign_detached(&a.signer_at(t), b"db").unwrap();
+        let s2 = DetachedSigner::sign_detached(&a.signer_at(t), b"db").unwrap();
+        assert_eq!(s1, s2);
+        assert_eq!(s1, a.sign_detached_at(b"db", t).unwrap());
+        let s3 = DetachedSigner::sign_detached(&a, b"db").unwrap();
+        a.verify_detached(b"db", &s3).unwrap();
+        verify_detached_reader(&a.public_key_bytes(), &b"db"[..], &s1).unwrap();
+        assert!(DetachedSigner::sign_detached(&a.signer_at(1), b"db").is_err());
     }
 
     #[test]

@@ -343,3 +343,45 @@ fn verify_helper_accepts_good_rejects_bad() {
         }
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn not_a_panic(r: Result<(), SignError>) -> bool {
+        match r {
+            Ok(()) => true,
+            Err(e) => !e.to_string().contains("panicked"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_verify_nor_panic(key in proptest::collection::vec(any::<u8>(), 0..400),
+                                               sig in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let r = sign::verify_detached(&key, b"data", &sig);
+            prop_assert!(r.is_err());
+            prop_assert!(not_a_panic(r));
+        }
+
+        #[test]
+        fn mutated_key_or_signature_is_handled(pos in 0usize..400, byte in any::<u8>(), which in 0u8..2) {
+            let a = OpenPgpKey::from_ed25519_secret(&SEED_A, "a <a@pacmesh.invalid>").unwrap();
+            let mut key = a.public_key_bytes();
+            let mut sig = a.sign_detached_at(b"data", KEY_CREATION_TIME + 1).unwrap();
+            if which == 0 {
+                let i = pos % key.len();
+                key[i] = byte;
+            } else {
+                let i = pos % sig.len();
+                sig[i] = byte;
+            }
+            // May verify (e.g. an unhashed subpacket was changed) but must never panic.
+            prop_assert!(not_a_panic(sign::verify_detached(&key, b"data", &sig)));
+            let armored = String::from_utf8_lossy(&key).into_owned();
+            prop_assert!(not_a_panic(sign::verify_detached(armored.as_bytes(), b"data", &sig)));
+        }
+    }
+}
