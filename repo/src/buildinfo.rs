@@ -199,7 +199,7 @@ impl InstalledPackage {
         check_pkgname(name).map_err(|r| format!("package name {r}"))?;
         let version = format!("{ver}-{rel}");
         check_full_version(&version)?;
-        if arch.is_empty() || !arch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if !is_arch(arch) {
             return Err(format!("architecture {arch:?} is not valid"));
         }
         Ok(InstalledPackage {
@@ -300,6 +300,23 @@ fn quote(line: &str) -> String {
 
 impl BuildInfo {
     /// Parse the text of a `.BUILDINFO` (format 1 or 2).
+    ///
+    /// ```
+    /// use pacmesh_repo::buildinfo::{BuildInfo, BuildInfoFormat};
+    ///
+    /// let text = "format = 1\npkgname = foo\npkgbase = foo\npkgver = 1:2.0-1\npkgarch = any\n\
+    ///             pkgbuild_sha256sum = e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n\
+    ///             packager = Unknown Packager\nbuilddate = 1700000000\nbuilddir = /build\n\
+    ///             installed = xz-1:5.6.3-1-x86_64\n";
+    /// let b = BuildInfo::parse(text)?;
+    /// assert_eq!(b.format, BuildInfoFormat::V1);
+    /// assert_eq!(b.installed[0].version, "1:5.6.3-1");
+    /// assert_eq!(b.to_string(), text);
+    ///
+    /// let err = BuildInfo::parse("format = 3\n").unwrap_err();
+    /// assert_eq!(err.line(), Some(1));
+    /// # Ok::<(), pacmesh_repo::buildinfo::BuildInfoError>(())
+    /// ```
     pub fn parse(text: &str) -> Result<BuildInfo, BuildInfoError> {
         check_size(text.len())?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -359,26 +376,18 @@ impl BuildInfo {
                     }
                     "pkgname" | "pkgbase" => check_pkgname(value).map_err(invalid)?,
                     "pkgver" => check_full_version(value).map_err(invalid)?,
-                    "pkgarch" => {
-                        if value.is_empty()
-                            || !value
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                        {
-                            return Err(invalid(
-                                "expected an architecture (letters, digits and _)".into(),
-                            ));
-                        }
+                    "pkgarch" if !is_arch(value) => {
+                        return Err(invalid(
+                            "expected an architecture (letters, digits and _)".into(),
+                        ));
                     }
-                    "pkgbuild_sha256sum" => {
-                        if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                            return Err(invalid("expected 64 hex digits".into()));
-                        }
+                    "pkgbuild_sha256sum"
+                        if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        return Err(invalid("expected 64 hex digits".into()));
                     }
-                    "builddate" => {
-                        if value.parse::<i64>().is_err() {
-                            return Err(invalid("expected seconds since 1970 (an integer)".into()));
-                        }
+                    "builddate" if value.parse::<i64>().is_err() => {
+                        return Err(invalid("expected seconds since 1970 (an integer)".into()));
                     }
                     _ => {}
                 }
@@ -551,6 +560,11 @@ fn check_size(size: usize) -> Result<(), BuildInfoError> {
         });
     }
     Ok(())
+}
+
+/// An architecture name: letters, digits and `_` (makepkg's `lint_arch`).
+fn is_arch(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Whitespace trimmed around keys and values: bash's `[[:space:]]` minus the newline.

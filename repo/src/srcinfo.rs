@@ -2,21 +2,22 @@
 //!
 //! # Format
 //!
-//! A `.SRCINFO` is a list of `key = value` lines grouped into sections:
+//! A `.SRCINFO` is a list of `key = value` lines grouped into sections (makepkg indents the
+//! fields with a tab, shown here as spaces):
 //!
 //! ```text
 //! pkgbase = foo
-//! 	pkgver = 1.0
-//! 	pkgrel = 1
-//! 	arch = x86_64
-//! 	depends = glibc
-//! 	depends_x86_64 = lib32-glibc
+//!     pkgver = 1.0
+//!     pkgrel = 1
+//!     arch = x86_64
+//!     depends = glibc
+//!     depends_x86_64 = lib32-glibc
 //!
 //! pkgname = foo
 //!
 //! pkgname = foo-docs
-//! 	arch = any
-//! 	depends =
+//!     arch = any
+//!     depends =
 //! ```
 //!
 //! * The first section is opened by `pkgbase = NAME` and holds the fields every package
@@ -535,18 +536,18 @@ impl Source {
                 f = f.strip_suffix('/').unwrap_or(f);
                 f = f.rsplit('/').next().unwrap_or(f);
                 let mut f = f.to_owned();
-                if protocol == "bzr" {
-                    if let Some((_, rest)) = f.split_once("lp:") {
-                        f = rest.to_owned();
-                    }
+                if protocol == "bzr"
+                    && let Some((_, rest)) = f.split_once("lp:")
+                {
+                    f = rest.to_owned();
                 }
                 if protocol == "fossil" {
                     f.push_str(".fossil");
                 }
-                if protocol == "git" {
-                    if let Some(i) = f.find(".git") {
-                        f.truncate(i);
-                    }
+                if protocol == "git"
+                    && let Some(i) = f.find(".git")
+                {
+                    f.truncate(i);
                 }
                 f
             }
@@ -593,6 +594,31 @@ fn is_vcs(protocol: &str) -> bool {
 
 impl SrcInfo {
     /// Parse the text of a `.SRCINFO`. The error names the line number and quotes the line.
+    ///
+    /// ```
+    /// use pacmesh_repo::srcinfo::SrcInfo;
+    ///
+    /// let text = "pkgbase = foo\n\tpkgver = 1.0\n\tpkgrel = 2\n\tepoch = 1\n\tarch = x86_64\n\
+    ///             \tdepends = glibc\n\tdepends_x86_64 = lib32-glibc\n\
+    ///             \tsource = https://example.org/foo-1.0.tar.gz\n\tsha256sums = SKIP\n\
+    ///             \npkgname = foo\n\npkgname = foo-docs\n\tarch = any\n\tdepends = \n";
+    /// let info = SrcInfo::parse(text)?;
+    /// assert_eq!(info.pkgbase(), "foo");
+    /// assert_eq!(info.pkgnames(), ["foo", "foo-docs"]);
+    /// assert_eq!(info.version(), "1:1.0-2");
+    /// assert_eq!(info.depends_for_arch("x86_64").depends, ["glibc", "lib32-glibc"]);
+    /// assert!(info.packages()[1].values("depends").is_empty()); // cleared by `depends = `
+    /// assert_eq!(info.sources_for_arch("x86_64")[0].filename, "foo-1.0.tar.gz");
+    /// assert_eq!(info.to_string(), text); // makepkg's format, byte for byte
+    ///
+    /// let err = SrcInfo::parse("pkgbase = foo\n\tpkgver = 1.0-1\n").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "line 2: invalid pkgver: must not contain colons, forward slashes, hyphens or \
+    ///      whitespace: \"\\tpkgver = 1.0-1\""
+    /// );
+    /// # Ok::<(), pacmesh_repo::srcinfo::SrcInfoError>(())
+    /// ```
     pub fn parse(text: &str) -> Result<SrcInfo, SrcInfoError> {
         Parser::default().parse(text)
     }
@@ -644,15 +670,11 @@ impl SrcInfo {
             .filter(|e| !e.is_empty() && e.bytes().any(|b| b != b'0'))
     }
 
-    /// `[epoch:]pkgver-pkgrel`, as makepkg prints it (no `0:` epoch).
+    /// `[epoch:]pkgver-pkgrel`, as makepkg prints it: the epoch as written, left out when it
+    /// is empty or zero.
     pub fn version(&self) -> String {
         match self.epoch() {
-            Some(e) => format!(
-                "{}:{}-{}",
-                e.trim_start_matches('0'),
-                self.pkgver(),
-                self.pkgrel()
-            ),
+            Some(e) => format!("{e}:{}-{}", self.pkgver(), self.pkgrel()),
             None => format!("{}-{}", self.pkgver(), self.pkgrel()),
         }
     }
