@@ -864,6 +864,174 @@ fn is_single(base: &str) -> bool {
     BASE_SINGLE.contains(&base)
 }
 
+/// A version comparison in a dependency (`foo>=1.2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum VersionOp {
+    /// `<`
+    #[serde(rename = "<")]
+    Lt,
+    /// `<=`
+    #[serde(rename = "<=")]
+    Le,
+    /// `=`
+    #[serde(rename = "=")]
+    Eq,
+    /// `>=`
+    #[serde(rename = ">=")]
+    Ge,
+    /// `>`
+    #[serde(rename = ">")]
+    Gt,
+}
+
+impl VersionOp {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionOp::Lt => "<",
+            VersionOp::Le => "<=",
+            VersionOp::Eq => "=",
+            VersionOp::Ge => ">=",
+            VersionOp::Gt => ">",
+        }
+    }
+}
+
+/// One entry of `depends`, `makedepends`, `checkdepends`, `optdepends`, `provides`,
+/// `conflicts` (or their `_ARCH` forms), split the way makepkg's lint splits it:
+/// `NAME[OP VERSION][: DESCRIPTION]`, e.g. `python>=3.11`, `libfoo.so=1-64`,
+/// `bash-completion: completion for bash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dependency {
+    /// The package (or soname, e.g. `libfoo.so`) name.
+    pub name: String,
+    /// The comparison, when a version is given.
+    pub op: Option<VersionOp>,
+    /// `[epoch:]pkgver[-pkgrel]`, when given.
+    pub version: Option<String>,
+    /// For `optdepends`: the text after `: `.
+    pub description: Option<String>,
+}
+
+/// How an entry is checked: makepkg's lint functions differ slightly per array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DepKind {
+    /// `depends`, `conflicts`: an operator with an empty version is tolerated.
+    Depends,
+    /// `makedepends`, `checkdepends`: an operator needs a version.
+    Build,
+    /// `optdepends`: `: description` is stripped first; an operator needs a version.
+    Opt,
+    /// `provides`: only `=` is allowed.
+    Provides,
+}
+
+impl Dependency {
+    /// Parse a `depends`/`makedepends`/`checkdepends`/`conflicts` entry.
+    pub fn parse(entry: &str) -> Result<Dependency, String> {
+        parse_dependency(entry, DepKind::Build)
+    }
+
+    /// Parse an `optdepends` entry (`NAME[OP VERSION][: DESCRIPTION]`).
+    pub fn parse_optdepend(entry: &str) -> Result<Dependency, String> {
+        parse_dependency(entry, DepKind::Opt)
+    }
+
+    /// Parse a `provides` entry (`NAME[=VERSION]`).
+    pub fn parse_provide(entry: &str) -> Result<Dependency, String> {
+        parse_dependency(entry, DepKind::Provides)
+    }
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(op) = self.op {
+            write!(
+                f,
+                "{}{}",
+                op.as_str(),
+                self.version.as_deref().unwrap_or("")
+            )?;
+        }
+        if let Some(d) = &self.description {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_dependency(entry: &str, kind: DepKind) -> Result<Dependency, String> {
+    let (spec, description) = match kind {
+        // makepkg strips `:[[:space:]]*` (a colon followed by whitespace, then anything).
+        DepKind::Opt => match entry
+            .char_indices()
+            .find(|&(i, c)| c == ':' && entry[i + 1..].starts_with(|c: char| is_space(c)))
+        {
+            Some((i, _)) => (&entry[..i], Some(entry[i + 1..].trim_matches(is_space))),
+            None => (entry, None),
+        },
+        _ => (entry, None),
+    };
+    let (name, op, version) = if kind == DepKind::Provides {
+        if spec.contains(['<', '>']) {
+            return Err("provides cannot contain comparison (< or >) operators".into());
+        }
+        match spec.rsplit_once('=') {
+            Some((n, v)) => (n, Some(VersionOp::Eq), Some(v)),
+            None => (spec, None, None),
+        }
+    } else {
+        match spec.find(['<', '>', '=']) {
+            Some(i) => {
+                let rest = &spec[i..];
+                let (op, len) = if rest.starts_with(">=") {
+                    (VersionOp::Ge, 2)
+                } else if rest.starts_with("<=") {
+                    (VersionOp::Le, 2)
+                } else if rest.starts_with('>') {
+                    (VersionOp::Gt, 1)
+                } else if rest.starts_with('<') {
+                    (VersionOp::Lt, 1)
+                } else {
+                    (VersionOp::Eq, 1)
+                };
+                (&spec[..i], Some(op), Some(&rest[len..]))
+            }
+            None => (spec, None, None),
+        }
+    };
+    check_pkgname(name).map_err(|r| format!("name {name:?} {r}"))?;
+    if let Some(v) = version
+        && !(v.is_empty() && kind == DepKind::Depends)
+    {
+        check_fullpkgver(v).map_err(|r| format!("version {v:?}: {r}"))?;
+    }
+    Ok(Dependency {
+        name: name.to_owned(),
+        op,
+        version: version.map(str::to_owned),
+        description: description.map(str::to_owned),
+    })
+}
+
+/// makepkg's `check_fullpkgver`: `[epoch:]pkgver[-pkgrel]` (the pkgrel is optional, as in
+/// dependency versions).
+pub fn check_fullpkgver(v: &str) -> Result<(), String> {
+    let mut rest = v;
+    if let Some((epoch, after)) = rest.split_once(':') {
+        check_epoch(epoch).map_err(|r| format!("epoch {r}"))?;
+        rest = after;
+    }
+    if let Some((ver, rel)) = rest.rsplit_once('-')
+        && !ver.is_empty()
+    {
+        check_pkgrel(rel).map_err(|r| format!("pkgrel {r}"))?;
+        rest = ver;
+    }
+    check_pkgver(rest).map_err(|r| format!("pkgver {r}"))
+}
+
 /// makepkg's `lint_one_pkgname` (used for pkgname and pkgbase).
 pub fn check_pkgname(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -1119,6 +1287,23 @@ impl Parser {
             "pkgrel" => check_pkgrel(value).map_err(invalid)?,
             "epoch" => check_epoch(value).map_err(invalid)?,
             "arch" if !value.is_empty() => check_arch_name(value).map_err(invalid)?,
+            "depends" | "conflicts" if !value.is_empty() => {
+                parse_dependency(value, DepKind::Depends).map_err(invalid)?;
+            }
+            "makedepends" | "checkdepends" if !value.is_empty() => {
+                parse_dependency(value, DepKind::Build).map_err(invalid)?;
+            }
+            "optdepends" if !value.is_empty() => {
+                parse_dependency(value, DepKind::Opt).map_err(invalid)?;
+            }
+            "provides" if !value.is_empty() => {
+                parse_dependency(value, DepKind::Provides).map_err(invalid)?;
+            }
+            "backup" if value.starts_with('/') => {
+                return Err(invalid(
+                    "entries must not start with a slash (paths are relative to /)".into(),
+                ));
+            }
             k if k.ends_with("sums") && !value.is_empty() => {
                 let kind = k.strip_suffix("sums").unwrap_or(k);
                 check_checksum(kind, value).map_err(invalid)?;
@@ -1276,6 +1461,46 @@ pkgname = foo-docs
         assert_eq!(d.depends, ["glibc", "lib32-glibc"]);
         assert_eq!(d.makedepends, ["git"]);
         assert_eq!(s.to_string(), SPLIT);
+    }
+
+    #[test]
+    fn dependencies_split_like_makepkg() {
+        let d = Dependency::parse("python>=3.11").unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.op, d.version.as_deref()),
+            ("python", Some(VersionOp::Ge), Some("3.11"))
+        );
+        let d = Dependency::parse("libfoo.so=1-64").unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.op, d.version.as_deref()),
+            ("libfoo.so", Some(VersionOp::Eq), Some("1-64"))
+        );
+        let d = Dependency::parse("qt6-base<1:6.8").unwrap();
+        assert_eq!(
+            (d.op, d.version.as_deref()),
+            (Some(VersionOp::Lt), Some("1:6.8"))
+        );
+        let d = Dependency::parse_optdepend("bash-completion: completion: for bash").unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.description.as_deref()),
+            ("bash-completion", Some("completion: for bash"))
+        );
+        assert_eq!(d.to_string(), "bash-completion: completion: for bash");
+        let d = Dependency::parse_provide("libalpm.so=15-64").unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.version.as_deref()),
+            ("libalpm.so", Some("15-64"))
+        );
+        assert!(Dependency::parse_provide("foo>=1").is_err());
+        assert!(Dependency::parse("foo bar").is_err());
+        assert!(Dependency::parse("foo>=").is_err());
+        assert!(
+            parse_dependency("foo>=", DepKind::Depends).is_ok(),
+            "makepkg tolerates it in depends"
+        );
+        assert!(check_fullpkgver("1:2.0-1").is_ok());
+        assert!(check_fullpkgver("2.0").is_ok());
+        assert!(check_fullpkgver("2.0-x").is_err());
     }
 
     #[test]

@@ -202,3 +202,131 @@ fn corpus_parses_to_index() {
         failures.join("\n")
     );
 }
+
+/// The other `.SRCINFO` files of the corpus (`buildable/*/`, `chaotic/*/`): each parses, or is
+/// the 0-byte file and is refused as empty.
+#[test]
+fn corpus_other_folders_parse() {
+    let Some(dir) = corpus_dir() else {
+        eprintln!("SKIPPED corpus_other_folders_parse: no corpus next to the repository");
+        return;
+    };
+    let root = dir.parent().unwrap().to_path_buf();
+    let mut seen = 0;
+    for group in ["buildable", "chaotic"] {
+        let Ok(entries) = std::fs::read_dir(root.join(group)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path().join(".SRCINFO");
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            seen += 1;
+            match SrcInfo::from_bytes(&bytes) {
+                Ok(info) => {
+                    assert!(!info.pkgnames().is_empty());
+                    assert_eq!(
+                        SrcInfo::parse(&info.to_string()).as_ref(),
+                        Ok(&info),
+                        "{}",
+                        path.display()
+                    );
+                }
+                Err(SrcInfoError::Empty) if bytes.is_empty() => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+    eprintln!("corpus: {seen} .SRCINFO files under buildable/ and chaotic/ checked");
+}
+
+/// Regenerate every corpus `.SRCINFO` with `makepkg --printsrcinfo` (in bubblewrap, offline) and
+/// check that what makepkg writes always parses, and parses to the shipped file's value where
+/// INDEX.tsv says the two are identical. Slow (about a second per folder), so opt-in:
+/// `cargo test -p pacmesh-repo --test srcinfo_corpus -- --ignored`.
+#[test]
+#[ignore = "slow: runs makepkg on every corpus folder"]
+fn corpus_matches_makepkg() {
+    let Some(dir) = corpus_dir() else {
+        eprintln!("SKIPPED corpus_matches_makepkg: no corpus next to the repository");
+        return;
+    };
+    let mut failures = Vec::new();
+    let (mut compared, mut makepkg_failed) = (0, 0);
+    for row in read_index(&dir) {
+        let folder = dir.join(&row.dir);
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() && p.file_name().is_some_and(|n| n != ".SRCINFO") {
+                std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        let out = std::process::Command::new("bwrap")
+            .args(["--unshare-all", "--uid", "1000", "--gid", "1000"])
+            .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
+            .args([
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+            ])
+            .args(["--symlink", "usr/lib64", "/lib64"])
+            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+            .arg("--bind")
+            .arg(tmp.path())
+            .arg("/build")
+            .args(["--chdir", "/build", "--setenv", "HOME", "/tmp"])
+            .args(["makepkg", "--printsrcinfo"])
+            .output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("SKIPPED corpus_matches_makepkg: cannot run bwrap: {e}");
+                return;
+            }
+        };
+        if !out.status.success() {
+            // INDEX.tsv records the folders makepkg cannot handle here (svn/hg/bzr clients).
+            makepkg_failed += 1;
+            if row.regen != "error" {
+                failures.push(format!(
+                    "{}: makepkg failed: {}",
+                    row.dir,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            continue;
+        }
+        let text = String::from_utf8(out.stdout).unwrap();
+        let generated = match SrcInfo::parse(&text) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{}: makepkg output rejected: {e}", row.dir));
+                continue;
+            }
+        };
+        if generated.to_string() != text {
+            failures.push(format!("{}: Display differs from makepkg output", row.dir));
+        }
+        if row.regen == "identical" {
+            let shipped = SrcInfo::from_bytes(&std::fs::read(folder.join(".SRCINFO")).unwrap());
+            if shipped.as_ref() != Ok(&generated) {
+                failures.push(format!(
+                    "{}: shipped and regenerated parse differently",
+                    row.dir
+                ));
+            }
+        }
+        compared += 1;
+    }
+    eprintln!(
+        "corpus vs makepkg: {compared} regenerated and parsed, {makepkg_failed} makepkg failures, \
+         {} problems",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -262,6 +262,30 @@ fn bad_fixture_reasons() {
             "line 1: NUL byte (is this a binary file?)",
         ),
         ("html-error-page.SRCINFO", "line 1: expected `key = value`"),
+        (
+            "depends-space-in-name.SRCINFO",
+            "line 5: invalid depends: name \"foo bar\" contains invalid characters",
+        ),
+        (
+            "depends-bad-pkgrel.SRCINFO",
+            "line 5: invalid depends_x86_64: version \"2.40-beta\": pkgrel",
+        ),
+        (
+            "makedepends-empty-version.SRCINFO",
+            "line 5: invalid makedepends: version \"\": pkgver must not be empty",
+        ),
+        (
+            "provides-comparison.SRCINFO",
+            "line 7: invalid provides: provides cannot contain comparison",
+        ),
+        (
+            "optdepends-no-space.SRCINFO",
+            "line 5: invalid optdepends: name \"python:for the scripts\"",
+        ),
+        (
+            "backup-leading-slash.SRCINFO",
+            "line 5: invalid backup: entries must not start with a slash",
+        ),
     ];
     for (file, want) in cases {
         let got = err(file);

@@ -35,8 +35,41 @@ fn value() -> impl Strategy<Value = String> {
     ]
 }
 
-fn values() -> impl Strategy<Value = Vec<String>> {
-    vec(value(), 1..4)
+/// A value valid for `key` (dependency arrays are checked like makepkg's lint does).
+fn value_for(key: &str) -> BoxedStrategy<String> {
+    let base = [
+        "checkdepends",
+        "makedepends",
+        "optdepends",
+        "provides",
+        "conflicts",
+        "depends",
+    ]
+    .into_iter()
+    .find(|b| key == *b || key.starts_with(&format!("{b}_")))
+    .unwrap_or(key);
+    let name = "[a-z0-9@_+][a-zA-Z0-9@._+-]{0,12}";
+    match base {
+        "depends" | "makedepends" | "checkdepends" | "conflicts" => proptest::string::string_regex(
+            &format!("{name}((>=|<=|=|<|>)([0-9]{{1,2}}:)?[0-9a-z.+_]{{1,6}}(-[0-9]{{1,2}})?)?"),
+        )
+        .unwrap()
+        .boxed(),
+        "provides" => proptest::string::string_regex(&format!("{name}(=[0-9a-z.]{{1,6}})?"))
+            .unwrap()
+            .boxed(),
+        "optdepends" => {
+            proptest::string::string_regex(&format!("{name}(: [a-zA-Zäöü日本 =#.:]{{0,20}}[a-z])?"))
+                .unwrap()
+                .boxed()
+        }
+        "backup" => "[a-z][a-z0-9/._-]{0,20}".boxed(),
+        _ => value().boxed(),
+    }
+}
+
+fn values_for(key: &str) -> BoxedStrategy<Vec<String>> {
+    vec(value_for(key), 1..4).boxed()
 }
 
 fn checksum(kind: &str) -> BoxedStrategy<String> {
@@ -106,7 +139,7 @@ fn base_section() -> impl Strategy<Value = Section> {
     )
     .prop_flat_map(|keys| {
         keys.into_iter()
-            .map(|k| (Just(k), values()))
+            .map(|k| (Just(k), values_for(k)))
             .collect::<Vec<_>>()
     });
     let singles =
@@ -127,14 +160,16 @@ fn base_section() -> impl Strategy<Value = Section> {
                     archs
                         .into_iter()
                         .map(|a| {
-                            (
-                                subsequence(
-                                    vec!["depends", "makedepends", "optdepends", "provides"],
-                                    1..3,
-                                ),
-                                Just(a.clone()),
-                                sources(format!("_{a}")),
+                            let keyed = subsequence(
+                                vec!["depends", "makedepends", "optdepends", "provides"],
+                                1..3,
                             )
+                            .prop_flat_map(|keys| {
+                                keys.into_iter()
+                                    .map(|k| (Just(k), values_for(k)))
+                                    .collect::<Vec<_>>()
+                            });
+                            (keyed, Just(a.clone()), sources(format!("_{a}")))
                         })
                         .collect::<Vec<_>>()
                 });
@@ -147,11 +182,10 @@ fn base_section() -> impl Strategy<Value = Section> {
                 Just((name, version, singles, multi, arches)),
                 arch_fields,
                 src,
-                vec(value(), 1..3),
             )
         })
         .prop_map(
-            |((name, (ver, rel, epoch), singles, multi, arches), arch_fields, src, dep)| {
+            |((name, (ver, rel, epoch), singles, multi, arches), arch_fields, src)| {
                 let mut f = Fields::new();
                 for (k, v) in singles {
                     f.set(k, vec![v]);
@@ -169,8 +203,8 @@ fn base_section() -> impl Strategy<Value = Section> {
                     f.set(k, v);
                 }
                 for (keys, arch, src) in arch_fields {
-                    for k in keys {
-                        f.set(format!("{k}_{arch}"), dep.clone());
+                    for (k, v) in keys {
+                        f.set(format!("{k}_{arch}"), v);
                     }
                     for (k, v) in src {
                         f.set(k, v);
@@ -221,7 +255,7 @@ fn package_section(pkgname: String) -> impl Strategy<Value = Section> {
                         .boxed()
                 } else {
                     // An empty array clears the inherited one.
-                    prop_oneof![1 => Just(Vec::new()), 3 => values()].boxed()
+                    prop_oneof![1 => Just(Vec::new()), 3 => values_for(k)].boxed()
                 };
                 (Just(k), v)
             })
