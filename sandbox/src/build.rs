@@ -314,10 +314,12 @@ impl Builder {
                 profile::bind_host_etc(&mut b, &ctx.passwd, &ctx.group);
                 profile::bind_host_pacman_db(&mut b);
                 b.proc("/proc").dev("/dev").tmpfs("/tmp").tmpfs("/var/tmp");
+                profile::cover_proc(&mut b);
             }
             Some(layer) => {
                 b.bind(&layer.merged, "/");
                 b.proc("/proc").dev("/dev").tmpfs("/tmp");
+                profile::cover_proc(&mut b);
                 if !as_root {
                     b.ro_bind(&ctx.passwd, "/etc/passwd").ro_bind(&ctx.group, "/etc/group");
                 }
@@ -478,9 +480,7 @@ impl Builder {
         let mut b = self.sandbox(ctx, false, false);
         self.env(&mut b, SANDBOX_STARTDIR);
         b.command(["makepkg", "--printsrcinfo"]);
-        if ctx.layer.is_some() {
-            b.remount_ro("/");
-        }
+        b.remount_ro("/");
         let st = self.run_phase(ctx, Phase::Srcinfo, &b, Some(SRCINFO_CAP), log);
         if !st.outcome.is_success() {
             return Err(fail_run(Phase::Srcinfo, st.outcome, "makepkg --printsrcinfo (PKGBUILD syntax error?)"));
@@ -515,9 +515,7 @@ impl Builder {
             }
             self.env(&mut b, SANDBOX_SOURCES);
             b.command(["makepkg", "--verifysource", "--nodeps", "--noconfirm", "--noprogressbar", "--nocolor"]);
-            if ctx.layer.is_some() {
-                b.remount_ro("/");
-            }
+            b.remount_ro("/");
             let st = self.run_phase(ctx, Phase::FetchSources, &b, None, log);
             if !st.outcome.is_success() {
                 return Err(fail_run(Phase::FetchSources, st.outcome, "makepkg --verifysource"));
@@ -554,9 +552,7 @@ impl Builder {
             argv.push("--nodeps".into());
         }
         b.command(argv);
-        if ctx.layer.is_some() {
-            b.remount_ro("/");
-        }
+        b.remount_ro("/");
         let st = self.run_phase(ctx, Phase::Build, &b, None, log);
         if !st.outcome.is_success() {
             return Err(fail_run(Phase::Build, st.outcome, "makepkg"));

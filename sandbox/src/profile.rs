@@ -178,6 +178,20 @@ pub fn bind_host_etc(b: &mut BwrapCommand, passwd: &Path, group: &Path) {
     // bash wants this for `source /etc/profile` in some PKGBUILDs; harmless.
     b.ro_bind(passwd, "/etc/passwd");
     b.ro_bind(group, "/etc/group");
+    b.remount_ro("/etc");
+}
+
+/// Make the kernel knobs under the sandbox's `/proc` read-only.
+///
+/// When the node runs as root, the build user (uid 1000 inside) *is* host
+/// uid 0 without capabilities, and the kernel lets uid 0 write many
+/// root-owned sysctls without a capability check (`kernel.core_pattern`
+/// among them, which would run a program as real root on the next crash).
+/// bubblewrap does not cover `/proc/sys` in that case, so we bind it
+/// read-only ourselves, plus `/proc/sysrq-trigger`.
+pub fn cover_proc(b: &mut BwrapCommand) {
+    b.ro_bind("/proc/sys", "/proc/sys");
+    b.ro_bind_try("/proc/sysrq-trigger", "/proc/sysrq-trigger");
 }
 
 /// If the host has a pacman database (an Arch host), bind it read-only so
