@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_len, DecodeError, Limits, Message};
+use crate::codec::{DecodeError, Limits, Message, check_len};
 use crate::{Name, PublicKey, Timestamp};
 
 /// The newest announcement version this build understands and writes.
@@ -62,7 +62,11 @@ impl Message for Announcement {
         limits.max_announcement_bytes
     }
     fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
-        check_len("announcement tags", self.capabilities.tags.len(), limits.max_list)
+        check_len(
+            "announcement tags",
+            self.capabilities.tags.len(),
+            limits.max_list,
+        )
     }
     fn claimed_signer(&self) -> Option<&PublicKey> {
         Some(&self.node)
@@ -118,13 +122,17 @@ pub enum RequirementError {
     #[error("empty requirement; expected e.g. mem>=16G, cores>=8, arch=aarch64, tag=bigmem")]
     Empty,
     /// Neither `=` nor `>=`.
-    #[error("requirement {input:?} has no operator; expected KEY=VALUE or KEY>=VALUE (e.g. mem>=16G)")]
+    #[error(
+        "requirement {input:?} has no operator; expected KEY=VALUE or KEY>=VALUE (e.g. mem>=16G)"
+    )]
     NoOperator {
         /// The input.
         input: String,
     },
     /// A key this build does not know.
-    #[error("unknown requirement {key:?} in {input:?}; known: arch=, microarch>=, cores>=, mem>=, disk>=, tag=, profile=")]
+    #[error(
+        "unknown requirement {key:?} in {input:?}; known: arch=, microarch>=, cores>=, mem>=, disk>=, tag=, profile="
+    )]
     UnknownKey {
         /// The key.
         key: String,
@@ -193,7 +201,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn format_size(bytes: u64) -> String {
     for (c, shift) in SIZE_UNITS.iter().rev() {
         let unit = 1u64 << shift;
-        if bytes != 0 && bytes % unit == 0 {
+        if bytes != 0 && bytes.is_multiple_of(unit) {
             return format!("{}{c}", bytes / unit);
         }
     }
@@ -262,7 +270,11 @@ impl Requirement {
             }
             "cores" | "cpus" => {
                 want("cores", ">=", "cores>=8")?;
-                Requirement::Cores(value.parse().map_err(|_| bad("expected a whole number".into()))?)
+                Requirement::Cores(
+                    value
+                        .parse()
+                        .map_err(|_| bad("expected a whole number".into()))?,
+                )
             }
             "mem" | "memory" | "ram" => {
                 want("mem", ">=", "mem>=16G")?;
@@ -386,7 +398,11 @@ pub fn matches(caps: &Capabilities, needs: &[Requirement]) -> Result<(), Mismatc
                 } else {
                     format!(
                         "tags {}",
-                        caps.tags.iter().map(Name::as_str).collect::<Vec<_>>().join(",")
+                        caps.tags
+                            .iter()
+                            .map(Name::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
                     )
                 },
             ),
@@ -476,12 +492,23 @@ mod tests {
     #[test]
     fn matching_names_the_unmet_requirement() {
         let c = caps();
-        let ok: Vec<Requirement> = ["arch=x86_64", "mem>=8G", "cores>=4", "tag=fast", "profile=host", "x86-64-v3"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let ok: Vec<Requirement> = [
+            "arch=x86_64",
+            "mem>=8G",
+            "cores>=4",
+            "tag=fast",
+            "profile=host",
+            "x86-64-v3",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         matches(&c, &ok).unwrap();
-        let m = matches(&c, &["cores>=2".parse().unwrap(), "mem>=16G".parse().unwrap()]).unwrap_err();
+        let m = matches(
+            &c,
+            &["cores>=2".parse().unwrap(), "mem>=16G".parse().unwrap()],
+        )
+        .unwrap_err();
         assert_eq!(m.to_string(), "needs mem>=16G, node has mem=8G");
         let m = matches(&c, &["tag=bigmem".parse().unwrap()]).unwrap_err();
         assert_eq!(m.to_string(), "needs tag=bigmem, node has tags fast");

@@ -139,7 +139,9 @@ pub enum DecodeError {
         what: &'static str,
     },
     /// A message from a newer pacmesh.
-    #[error("{what} version {found} is newer than this node understands (max {max}); upgrade pacmesh")]
+    #[error(
+        "{what} version {found} is newer than this node understands (max {max}); upgrade pacmesh"
+    )]
     NewerVersion {
         /// What was being decoded.
         what: &'static str,
@@ -255,24 +257,23 @@ pub(crate) fn decode_as<T: DeserializeOwned>(
         });
     }
     let mut rest = bytes;
-    let value =
-        ciborium::de::from_reader_with_recursion_limit(&mut rest, max_depth).map_err(|e| {
-            match e {
-                ciborium::de::Error::Io(_) => DecodeError::Truncated { what },
-                ciborium::de::Error::Syntax(offset) => DecodeError::Syntax { what, offset },
-                ciborium::de::Error::Semantic(offset, message) => DecodeError::Shape {
-                    what,
-                    message: match offset {
-                        Some(o) => format!("{message} (at byte {o})"),
-                        None => message,
-                    },
+    let value = ciborium::de::from_reader_with_recursion_limit(&mut rest, max_depth).map_err(
+        |e| match e {
+            ciborium::de::Error::Io(_) => DecodeError::Truncated { what },
+            ciborium::de::Error::Syntax(offset) => DecodeError::Syntax { what, offset },
+            ciborium::de::Error::Semantic(offset, message) => DecodeError::Shape {
+                what,
+                message: match offset {
+                    Some(o) => format!("{message} (at byte {o})"),
+                    None => message,
                 },
-                ciborium::de::Error::RecursionLimitExceeded => DecodeError::TooDeep {
-                    what,
-                    max: max_depth,
-                },
-            }
-        })?;
+            },
+            ciborium::de::Error::RecursionLimitExceeded => DecodeError::TooDeep {
+                what,
+                max: max_depth,
+            },
+        },
+    )?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes {
             what,

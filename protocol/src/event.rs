@@ -13,9 +13,11 @@ use std::fmt;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::codec::{check_len, check_text, invalid, DecodeError, Limits, Message};
+use crate::codec::{DecodeError, Limits, Message, check_len, check_text, invalid};
 use crate::names::check_rel_path;
-use crate::{tagged, FileName, Hash, Name, PublicKey, RepoManifest, Requirement, Sha256, Timestamp};
+use crate::{
+    FileName, Hash, Name, PublicKey, RepoManifest, Requirement, Sha256, Timestamp, tagged,
+};
 
 /// The newest event version this build understands and writes.
 pub const EVENT_VERSION: u32 = 1;
@@ -63,6 +65,7 @@ impl Event {
 /// sequence stays intact and the event can still be stored and forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // a wire type, built once per message
 pub enum EventBody {
     /// `enqueue` (maintainer): add an entry to the build queue.
     Enqueue(QueueEntry),
@@ -655,7 +658,9 @@ impl Message for Event {
                     check_text("built source_commit", c, 256)?;
                 }
             }
-            EventBody::Failed { reason, .. } => check_text("failed reason", reason, limits.max_text)?,
+            EventBody::Failed { reason, .. } => {
+                check_text("failed reason", reason, limits.max_text)?
+            }
             EventBody::Publish(m) => {
                 m.validate(limits)?;
                 if m.publisher != self.author {

@@ -29,7 +29,12 @@ pub fn annotate(bytes: &[u8]) -> String {
         if let Err(msg) = item(bytes, &mut pos, 0, &mut out) {
             let rest = &bytes[pos.min(bytes.len())..];
             let shown = &rest[..rest.len().min(BYTES_PER_LINE)];
-            line(&mut out, 0, &hex::encode(shown), &format!("malformed: {msg}"));
+            line(
+                &mut out,
+                0,
+                &hex::encode(shown),
+                &format!("malformed: {msg}"),
+            );
             break;
         }
     }
@@ -147,7 +152,12 @@ fn item(bytes: &[u8], pos: &mut usize, depth: usize, out: &mut String) -> Result
             let ell = if text.chars().count() > 48 { "…" } else { "" };
             let comment = format!("text({n}) {shown:?}{ell}");
             if n <= 16 {
-                line(out, depth, &format!("{head_hex} {}", hex::encode(data)), &comment);
+                line(
+                    out,
+                    depth,
+                    &format!("{head_hex} {}", hex::encode(data)),
+                    &comment,
+                );
             } else {
                 line(out, depth, &head_hex, &comment);
                 for chunk in data.chunks(BYTES_PER_LINE) {
@@ -214,7 +224,12 @@ mod tests {
 
     #[test]
     fn survives_garbage() {
-        for input in [&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..], &[0x9f; 200], &[0x1c], &[0xff]] {
+        for input in [
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[0x9f; 200],
+            &[0x1c],
+            &[0xff],
+        ] {
             let dump = annotate(input);
             assert!(dump.contains("malformed"), "{dump}");
         }

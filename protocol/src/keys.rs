@@ -35,8 +35,11 @@ pub enum KeyError {
 
 /// An ed25519 public key, validated on construction (on the curve, not of small
 /// order). Displayed as 64 lowercase hex characters; CBOR: a 32-byte string.
+///
+/// Stored as its 32 validated bytes (the curve point is recomputed when a
+/// signature is checked), so it is small and cheap to copy and compare.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublicKey(VerifyingKey);
+pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     /// Validates 32 raw bytes.
@@ -50,18 +53,20 @@ impl PublicKey {
         if vk.to_edwards().compress().as_bytes() != bytes {
             return Err(KeyError::NonCanonical);
         }
-        Ok(PublicKey(vk))
+        Ok(PublicKey(*bytes))
     }
 
     /// Validates a byte slice of any length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: &[u8; 32] = bytes.try_into().map_err(|_| KeyError::Length(bytes.len()))?;
+        let arr: &[u8; 32] = bytes
+            .try_into()
+            .map_err(|_| KeyError::Length(bytes.len()))?;
         Self::from_bytes(arr)
     }
 
     /// The raw 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
+        &self.0
     }
 
     /// 64 lowercase hex characters.
@@ -76,31 +81,28 @@ impl PublicKey {
 
     /// The `ed25519-dalek` key, for callers that need it (e.g. the libp2p
     /// identity conversion in the node).
-    pub fn as_dalek(&self) -> &VerifyingKey {
-        &self.0
+    pub fn to_dalek(&self) -> VerifyingKey {
+        VerifyingKey::from_bytes(&self.0).expect("validated when constructed")
     }
 
     /// Strict ed25519 verification (`verify_strict`: canonical `S`, no
     /// small-order `R`).
     pub(crate) fn verify_strict(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(sig);
-        self.0.verify_strict(msg, &sig).is_ok()
+        VerifyingKey::from_bytes(&self.0).is_ok_and(|vk| vk.verify_strict(msg, &sig).is_ok())
     }
 }
 
 impl From<&SigningKey> for PublicKey {
     fn from(k: &SigningKey) -> Self {
-        PublicKey(k.verifying_key())
+        PublicKey(k.verifying_key().to_bytes())
     }
 }
 
 impl TryFrom<VerifyingKey> for PublicKey {
     type Error = KeyError;
     fn try_from(vk: VerifyingKey) -> Result<Self, KeyError> {
-        if vk.is_weak() {
-            return Err(KeyError::Weak);
-        }
-        Ok(PublicKey(vk))
+        PublicKey::from_bytes(vk.as_bytes())
     }
 }
 

@@ -17,18 +17,18 @@ mod tagged;
 mod time;
 
 pub use caps::{
-    format_size, matches, parse_size, Announcement, Capabilities, Mismatch, Requirement,
-    RequirementError, ANNOUNCEMENT_VERSION,
+    ANNOUNCEMENT_VERSION, Announcement, Capabilities, Mismatch, Requirement, RequirementError,
+    format_size, matches, parse_size,
 };
-pub use codec::{decode, encode, DecodeError, EncodeError, Limits, Message};
-pub use event::{Artifact, Event, EventBody, QueueEntry, Source, EVENT_VERSION};
+pub use codec::{DecodeError, EncodeError, Limits, Message, decode, encode};
+pub use event::{Artifact, EVENT_VERSION, Event, EventBody, QueueEntry, Source};
 pub use hash::{Hash, HashParseError, Sha256};
 pub use keys::{KeyError, PublicKey, SigningKey};
-pub use manifest::{ManifestPackage, RepoManifest, MANIFEST_VERSION};
+pub use manifest::{MANIFEST_VERSION, ManifestPackage, RepoManifest};
 pub use names::{FileName, Name, NameError};
-pub use policy::{BuilderPolicy, MeshPolicy, PolicyError, RepoPolicy, Roles, POLICY_VERSION};
-pub use signed::{signing_message, Signed, VerifyError, SIGNED_VERSION, SIGNING_CONTEXT_PREFIX};
-pub use sync::{AuthorHead, SyncRequest, SyncResponse, SYNC_VERSION};
+pub use policy::{BuilderPolicy, MeshPolicy, POLICY_VERSION, PolicyError, RepoPolicy, Roles};
+pub use signed::{SIGNED_VERSION, SIGNING_CONTEXT_PREFIX, Signed, VerifyError, signing_message};
+pub use sync::{AuthorHead, SYNC_VERSION, SyncRequest, SyncResponse};
 pub use time::Timestamp;
 
 /// libp2p stream protocol for anti-entropy sync (request-response).

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_len, check_text, invalid, DecodeError, Limits, Message};
+use crate::codec::{DecodeError, Limits, Message, check_len, check_text, invalid};
 use crate::{FileName, Hash, Name, PublicKey, Sha256, Timestamp};
 
 /// The newest manifest version this build understands and writes.
@@ -88,7 +88,11 @@ impl Message for RepoManifest {
                 "must be absent exactly for generation 1",
             ));
         }
-        check_len("manifest packages", self.packages.len(), limits.max_packages)?;
+        check_len(
+            "manifest packages",
+            self.packages.len(),
+            limits.max_packages,
+        )?;
         let mut names: Vec<&str> = self.packages.iter().map(|p| p.file_name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {

@@ -226,7 +226,14 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["glibc", "lib32-foo", "gtk2+", "python-foo.bar", "x86_64", "a@b"] {
+        for ok in [
+            "glibc",
+            "lib32-foo",
+            "gtk2+",
+            "python-foo.bar",
+            "x86_64",
+            "a@b",
+        ] {
             Name::new(ok).unwrap();
         }
         for bad in ["", "-x", ".x", "a b", "a/b", "ä", &"a".repeat(129)] {
@@ -237,7 +244,16 @@ mod tests {
     #[test]
     fn file_names() {
         FileName::new("foo-1.0-1-x86_64.pkg.tar.zst").unwrap();
-        for bad in ["", ".", "..", ".hidden", "a/b", "a\nb", "a\0b", &"a".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\nb",
+            "a\0b",
+            &"a".repeat(256),
+        ] {
             assert!(FileName::new(bad).is_err(), "{bad:?}");
         }
     }

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_len, invalid, DecodeError, Limits, Message};
+use crate::codec::{DecodeError, Limits, Message, check_len, invalid};
 use crate::{EventBody, Name, PublicKey, Signed, Timestamp, VerifyError};
 
 /// The newest policy format version this build understands and writes.
@@ -323,13 +323,19 @@ impl Message for MeshPolicy {
 
     fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
         if self.repos.is_empty() {
-            return Err(invalid("policy repos", "a mesh needs at least one repository"));
+            return Err(invalid(
+                "policy repos",
+                "a mesh needs at least one repository",
+            ));
         }
         check_len("policy repos", self.repos.len(), limits.max_keys)?;
         let mut names: Vec<&str> = self.repos.iter().map(|r| r.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(invalid("policy repos", format!("repository {:?} listed twice", w[0])));
+            return Err(invalid(
+                "policy repos",
+                format!("repository {:?} listed twice", w[0]),
+            ));
         }
         for r in &self.repos {
             if r.arches.is_empty() {
@@ -340,7 +346,11 @@ impl Message for MeshPolicy {
             }
             check_len("policy repo arches", r.arches.len(), limits.max_list)?;
         }
-        check_len("policy maintainers", self.maintainers.len(), limits.max_keys)?;
+        check_len(
+            "policy maintainers",
+            self.maintainers.len(),
+            limits.max_keys,
+        )?;
         check_len("policy publishers", self.publishers.len(), limits.max_keys)?;
         if let BuilderPolicy::Keys(k) = &self.builders {
             check_len("policy builders", k.len(), limits.max_keys)?;
@@ -349,7 +359,10 @@ impl Message for MeshPolicy {
             return Err(invalid("policy quorum", "must be at least 1"));
         }
         if self.lease_secs == 0 || self.build_timeout_secs == 0 {
-            return Err(invalid("policy timeouts", "lease and build timeout must be positive"));
+            return Err(invalid(
+                "policy timeouts",
+                "lease and build timeout must be positive",
+            ));
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::codec::{check_version, decode_as, DecodeError, EncodeError, Limits, Message};
+use crate::codec::{DecodeError, EncodeError, Limits, Message, check_version, decode_as};
 use crate::{Hash, PublicKey, SigningKey};
 
 /// The newest version of the signed envelope this build understands.
@@ -130,13 +130,13 @@ impl<T: Message> Signed<T> {
     pub fn sign(key: &SigningKey, value: &T) -> Result<Self, EncodeError> {
         use ed25519_dalek::Signer;
         let signer = PublicKey::from(key);
-        if let Some(claimed) = value.claimed_signer() {
-            if *claimed != signer {
-                return Err(EncodeError::WrongSigner {
-                    claimed: *claimed,
-                    signer,
-                });
-            }
+        if let Some(claimed) = value.claimed_signer()
+            && *claimed != signer
+        {
+            return Err(EncodeError::WrongSigner {
+                claimed: *claimed,
+                signer,
+            });
         }
         let payload = crate::codec::encode(value)?;
         let sig = key.sign(&signing_message(T::KIND, &payload)).to_bytes();
@@ -188,14 +188,14 @@ impl<T: Message> Signed<T> {
             }
             .into());
         }
-        if let Some(claimed) = value.claimed_signer() {
-            if *claimed != self.signer {
-                return Err(VerifyError::SignerMismatch {
-                    kind: T::KIND,
-                    claimed: *claimed,
-                    signer: self.signer,
-                });
-            }
+        if let Some(claimed) = value.claimed_signer()
+            && *claimed != self.signer
+        {
+            return Err(VerifyError::SignerMismatch {
+                kind: T::KIND,
+                claimed: *claimed,
+                signer: self.signer,
+            });
         }
         Ok(value)
     }

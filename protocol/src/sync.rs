@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_len, DecodeError, Limits, Message};
+use crate::codec::{DecodeError, Limits, Message, check_len};
 use crate::{Event, PublicKey, Signed};
 
 /// The newest sync message version this build understands and writes.

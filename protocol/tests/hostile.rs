@@ -63,7 +63,10 @@ fn every_truncation_of_every_message_is_an_error() {
         for n in 0..wire.len() {
             let err = Signed::<Event>::from_bytes(&wire[..n], &l).unwrap_err();
             assert!(
-                matches!(err, DecodeError::Truncated { .. } | DecodeError::Shape { .. }),
+                matches!(
+                    err,
+                    DecodeError::Truncated { .. } | DecodeError::Shape { .. }
+                ),
                 "prefix {n}: {err:?}"
             );
         }
@@ -114,7 +117,10 @@ fn deep_nesting_is_refused_without_stack_overflow() {
         deep.push(0x00);
         let err = Signed::<Event>::from_bytes(&deep, &l).unwrap_err();
         assert!(
-            matches!(err, DecodeError::TooDeep { max: 32, .. } | DecodeError::Shape { .. }),
+            matches!(
+                err,
+                DecodeError::TooDeep { max: 32, .. } | DecodeError::Shape { .. }
+            ),
             "{err:?}"
         );
         decode_everything(&deep);
@@ -134,7 +140,10 @@ fn deep_nesting_is_refused_without_stack_overflow() {
     // Deep nesting inside an unknown event body (skipped as IgnoredAny) too.
     let k = maintainer();
     let mut payload = encode(&event(&k, 1, EventBody::Cancel { entry: h("x") })).unwrap();
-    let i = payload.windows(8).position(|w| w == b"\x66cancel\xa1").unwrap();
+    let i = payload
+        .windows(8)
+        .position(|w| w == b"\x66cancel\xa1")
+        .unwrap();
     payload.truncate(i);
     payload.extend(cbor_text("future"));
     payload.extend(vec![0x81; 1000]);
@@ -165,13 +174,20 @@ fn wrong_versions_give_a_clear_error() {
     v.extend(cbor_text("something new"));
     assert_eq!(
         RepoManifest::decode(&v, &l).unwrap_err(),
-        DecodeError::NewerVersion { what: "manifest", found: 7, max: 1 }
+        DecodeError::NewerVersion {
+            what: "manifest",
+            found: 7,
+            max: 1
+        }
     );
     ev.version = 0;
     let s = Signed::sign(&k, &ev).unwrap();
     assert!(matches!(
         s.verify_and_decode(&l),
-        Err(VerifyError::Decode(DecodeError::InvalidVersion { found: 0, .. }))
+        Err(VerifyError::Decode(DecodeError::InvalidVersion {
+            found: 0,
+            ..
+        }))
     ));
     // No version at all.
     let mut v = vec![0xa1];
@@ -184,10 +200,15 @@ fn wrong_versions_give_a_clear_error() {
     // A newer envelope.
     let wire = signed_enqueue().to_bytes();
     let mut newer = wire.clone();
-    let i = newer.windows(9).position(|w| w == b"\x67version\x01").unwrap();
+    let i = newer
+        .windows(9)
+        .position(|w| w == b"\x67version\x01")
+        .unwrap();
     newer[i + 8] = 0x02;
     assert_eq!(
-        Signed::<Event>::from_bytes(&newer, &l).unwrap_err().to_string(),
+        Signed::<Event>::from_bytes(&newer, &l)
+            .unwrap_err()
+            .to_string(),
         "signed envelope version 2 is newer than this node understands (max 1); upgrade pacmesh"
     );
 }
@@ -198,7 +219,10 @@ fn unknown_event_kinds_decode_as_unknown_and_keep_the_chain() {
     let k = maintainer();
     // Hand-build a payload with a body kind from the future.
     let mut payload = encode(&event(&k, 4, EventBody::Cancel { entry: h("x") })).unwrap();
-    let i = payload.windows(8).position(|w| w == b"\x66cancel\xa1").unwrap();
+    let i = payload
+        .windows(8)
+        .position(|w| w == b"\x66cancel\xa1")
+        .unwrap();
     payload.truncate(i);
     payload.extend(cbor_text("rebuild-all"));
     payload.extend(encode(&std::collections::BTreeMap::from([("why", "toolchain")])).unwrap());
@@ -207,7 +231,12 @@ fn unknown_event_kinds_decode_as_unknown_and_keep_the_chain() {
     let s = Signed::<Event>::from_parts(payload, pk(&k), sig);
     let ev = s.verify_and_decode(&l).unwrap();
     assert_eq!(ev.seq, 4);
-    assert_eq!(ev.body, EventBody::Unknown { kind: "rebuild-all".into() });
+    assert_eq!(
+        ev.body,
+        EventBody::Unknown {
+            kind: "rebuild-all".into()
+        }
+    );
     // It cannot be re-encoded (forward the original bytes instead) ...
     assert!(encode(&ev).is_err());
     // ... but the envelope, and so its id, round-trips.
@@ -222,7 +251,10 @@ fn unknown_source_kinds_and_requirements_decode() {
     let mut payload = encode(&event(&k, 1, EventBody::Enqueue(queue_entry()))).unwrap();
     // Replace source ["aur", {pkgbase: hello}] by ["hg", {url: x}] (same length
     // trick is not needed: rebuild from parts).
-    let src = encode(&Source::Aur { pkgbase: name("hello") }).unwrap();
+    let src = encode(&Source::Aur {
+        pkgbase: name("hello"),
+    })
+    .unwrap();
     let i = payload.windows(src.len()).position(|w| w == src).unwrap();
     let mut new_src = vec![0x82];
     new_src.extend(cbor_text("hg"));
@@ -233,14 +265,21 @@ fn unknown_source_kinds_and_requirements_decode() {
     let i = payload.windows(req.len()).position(|w| w == req).unwrap();
     payload.splice(i..i + req.len(), cbor_text("gpu=nvidia"));
     let ev = Event::decode(&payload, &l).unwrap();
-    let EventBody::Enqueue(q) = ev.body else { panic!() };
+    let EventBody::Enqueue(q) = ev.body else {
+        panic!()
+    };
     assert_eq!(q.source, Source::Unknown { kind: "hg".into() });
     assert_eq!(q.needs, vec![Requirement::Unknown("gpu=nvidia".into())]);
     // A malformed requirement of a known kind is an error, not Unknown.
     let mut p2 = encode(&event(&k, 1, EventBody::Enqueue(queue_entry()))).unwrap();
     let i = p2.windows(req.len()).position(|w| w == req).unwrap();
     p2.splice(i..i + req.len(), cbor_text("mem>=lots"));
-    assert!(Event::decode(&p2, &l).unwrap_err().to_string().contains("mem>=lots"));
+    assert!(
+        Event::decode(&p2, &l)
+            .unwrap_err()
+            .to_string()
+            .contains("mem>=lots")
+    );
 }
 
 #[test]
@@ -261,11 +300,22 @@ fn sync_response_checks_embedded_envelopes() {
     assert!(err.to_string().contains("expected a signed event"), "{err}");
     // Too many events.
     let e = Signed::sign(&k, &event(&k, 1, EventBody::Cancel { entry: h("x") })).unwrap();
-    let r = SyncResponse { version: SYNC_VERSION, events: vec![e; 3], complete: false };
-    let small = Limits { max_sync_events: 2, ..Limits::default() };
+    let r = SyncResponse {
+        version: SYNC_VERSION,
+        events: vec![e; 3],
+        complete: false,
+    };
+    let small = Limits {
+        max_sync_events: 2,
+        ..Limits::default()
+    };
     assert!(matches!(
         SyncResponse::decode(&r.encode().unwrap(), &small),
-        Err(DecodeError::TooMany { what: "sync events", len: 3, max: 2 })
+        Err(DecodeError::TooMany {
+            what: "sync events",
+            len: 3,
+            max: 2
+        })
     ));
 }
 
@@ -275,7 +325,10 @@ fn trailing_bytes_are_refused() {
     wire.push(0x00);
     assert_eq!(
         Signed::<Event>::from_bytes(&wire, &lim()).unwrap_err(),
-        DecodeError::TrailingBytes { what: "signed envelope", extra: 1 }
+        DecodeError::TrailingBytes {
+            what: "signed envelope",
+            extra: 1
+        }
     );
 }
 
@@ -285,7 +338,10 @@ fn invalid_fields_are_refused() {
     // A key that is not a curve point.
     let wire = signed_enqueue().to_bytes();
     let signer = pk(&maintainer());
-    let i = wire.windows(32).rposition(|w| w == signer.as_bytes()).unwrap();
+    let i = wire
+        .windows(32)
+        .rposition(|w| w == signer.as_bytes())
+        .unwrap();
     let mut bad = wire.clone();
     bad[i..i + 32].copy_from_slice(&[0xff; 32]);
     let err = Signed::<Event>::from_bytes(&bad, &l).unwrap_err();
@@ -311,23 +367,41 @@ fn invalid_fields_are_refused() {
         rev: None,
         subdir: Some("../x".into()),
     };
-    let err = Signed::sign(&k, &event(&k, 1, EventBody::Enqueue(q))).unwrap().verify_and_decode(&l).unwrap_err();
+    let err = Signed::sign(&k, &event(&k, 1, EventBody::Enqueue(q)))
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap_err();
     assert!(err.to_string().contains("git url"), "{err}");
 }
 
 #[test]
 fn too_many_artifacts() {
     let k = builder();
-    let l = Limits { max_artifacts: 2, ..Limits::default() };
+    let l = Limits {
+        max_artifacts: 2,
+        ..Limits::default()
+    };
     let arts: Vec<Artifact> = (0..3)
         .map(|i| Artifact {
             file_name: FileName::new(format!("p{i}.pkg.tar.zst")).unwrap(),
             ..artifact()
         })
         .collect();
-    let body = EventBody::Built { entry: h("e"), attempt: 1, artifacts: arts, log: h("l"), source_commit: None };
-    let err = Signed::sign(&k, &event(&k, 2, body)).unwrap().verify_and_decode(&l).unwrap_err();
-    assert_eq!(err.to_string(), "built artifacts: 3 entries, more than the limit of 2");
+    let body = EventBody::Built {
+        entry: h("e"),
+        attempt: 1,
+        artifacts: arts,
+        log: h("l"),
+        source_commit: None,
+    };
+    let err = Signed::sign(&k, &event(&k, 2, body))
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "built artifacts: 3 entries, more than the limit of 2"
+    );
 }
 
 proptest! {
@@ -352,14 +426,14 @@ proptest! {
         }
         decode_everything(&m);
         // A mutated message never verifies as the original event.
-        if let Ok(s) = Signed::<Event>::from_bytes(&m, &lim()) {
-            if s.to_bytes() != wire {
-                if let Ok(ev) = s.verify_and_decode(&lim()) {
-                    // Only possible if the mutation hit nothing signed
-                    // (e.g. a non-canonical envelope encoding).
-                    prop_assert_eq!(Signed::<Event>::from_bytes(&wire, &lim()).unwrap().verify_and_decode(&lim()).unwrap(), ev);
-                }
-            }
+        if let Ok(s) = Signed::<Event>::from_bytes(&m, &lim())
+            && s.to_bytes() != wire
+            && let Ok(ev) = s.verify_and_decode(&lim())
+        {
+            // Only possible if the mutation hit nothing signed
+            // (e.g. a non-canonical envelope encoding).
+            let original = Signed::<Event>::from_bytes(&wire, &lim()).unwrap();
+            prop_assert_eq!(original.verify_and_decode(&lim()).unwrap(), ev);
         }
     }
 

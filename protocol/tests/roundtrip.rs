@@ -50,8 +50,13 @@ fn requirement() -> impl Strategy<Value = Requirement> {
 
 fn source() -> impl Strategy<Value = Source> {
     prop_oneof![
-        ("[^\u{0}]{1,40}", option::of(hash())).prop_map(|(path, snapshot)| Source::Dir { path, snapshot }),
-        (word(), option::of(word()), option::of("[a-z]{1,8}(/[a-z]{1,8}){0,2}"))
+        ("[^\u{0}]{1,40}", option::of(hash()))
+            .prop_map(|(path, snapshot)| Source::Dir { path, snapshot }),
+        (
+            word(),
+            option::of(word()),
+            option::of("[a-z]{1,8}(/[a-z]{1,8}){0,2}")
+        )
             .prop_map(|(url, rev, subdir)| Source::Git { url, rev, subdir }),
         name().prop_map(|pkgbase| Source::Aur { pkgbase }),
         (word(), option::of(word()), vec(name(), 0..4))
@@ -60,57 +65,101 @@ fn source() -> impl Strategy<Value = Source> {
 }
 
 fn queue_entry() -> impl Strategy<Value = QueueEntry> {
-    (name(), source(), vec(name(), 0..3), vec(requirement(), 0..5), option::of(any::<u64>()), option::of(any::<u32>()))
-        .prop_map(|(repo, source, arches, needs, source_date_epoch, timeout_secs)| QueueEntry {
-            repo,
-            source,
-            arches,
-            needs,
-            source_date_epoch,
-            timeout_secs,
-        })
+    (
+        name(),
+        source(),
+        vec(name(), 0..3),
+        vec(requirement(), 0..5),
+        option::of(any::<u64>()),
+        option::of(any::<u32>()),
+    )
+        .prop_map(
+            |(repo, source, arches, needs, source_date_epoch, timeout_secs)| QueueEntry {
+                repo,
+                source,
+                arches,
+                needs,
+                source_date_epoch,
+                timeout_secs,
+            },
+        )
 }
 
 fn artifact() -> impl Strategy<Value = Artifact> {
-    (file_name(), hash(), sha(), any::<u64>()).prop_map(|(file_name, blake3, sha256, size)| Artifact {
-        file_name,
-        blake3,
-        sha256,
-        size,
+    (file_name(), hash(), sha(), any::<u64>()).prop_map(|(file_name, blake3, sha256, size)| {
+        Artifact {
+            file_name,
+            blake3,
+            sha256,
+            size,
+        }
     })
 }
 
 fn manifest(publisher: PublicKey) -> impl Strategy<Value = RepoManifest> {
-    let pkg = (file_name(), name(), "[0-9][0-9a-z.:_+-]{0,12}", hash(), sha(), any::<u64>(), hash()).prop_map(
-        |(file_name, pkgname, version, blake3, sha256, size, sig)| ManifestPackage {
-            file_name,
-            pkgname,
-            version,
-            blake3,
-            sha256,
-            size,
-            sig,
-        },
-    );
-    (name(), name(), 1u64..1000, hash(), time(), hash(), hash(), hash(), option::of(hash()), vec(pkg, 0..6))
-        .prop_map(move |(repo, arch, generation, prev, time, db, files_db, db_sig, files_db_sig, mut packages)| {
-            packages.sort_by(|a, b| a.file_name.cmp(&b.file_name));
-            packages.dedup_by(|a, b| a.file_name == b.file_name);
-            RepoManifest {
-                version: MANIFEST_VERSION,
+    let pkg = (
+        file_name(),
+        name(),
+        "[0-9][0-9a-z.:_+-]{0,12}",
+        hash(),
+        sha(),
+        any::<u64>(),
+        hash(),
+    )
+        .prop_map(
+            |(file_name, pkgname, version, blake3, sha256, size, sig)| ManifestPackage {
+                file_name,
+                pkgname,
+                version,
+                blake3,
+                sha256,
+                size,
+                sig,
+            },
+        );
+    (
+        name(),
+        name(),
+        1u64..1000,
+        hash(),
+        time(),
+        hash(),
+        hash(),
+        hash(),
+        option::of(hash()),
+        vec(pkg, 0..6),
+    )
+        .prop_map(
+            move |(
                 repo,
                 arch,
                 generation,
-                previous: (generation > 1).then_some(prev),
+                prev,
                 time,
-                publisher,
                 db,
                 files_db,
                 db_sig,
                 files_db_sig,
-                packages,
-            }
-        })
+                mut packages,
+            )| {
+                packages.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+                packages.dedup_by(|a, b| a.file_name == b.file_name);
+                RepoManifest {
+                    version: MANIFEST_VERSION,
+                    repo,
+                    arch,
+                    generation,
+                    previous: (generation > 1).then_some(prev),
+                    time,
+                    publisher,
+                    db,
+                    files_db,
+                    db_sig,
+                    files_db_sig,
+                    packages,
+                }
+            },
+        )
 }
 
 fn body(author: PublicKey) -> impl Strategy<Value = EventBody> {
@@ -128,18 +177,32 @@ fn body(author: PublicKey) -> impl Strategy<Value = EventBody> {
             attempt,
             lease_until
         }),
-        (hash(), any::<u32>(), artifacts, hash(), option::of("[0-9a-f]{40}")).prop_map(
-            |(entry, attempt, artifacts, log, source_commit)| EventBody::Built {
-                entry,
-                attempt,
-                artifacts,
-                log,
-                source_commit
+        (
+            hash(),
+            any::<u32>(),
+            artifacts,
+            hash(),
+            option::of("[0-9a-f]{40}")
+        )
+            .prop_map(
+                |(entry, attempt, artifacts, log, source_commit)| EventBody::Built {
+                    entry,
+                    attempt,
+                    artifacts,
+                    log,
+                    source_commit
+                }
+            ),
+        (hash(), any::<u32>(), text(), option::of(hash())).prop_map(
+            |(entry, attempt, reason, log)| {
+                EventBody::Failed {
+                    entry,
+                    attempt,
+                    reason,
+                    log,
+                }
             }
         ),
-        (hash(), any::<u32>(), text(), option::of(hash())).prop_map(|(entry, attempt, reason, log)| {
-            EventBody::Failed { entry, attempt, reason, log }
-        }),
         manifest(author).prop_map(EventBody::Publish),
     ]
 }
@@ -147,58 +210,120 @@ fn body(author: PublicKey) -> impl Strategy<Value = EventBody> {
 fn signed_event() -> impl Strategy<Value = (SigningKey, Event)> {
     key().prop_flat_map(|k| {
         let author = PublicKey::from(&k);
-        (Just(k), 1u64..u64::MAX, hash(), time(), body(author)).prop_map(move |(k, seq, prev, time, body)| {
-            let prev = (seq > 1).then_some(prev);
-            (k, Event::new(author, seq, prev, time, body))
-        })
+        (Just(k), 1u64..u64::MAX, hash(), time(), body(author)).prop_map(
+            move |(k, seq, prev, time, body)| {
+                let prev = (seq > 1).then_some(prev);
+                (k, Event::new(author, seq, prev, time, body))
+            },
+        )
     })
 }
 
 fn policy() -> impl Strategy<Value = (SigningKey, MeshPolicy)> {
     let repo = (name(), vec(name(), 1..4)).prop_map(|(name, arches)| RepoPolicy { name, arches });
-    let builders = prop_oneof![Just(BuilderPolicy::Any), vec(pubkey(), 0..4).prop_map(BuilderPolicy::Keys)];
-    (key(), any::<u64>(), time(), vec(repo, 1..4), vec(pubkey(), 0..4), vec(pubkey(), 0..4), builders, 1u32..10, 1u32.., 1u32..)
-        .prop_map(|(k, policy_version, time, mut repos, maintainers, publishers, builders, quorum, lease_secs, build_timeout_secs)| {
-            repos.sort_by(|a, b| a.name.cmp(&b.name));
-            repos.dedup_by(|a, b| a.name == b.name);
-            let p = MeshPolicy {
-                version: POLICY_VERSION,
-                root: PublicKey::from(&k),
+    let builders = prop_oneof![
+        Just(BuilderPolicy::Any),
+        vec(pubkey(), 0..4).prop_map(BuilderPolicy::Keys)
+    ];
+    (
+        key(),
+        any::<u64>(),
+        time(),
+        vec(repo, 1..4),
+        vec(pubkey(), 0..4),
+        vec(pubkey(), 0..4),
+        builders,
+        1u32..10,
+        1u32..,
+        1u32..,
+    )
+        .prop_map(
+            |(
+                k,
                 policy_version,
                 time,
-                repos,
+                mut repos,
                 maintainers,
                 publishers,
                 builders,
                 quorum,
                 lease_secs,
                 build_timeout_secs,
-            };
-            (k, p)
-        })
+            )| {
+                repos.sort_by(|a, b| a.name.cmp(&b.name));
+                repos.dedup_by(|a, b| a.name == b.name);
+                let p = MeshPolicy {
+                    version: POLICY_VERSION,
+                    root: PublicKey::from(&k),
+                    policy_version,
+                    time,
+                    repos,
+                    maintainers,
+                    publishers,
+                    builders,
+                    quorum,
+                    lease_secs,
+                    build_timeout_secs,
+                };
+                (k, p)
+            },
+        )
 }
 
 fn announcement() -> impl Strategy<Value = (SigningKey, Announcement)> {
-    let caps = (name(), 0u8..5, any::<u32>(), any::<u64>(), any::<u64>(), vec(name(), 0..5), name(), any::<u32>(), any::<u32>(), any::<u32>())
-        .prop_map(|(arch, microarch, cores, memory_bytes, disk_free_bytes, tags, profile, load, slots, busy)| Capabilities {
-            arch,
-            microarch,
-            cores,
-            memory_bytes,
-            disk_free_bytes,
-            tags,
-            profile,
-            load,
-            slots,
-            busy,
-        });
+    let caps = (
+        name(),
+        0u8..5,
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(name(), 0..5),
+        name(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(
+                arch,
+                microarch,
+                cores,
+                memory_bytes,
+                disk_free_bytes,
+                tags,
+                profile,
+                load,
+                slots,
+                busy,
+            )| Capabilities {
+                arch,
+                microarch,
+                cores,
+                memory_bytes,
+                disk_free_bytes,
+                tags,
+                profile,
+                load,
+                slots,
+                busy,
+            },
+        );
     (key(), time(), time(), caps).prop_map(|(k, time, expires, capabilities)| {
-        let a = Announcement { version: ANNOUNCEMENT_VERSION, node: PublicKey::from(&k), time, expires, capabilities };
+        let a = Announcement {
+            version: ANNOUNCEMENT_VERSION,
+            node: PublicKey::from(&k),
+            time,
+            expires,
+            capabilities,
+        };
         (k, a)
     })
 }
 
-fn round_trip<T: Message + PartialEq + std::fmt::Debug>(k: &SigningKey, v: &T) -> Result<(), TestCaseError> {
+fn round_trip<T: Message + PartialEq + std::fmt::Debug>(
+    k: &SigningKey,
+    v: &T,
+) -> Result<(), TestCaseError> {
     let l = Limits::default();
     let s = Signed::sign(k, v).unwrap();
     let wire = s.to_bytes();

@@ -91,11 +91,7 @@ mod ed25519_dalek_sign {
 fn payloads_swapped_between_envelopes_fail() {
     let k = maintainer();
     let a = Signed::sign(&k, &event(&k, 1, EventBody::Enqueue(queue_entry()))).unwrap();
-    let b = Signed::sign(
-        &k,
-        &event(&k, 2, EventBody::Cancel { entry: a.id() }),
-    )
-    .unwrap();
+    let b = Signed::sign(&k, &event(&k, 2, EventBody::Cancel { entry: a.id() })).unwrap();
     let swapped = Signed::<Event>::from_parts(b.payload.clone(), a.signer, a.sig);
     assert!(matches!(
         swapped.verify(),
@@ -109,10 +105,19 @@ fn domain_separation_between_kinds() {
     // payload bytes.
     let s = Signed::sign(&root(), &policy(1)).unwrap();
     let as_manifest = Signed::<RepoManifest>::from_parts(s.payload.clone(), s.signer, s.sig);
-    assert!(matches!(as_manifest.verify(), Err(VerifyError::BadSignature { kind: "manifest", .. })));
+    assert!(matches!(
+        as_manifest.verify(),
+        Err(VerifyError::BadSignature {
+            kind: "manifest",
+            ..
+        })
+    ));
     // And the envelope says what it is.
     let err = Signed::<Event>::from_bytes(&s.to_bytes(), &lim()).unwrap_err();
-    assert_eq!(err.to_string(), "expected a signed event, got a signed \"policy\"");
+    assert_eq!(
+        err.to_string(),
+        "expected a signed event, got a signed \"policy\""
+    );
 }
 
 #[test]
@@ -122,13 +127,20 @@ fn publish_manifest_must_be_by_the_author() {
     let k = publisher();
     let s = Signed::sign(&k, &event(&k, 2, EventBody::Publish(m))).unwrap();
     let err = s.verify_and_decode(&lim()).unwrap_err();
-    assert!(err.to_string().contains("publisher must be the event's author"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("publisher must be the event's author"),
+        "{err}"
+    );
 }
 
 #[test]
 fn roles() {
     let p = policy(1);
-    assert!(p.role_of(&pk(&root())).contains(Roles::ROOT | Roles::MAINTAINER));
+    assert!(
+        p.role_of(&pk(&root()))
+            .contains(Roles::ROOT | Roles::MAINTAINER)
+    );
     assert!(!p.role_of(&pk(&root())).contains(Roles::PUBLISHER));
     assert!(p.role_of(&pk(&maintainer())).contains(Roles::MAINTAINER));
     assert!(p.role_of(&pk(&publisher())).contains(Roles::PUBLISHER));
@@ -150,25 +162,35 @@ fn authorize_by_role() {
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         // A stranger may do none of it.
         let err = p.authorize(&pk(&key(99)), &body).unwrap_err();
-        assert!(matches!(err, PolicyError::NotAllowed { .. }), "{kind}: {err}");
+        assert!(
+            matches!(err, PolicyError::NotAllowed { .. }),
+            "{kind}: {err}"
+        );
     }
     let err = p
         .authorize(&pk(&builder()), &EventBody::Enqueue(queue_entry()))
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("{} (builder) may not enqueue: needs role maintainer", pk(&builder()))
+        format!(
+            "{} (builder) may not enqueue: needs role maintainer",
+            pk(&builder())
+        )
     );
     let mut q = queue_entry();
     q.repo = name("nope");
     assert_eq!(
-        p.authorize(&pk(&maintainer()), &EventBody::Enqueue(q)).unwrap_err().to_string(),
+        p.authorize(&pk(&maintainer()), &EventBody::Enqueue(q))
+            .unwrap_err()
+            .to_string(),
         "repository nope is not in the mesh policy"
     );
     let mut q = queue_entry();
     q.arches = vec![name("riscv64")];
     assert_eq!(
-        p.authorize(&pk(&maintainer()), &EventBody::Enqueue(q)).unwrap_err().to_string(),
+        p.authorize(&pk(&maintainer()), &EventBody::Enqueue(q))
+            .unwrap_err()
+            .to_string(),
         "repository extra for riscv64 is not in the mesh policy"
     );
 }
@@ -176,7 +198,12 @@ fn authorize_by_role() {
 #[test]
 fn policy_updates_need_root_and_a_higher_counter() {
     let l = lim();
-    let current = MeshPolicy::verify_initial(&Signed::sign(&root(), &policy(5)).unwrap(), &pk(&root()), &l).unwrap();
+    let current = MeshPolicy::verify_initial(
+        &Signed::sign(&root(), &policy(5)).unwrap(),
+        &pk(&root()),
+        &l,
+    )
+    .unwrap();
 
     // Newer, by root: accepted.
     let newer = Signed::sign(&root(), &policy(6)).unwrap();
@@ -187,7 +214,10 @@ fn policy_updates_need_root_and_a_higher_counter() {
         let s = Signed::sign(&root(), &policy(v)).unwrap();
         assert_eq!(
             current.accept_update(&s, &l).unwrap_err(),
-            PolicyError::NotNewer { current: 5, offered: v }
+            PolicyError::NotNewer {
+                current: 5,
+                offered: v
+            }
         );
     }
 
@@ -195,11 +225,15 @@ fn policy_updates_need_root_and_a_higher_counter() {
     let mut other = policy(9);
     other.root = pk(&maintainer());
     let s = Signed::sign(&maintainer(), &other).unwrap();
-    assert!(matches!(current.accept_update(&s, &l), Err(PolicyError::WrongRoot { .. })));
+    assert!(matches!(
+        current.accept_update(&s, &l),
+        Err(PolicyError::WrongRoot { .. })
+    ));
 
     // Root's policy re-signed by another key: refused.
     let good = Signed::sign(&root(), &policy(7)).unwrap();
-    let forged = Signed::<MeshPolicy>::from_parts(good.payload.clone(), pk(&maintainer()), good.sig);
+    let forged =
+        Signed::<MeshPolicy>::from_parts(good.payload.clone(), pk(&maintainer()), good.sig);
     assert!(matches!(
         current.accept_update(&forged, &l),
         Err(PolicyError::Verify(VerifyError::BadSignature { .. }))
@@ -218,11 +252,13 @@ fn policy_validation() {
     assert!(bad(|p| p.quorum = 0).contains("quorum"));
     assert!(bad(|p| p.repos.clear()).contains("at least one repository"));
     assert!(bad(|p| p.repos[0].arches.clear()).contains("no architectures"));
-    assert!(bad(|p| {
-        let r = p.repos[0].clone();
-        p.repos.push(r)
-    })
-    .contains("listed twice"));
+    assert!(
+        bad(|p| {
+            let r = p.repos[0].clone();
+            p.repos.push(r)
+        })
+        .contains("listed twice")
+    );
 }
 
 #[test]
@@ -231,11 +267,17 @@ fn event_chain_rules() {
     let l = lim();
     let mut ev = event(&k, 1, EventBody::Cancel { entry: h("x") });
     ev.prev = Some(h("y"));
-    let err = Signed::sign(&k, &ev).unwrap().verify_and_decode(&l).unwrap_err();
+    let err = Signed::sign(&k, &ev)
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap_err();
     assert!(err.to_string().contains("seq 1"), "{err}");
     ev.seq = 0;
     ev.prev = None;
-    let err = Signed::sign(&k, &ev).unwrap().verify_and_decode(&l).unwrap_err();
+    let err = Signed::sign(&k, &ev)
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap_err();
     assert!(err.to_string().contains("start at 1"), "{err}");
 }
 
@@ -247,7 +289,10 @@ fn non_publish_events_keep_the_small_limit() {
         ..Limits::default()
     };
     let small = event(&k, 2, EventBody::Cancel { entry: h("x") });
-    Signed::sign(&k, &small).unwrap().verify_and_decode(&l).unwrap();
+    Signed::sign(&k, &small)
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap();
     let big = event(
         &k,
         2,
@@ -258,13 +303,25 @@ fn non_publish_events_keep_the_small_limit() {
             log: None,
         },
     );
-    let err = Signed::sign(&k, &big).unwrap().verify_and_decode(&l).unwrap_err();
-    assert!(matches!(err, VerifyError::Decode(DecodeError::TooLarge { max: 400, .. })), "{err}");
+    let err = Signed::sign(&k, &big)
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::Decode(DecodeError::TooLarge { max: 400, .. })
+        ),
+        "{err}"
+    );
     // A publish event may use the manifest limit.
     let p = publisher();
     let publish = event(&p, 2, EventBody::Publish(manifest()));
     assert!(Signed::sign(&p, &publish).unwrap().payload.len() > 400);
-    Signed::sign(&p, &publish).unwrap().verify_and_decode(&l).unwrap();
+    Signed::sign(&p, &publish)
+        .unwrap()
+        .verify_and_decode(&l)
+        .unwrap();
 }
 
 #[test]

@@ -37,8 +37,12 @@ fn check_golden(name: &str, actual: &str) -> String {
     if std::env::var_os("PACMESH_BLESS").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with PACMESH_BLESS=1 to create)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with PACMESH_BLESS=1 to create)",
+            path.display()
+        )
+    });
     if actual != expected {
         let (n, (a, e)) = actual
             .lines()
@@ -96,7 +100,12 @@ fn event_wire_format_per_body_kind() {
 
 #[test]
 fn policy_wire_format() {
-    golden_signed("policy", "Signed<MeshPolicy>, policy_version 1", &root(), &policy(1));
+    golden_signed(
+        "policy",
+        "Signed<MeshPolicy>, policy_version 1",
+        &root(),
+        &policy(1),
+    );
 }
 
 #[test]
@@ -119,12 +128,19 @@ fn manifest_wire_format() {
     );
     // The bare manifest decodes with the manifest limit.
     let bare = manifest().encode().unwrap();
-    assert_eq!(RepoManifest::decode(&bare, &Limits::default()).unwrap(), manifest());
+    assert_eq!(
+        RepoManifest::decode(&bare, &Limits::default()).unwrap(),
+        manifest()
+    );
 }
 
 fn golden_bare<T: Message + PartialEq + std::fmt::Debug>(name: &str, title: &str, value: &T) {
     let bytes = value.encode().unwrap();
-    let rendered = format!("## {title}\n## message ({} bytes):\n{}", bytes.len(), annotate(&bytes));
+    let rendered = format!(
+        "## {title}\n## message ({} bytes):\n{}",
+        bytes.len(),
+        annotate(&bytes)
+    );
     let golden = check_golden(name, &rendered);
     let i = golden.find("## message").unwrap();
     let frozen = parse_hex(&golden[i..]).unwrap();
@@ -141,14 +157,27 @@ fn sync_wire_format() {
         "SyncRequest (unsigned; the libp2p connection authenticates the peer)",
         &SyncRequest {
             version: SYNC_VERSION,
-            heads: vec![AuthorHead { author: pk(&maintainer()), seq: 0 }, AuthorHead { author: pk(&builder()), seq: 41 }],
+            heads: vec![
+                AuthorHead {
+                    author: pk(&maintainer()),
+                    seq: 0,
+                },
+                AuthorHead {
+                    author: pk(&builder()),
+                    seq: 41,
+                },
+            ],
             max_events: 1000,
         },
     );
     golden_bare(
         "sync_response",
         "SyncResponse carrying one Signed<Event> (the enqueue example)",
-        &SyncResponse { version: SYNC_VERSION, events: vec![first], complete: true },
+        &SyncResponse {
+            version: SYNC_VERSION,
+            events: vec![first],
+            complete: true,
+        },
     );
 }
 
@@ -165,9 +194,15 @@ fn topic_and_protocol_names() {
     let root = pk(&root());
     assert_eq!(SYNC_PROTOCOL, "/pacmesh/sync/1");
     assert_eq!(BLOBS_PROTOCOL, "/pacmesh/blobs/1");
-    assert_eq!(events_topic(&root), format!("/pacmesh/{}/events/1", root.to_hex()));
+    assert_eq!(
+        events_topic(&root),
+        format!("/pacmesh/{}/events/1", root.to_hex())
+    );
     assert_eq!(policy(1).events_topic(), events_topic(&root));
-    assert_eq!(announce_topic(&root), format!("/pacmesh/{}/announce/1", root.to_hex()));
+    assert_eq!(
+        announce_topic(&root),
+        format!("/pacmesh/{}/announce/1", root.to_hex())
+    );
 }
 
 #[test]

@@ -124,7 +124,11 @@ pub fn announcement() -> Announcement {
 
 /// An event by `k` with sequence `seq` (prev derived from seq).
 pub fn event(k: &SigningKey, seq: u64, body: EventBody) -> Event {
-    let prev = if seq == 1 { None } else { Some(h(&format!("prev {seq}"))) };
+    let prev = if seq == 1 {
+        None
+    } else {
+        Some(h(&format!("prev {seq}")))
+    };
     Event::new(pk(k), seq, prev, T0, body)
 }
 
