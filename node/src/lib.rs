@@ -2,5 +2,8 @@
 
 pub mod build_cmd;
 pub mod cli;
+pub mod ingest;
 pub mod inspect;
 pub mod keys;
+pub mod state;
+pub mod store;
