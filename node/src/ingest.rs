@@ -58,7 +58,7 @@ use pacmesh_protocol::{
 };
 
 use crate::state::QueueState;
-use crate::store::events::{EventStore, EventStoreError, InsertError, NewEvent};
+use crate::store::events::{EventStore, EventStoreError, InsertError, NewEvent, StoredEvent};
 
 /// Meta key of the mesh root.
 const META_ROOT: &str = "root";
@@ -336,6 +336,37 @@ fn decode_stored(id: &Hash, bytes: &[u8], limits: &Limits, verify: bool) -> Resu
     Ok(ev)
 }
 
+/// Decodes stored events on every core (key validation — point
+/// decompression of signer and author — dominates the cost), in order.
+fn decode_all(stored: &[StoredEvent], limits: &Limits, verify: bool) -> Vec<Result<Event, String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads < 2 || stored.len() < 256 {
+        return stored
+            .iter()
+            .map(|s| decode_stored(&s.id, &s.bytes, limits, verify))
+            .collect();
+    }
+    let chunk = stored.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = stored
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|s| decode_stored(&s.id, &s.bytes, limits, verify))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("decoding does not panic"))
+            .collect()
+    })
+}
+
 impl Ingest {
     /// Opens the event store in `db` for the mesh named by `root`, loads or
     /// installs the policy, and rebuilds the state from the stored events.
@@ -415,9 +446,12 @@ impl Ingest {
         let mut state = QueueState::new();
         let mut skipped = Vec::new();
         let mut n = 0;
-        for item in events.iter() {
-            let se = item?;
-            match decode_stored(&se.id, &se.bytes, &limits, cfg.verify_on_open) {
+        let stored: Vec<_> = events.iter().collect::<Result<_, _>>()?;
+        for (se, decoded) in stored
+            .iter()
+            .zip(decode_all(&stored, &limits, cfg.verify_on_open))
+        {
+            match decoded {
                 Ok(ev) => {
                     state.apply(se.id, &ev);
                     n += 1;

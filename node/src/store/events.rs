@@ -180,13 +180,37 @@ impl EventStore {
             conflicts: db.open_tree(CONFLICTS_TREE)?,
             heads: BTreeMap::new(),
         };
+        // Keys are sorted by author then seq: validate each author's key
+        // once (point decompression is the expensive part of the scan).
         let mut heads: BTreeMap<PublicKey, u64> = BTreeMap::new();
+        let mut cur: Option<([u8; 32], PublicKey, u64)> = None;
         for k in s.by_author.iter().keys() {
-            let (author, seq) = split_author_key(&k?)?;
-            let h = heads.entry(author).or_insert(0);
-            if seq == *h + 1 {
-                *h = seq;
+            let k = k?;
+            if k.len() != 40 {
+                return Err(EventStoreError::Corrupt(format!(
+                    "by_author key of {} bytes",
+                    k.len()
+                )));
             }
+            let seq = u64::from_be_bytes(k[32..].try_into().unwrap());
+            match &mut cur {
+                Some((raw, _, h)) if raw[..] == k[..32] => {
+                    if seq == *h + 1 {
+                        *h = seq;
+                    }
+                }
+                _ => {
+                    if let Some((_, author, h)) = cur.take() {
+                        heads.insert(author, h);
+                    }
+                    let (author, _) = split_author_key(&k)?;
+                    let raw: [u8; 32] = k[..32].try_into().unwrap();
+                    cur = Some((raw, author, if seq == 1 { 1 } else { 0 }));
+                }
+            }
+        }
+        if let Some((_, author, h)) = cur {
+            heads.insert(author, h);
         }
         s.heads = heads;
         Ok(s)
