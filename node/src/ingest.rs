@@ -14,8 +14,11 @@
 //! # Per-author sequence rules
 //!
 //! - The same event again (same id) is a harmless [`IngestOutcome::Duplicate`]
-//!   — detected from the envelope alone, before any signature check, so
-//!   gossip re-deliveries cost one hash. The id is computed over the
+//!   — detected from the envelope alone (is the id applied?), before any
+//!   signature check, so gossip re-deliveries cost one hash. An event that is
+//!   stored but not applied (a flush failed after the insert, or the stored
+//!   copy did not decode at start-up) is verified again, its stored bytes
+//!   rewritten, and applied. The id is computed over the
 //!   canonical envelope, so a re-encoded copy is a duplicate too.
 //! - A *different* event at a stored (author, seq) is an **equivocation**:
 //!   refused, and the first such event per slot is kept as evidence
@@ -49,7 +52,7 @@
 //! re-verification on. A stored event that no longer decodes is skipped,
 //! logged and listed in [`OpenReport::skipped`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use pacmesh_protocol::{
@@ -305,6 +308,8 @@ pub struct Ingest {
     policy_signed: Signed<MeshPolicy>,
     limits: Limits,
     counters: Counters,
+    /// Ids stored in the current call but not applied yet (batch dedupe).
+    pending: BTreeSet<Hash>,
 }
 
 fn parse_policy(
@@ -484,6 +489,7 @@ impl Ingest {
             policy_signed,
             limits,
             counters,
+            pending: BTreeSet::new(),
         };
         Ok((ingest, report))
     }
@@ -561,6 +567,7 @@ impl Ingest {
                 Ok(Checked::New(id, ev))
             }
         });
+        self.pending.clear();
         self.finish(r)
     }
 
@@ -580,6 +587,7 @@ impl Ingest {
         } else {
             Ok(())
         };
+        self.pending.clear();
         checked
             .into_iter()
             .map(|c| match (&flushed, c) {
@@ -633,13 +641,21 @@ impl Ingest {
         })?;
         let id = signed.id();
         let storage = |e: EventStoreError| RejectReason::Storage(e.to_string());
-        if self.events.contains(&id).map_err(storage)? {
+        if self.state.contains(&id) || self.pending.contains(&id) {
             return Ok(Checked::Duplicate(id));
         }
         let ev = signed.verify_and_decode(limits).map_err(classify_verify)?;
         self.policy
             .authorize(&ev.author, &ev.body)
             .map_err(RejectReason::Policy)?;
+        if self.events.contains(&id).map_err(storage)? {
+            // Stored but not applied: a flush failed after the insert, or
+            // the stored copy did not decode at start-up. Rewrite the bytes
+            // (they verify) and apply.
+            self.events.rewrite(&id, bytes).map_err(storage)?;
+            self.pending.insert(id);
+            return Ok(Checked::New(id, Box::new(ev)));
+        }
 
         let author = ev.author;
         let seq = ev.seq;
@@ -715,7 +731,10 @@ impl Ingest {
             bytes,
         };
         match self.events.insert_deferred(&new) {
-            Ok(true) => Ok(Checked::New(id, ev)),
+            Ok(true) => {
+                self.pending.insert(id);
+                Ok(Checked::New(id, Box::new(ev)))
+            }
             Ok(false) => Ok(Checked::Duplicate(id)),
             Err(InsertError::SeqTaken { existing, .. }) => Err(conflict(
                 &self.events,
@@ -732,6 +751,6 @@ impl Ingest {
 }
 
 enum Checked {
-    New(Hash, Event),
+    New(Hash, Box<Event>),
     Duplicate(Hash),
 }

@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use pacmesh_protocol::{
-    Artifact, Event, EventBody, Hash, Name, PublicKey, QueueEntry, RepoManifest, Timestamp,
+    Artifact, Event, EventBody, Hash, Name, PublicKey, QueueEntry, RepoManifest, Source, Timestamp,
 };
 
 /// Who did something, when, in which event.
@@ -229,6 +229,10 @@ pub struct Generation {
     pub manifest: Arc<RepoManifest>,
 }
 
+/// Published generations of one (repo, arch): generation → `publish` event
+/// id → manifest.
+pub type Generations = BTreeMap<u64, BTreeMap<Hash, Arc<RepoManifest>>>;
+
 /// The status of an entry at some `now`. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryStatus<'a> {
@@ -281,12 +285,46 @@ impl EntryStatus<'_> {
     }
 }
 
+/// Every blob an event refers to: artifacts and build logs, a `dir`
+/// source's snapshot, and a manifest's databases, signatures and packages.
+/// These are the GC roots a node pins (e.g. as `event:<id>`) when it
+/// accepts the event.
+pub fn referenced_blobs(body: &EventBody) -> Vec<Hash> {
+    let mut out = Vec::new();
+    match body {
+        EventBody::Enqueue(q) => {
+            if let Source::Dir {
+                snapshot: Some(s), ..
+            } = &q.source
+            {
+                out.push(*s);
+            }
+        }
+        EventBody::Built { artifacts, log, .. } => {
+            out.extend(artifacts.iter().map(|a| a.blake3));
+            out.push(*log);
+        }
+        EventBody::Failed { log: Some(l), .. } => out.push(*l),
+        EventBody::Publish(m) => {
+            out.extend([m.db, m.files_db, m.db_sig]);
+            out.extend(m.files_db_sig);
+            for p in &m.packages {
+                out.extend([p.blake3, p.sig]);
+            }
+        }
+        _ => {}
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The derived state. See the [module docs](self).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueState {
     entries: BTreeMap<Hash, EntryRecord>,
     applied: BTreeSet<Hash>,
-    generations: BTreeMap<(Name, Name), BTreeMap<u64, BTreeMap<Hash, Arc<RepoManifest>>>>,
+    generations: BTreeMap<(Name, Name), Generations>,
     published_blobs: HashMap<Hash, PublishedRef>,
     removals: BTreeMap<(Name, Name), BTreeSet<EventRef>>,
     unknown: u64,
@@ -494,29 +532,33 @@ impl QueueState {
                 lease_until: c.lease_until,
             };
         }
-        if let Some(r) = e.failed().max_by_key(|r| (r.time, r.event)) {
-            if let ReportOutcome::Failed { reason, log } = &r.outcome {
-                return EntryStatus::Failed {
-                    by: r.builder,
-                    reason,
-                    log: *log,
-                };
-            }
+        if let Some(r) = e.failed().max_by_key(|r| (r.time, r.event))
+            && let ReportOutcome::Failed { reason, log } = &r.outcome
+        {
+            return EntryStatus::Failed {
+                by: r.builder,
+                reason,
+                log: *log,
+            };
         }
         EntryStatus::Waiting
     }
 
-    /// Entries a builder may claim at `now` when a publish needs `quorum`
+    /// Whether `e` may be claimed at `now` when a publish needs `quorum`
     /// matching reports. See the [module docs](self).
+    pub fn is_claimable(&self, e: &EntryRecord, now: Timestamp, quorum: u32) -> bool {
+        e.enqueued.is_some()
+            && e.cancelled.is_none()
+            && e.failed().next().is_none()
+            && e.live_claims(now).next().is_none()
+            && e.builders_built().len() < quorum.max(1) as usize
+            && self.published(e).is_none()
+    }
+
+    /// Entries a builder may claim at `now` (see [`QueueState::is_claimable`]).
     pub fn claimable(&self, now: Timestamp, quorum: u32) -> Vec<&EntryRecord> {
         self.entries()
-            .filter(|e| {
-                e.cancelled.is_none()
-                    && e.failed().next().is_none()
-                    && e.live_claims(now).next().is_none()
-                    && e.builders_built().len() < quorum.max(1) as usize
-                    && self.published(e).is_none()
-            })
+            .filter(|e| self.is_claimable(e, now, quorum))
             .collect()
     }
 
@@ -529,18 +571,13 @@ impl QueueState {
         now: Timestamp,
         quorum: u32,
     ) -> bool {
-        self.claimable(now, quorum).iter().any(|c| c.id == e.id)
-            && !e.built().any(|r| r.builder == *builder)
+        self.is_claimable(e, now, quorum) && !e.built().any(|r| r.builder == *builder)
     }
 
     /// Published generations of (repo, arch): generation → publish event id
     /// → manifest (two entries for one generation mean two publishers raced
     /// or one equivocated).
-    pub fn generations(
-        &self,
-        repo: &Name,
-        arch: &Name,
-    ) -> Option<&BTreeMap<u64, BTreeMap<Hash, Arc<RepoManifest>>>> {
+    pub fn generations(&self, repo: &Name, arch: &Name) -> Option<&Generations> {
         self.generations.get(&(repo.clone(), arch.clone()))
     }
 
@@ -778,7 +815,8 @@ mod tests {
                 sig: Hash::new(b"pkgsig"),
             }],
         };
-        let p = mk.ev(4, EventBody::Publish(m));
+        let p_body = EventBody::Publish(m);
+        let p = mk.ev(4, p_body.clone());
         let pid = p.0;
         apply_all(&mut s, &[p]);
         let ent = s.entry(&eid).unwrap();
@@ -791,6 +829,19 @@ mod tests {
             .unwrap();
         assert_eq!(g.event, pid);
         assert!(s.claimable(at(0), 5).is_empty());
+        let roots = referenced_blobs(&p_body);
+        for h in [
+            Hash::new("hello"),
+            Hash::new(b"pkgsig"),
+            Hash::new(b"db"),
+            Hash::new(b"sig"),
+        ] {
+            assert!(roots.contains(&h));
+        }
+        assert_eq!(roots.len(), 5);
+        let b = built(eid, 1, "x");
+        assert_eq!(referenced_blobs(&b).len(), 2);
+        assert!(referenced_blobs(&enqueue()).is_empty());
     }
 
     #[test]

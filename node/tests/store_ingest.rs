@@ -139,6 +139,13 @@ fn refused(node: &mut Ingest, bytes: &[u8], label: &str) -> RejectReason {
 }
 
 #[test]
+fn ingest_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<Ingest>();
+    send::<FsStore>();
+}
+
+#[test]
 fn accept_duplicate_and_reencoded_replay() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = open(dir.path(), Some(&default_policy()));
@@ -269,6 +276,13 @@ fn hostile_bytes_are_refused_and_the_node_keeps_going() {
     let nb = Signed::sign(&sk(MAINT), &newer).unwrap().to_bytes();
     let r = refused(&mut node, &nb, "unsupported_version");
     assert!(r.to_string().contains("upgrade"), "{r}");
+    // An envelope from a newer pacmesh ("version": 2 in the envelope map).
+    let mut env2 = next.clone();
+    let at = env2.windows(8).position(|w| w == b"\x67version").unwrap() + 8;
+    assert_eq!(env2[at], 1);
+    env2[at] = 2;
+    let r = refused(&mut node, &env2, "unsupported_version");
+    assert!(r.to_string().contains("signed envelope"), "{r}");
     // An invalid payload (seq 0).
     let zero = Event::new(pk(MAINT), 0, None, Timestamp::from_millis(T0), enqueue("x"));
     let zb = Signed::sign(&sk(MAINT), &zero).unwrap().to_bytes();
@@ -690,4 +704,40 @@ fn startup_with_5000_events() {
             assert!(field("total_ms=") < 1000, "start-up over budget: {line}");
         }
     }
+}
+
+#[test]
+fn corrupt_stored_event_is_skipped_then_repaired_by_a_fresh_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Authors::default();
+    let (id1, b1) = a.event(MAINT, enqueue("one"));
+    let (id2, b2) = a.event(MAINT, enqueue("two"));
+    {
+        let mut node = open(dir.path(), Some(&default_policy()));
+        accepted(node.ingest(&b1));
+        accepted(node.ingest(&b2));
+    }
+    let db = open_db(&dir.path().join("db"), &DbConfig::default()).unwrap();
+    // Bit rot in the stored copy of event 2.
+    let mut rotten = b2.clone();
+    let n = rotten.len();
+    rotten[n - 70] ^= 0x40;
+    db.open_tree("events")
+        .unwrap()
+        .insert(id2.as_bytes(), rotten)
+        .unwrap();
+    let (mut node, report) = Ingest::open(&db, pk(ROOT), None, IngestConfig::default()).unwrap();
+    assert_eq!(report.events, 1);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].0, id2);
+    assert!(node.state().entry(&id1).is_some());
+    assert!(node.state().entry(&id2).is_none());
+    // A peer sends the event again: verified, stored bytes repaired, applied.
+    assert_eq!(node.ingest(&b2), IngestOutcome::Accepted { id: id2 });
+    assert!(node.state().entry(&id2).is_some());
+    assert_eq!(node.ingest(&b2), IngestOutcome::Duplicate { id: id2 });
+    drop(node);
+    let (node, report) = Ingest::open(&db, pk(ROOT), None, IngestConfig::default()).unwrap();
+    assert!(report.skipped.is_empty());
+    assert_eq!(node.events().get(&id2).unwrap().unwrap(), b2);
 }
