@@ -32,6 +32,14 @@
 //!   but the author's contiguous head only moves when the gap is filled,
 //!   and anti-entropy asks peers for what follows the head.
 //!
+//! # Leases
+//!
+//! A `claim` whose `lease_until` lies more than 2 × the policy's
+//! `lease_secs` after the claim's own `time` is refused (`lease_too_long`):
+//! leases are kept alive by heartbeats (re-claims), and an unbounded lease
+//! would block an entry for good. (`time` is the builder's claim; a node
+//! does not compare it with its own clock here.)
+//!
 //! # Authorization is checked once, at arrival
 //!
 //! An event is authorized against the policy current when it arrives.
@@ -56,8 +64,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use pacmesh_protocol::{
-    DecodeError, Event, Hash, Limits, MeshPolicy, Message, PolicyError, PublicKey, Signed,
-    VerifyError,
+    DecodeError, Event, EventBody, Hash, Limits, MeshPolicy, Message, PolicyError, PublicKey,
+    Signed, VerifyError,
 };
 
 use crate::state::QueueState;
@@ -119,6 +127,18 @@ pub enum RejectReason {
         /// What contradicts what.
         detail: String,
     },
+    /// A claim whose lease runs longer than twice the policy's
+    /// `lease_secs` past the claim's own time: leases are renewed by
+    /// heartbeat, and an unbounded lease would block an entry for good.
+    #[error(
+        "claim lease of {lease_secs} s (from the claim's time) exceeds the maximum of {max_secs} s (2 × policy lease_secs)"
+    )]
+    LeaseTooLong {
+        /// Requested lease, seconds after the event's time.
+        lease_secs: u64,
+        /// The maximum.
+        max_secs: u64,
+    },
     /// The node could not store the event (not the sender's fault; retry
     /// later).
     #[error("storage failure: {0}")]
@@ -139,6 +159,7 @@ impl RejectReason {
             RejectReason::Policy(_) => "not_allowed",
             RejectReason::Equivocation { .. } => "equivocation",
             RejectReason::BrokenChain { .. } => "broken_chain",
+            RejectReason::LeaseTooLong { .. } => "lease_too_long",
             RejectReason::Storage(_) => "storage",
         }
     }
@@ -648,6 +669,16 @@ impl Ingest {
         self.policy
             .authorize(&ev.author, &ev.body)
             .map_err(RejectReason::Policy)?;
+        if let EventBody::Claim { lease_until, .. } = &ev.body {
+            let lease_secs = lease_until.saturating_since(ev.time).as_secs();
+            let max_secs = 2 * u64::from(self.policy.lease_secs);
+            if lease_secs > max_secs {
+                return Err(RejectReason::LeaseTooLong {
+                    lease_secs,
+                    max_secs,
+                });
+            }
+        }
         if self.events.contains(&id).map_err(storage)? {
             // Stored but not applied: a flush failed after the insert, or
             // the stored copy did not decode at start-up. Rewrite the bytes

@@ -172,8 +172,20 @@ fn accept_duplicate_and_reencoded_replay() {
         1
     );
 
-    let (_, c) = a.event(BUILDER, claim(id, 1));
+    let (cid, c) = a.event(BUILDER, claim(id, 1));
     accepted(node.ingest(&c));
+    // A lease far beyond 2 × lease_secs (600 s) is refused.
+    let long = EventBody::Claim {
+        entry: id,
+        attempt: 2,
+        lease_until: Timestamp::from_millis(T0 + 3_600_000),
+    };
+    let (_, lb) = a.at(BUILDER, 2, Some(cid), long);
+    let r = refused(&mut node, &lb, "lease_too_long");
+    assert!(
+        r.to_string().contains("exceeds the maximum of 1200 s"),
+        "{r}"
+    );
     assert_eq!(
         node.state()
             .status(node.state().entry(&id).unwrap(), Timestamp::from_millis(T0))
