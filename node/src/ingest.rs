@@ -64,8 +64,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use pacmesh_protocol::{
-    DecodeError, Event, EventBody, Hash, Limits, MeshPolicy, Message, PolicyError, PublicKey,
-    Signed, VerifyError,
+    AuthorHead, DecodeError, Event, EventBody, Hash, Limits, MeshPolicy, Message, PolicyError,
+    PublicKey, SYNC_VERSION, Signed, SyncRequest, SyncResponse, VerifyError,
 };
 
 use crate::state::QueueState;
@@ -644,6 +644,73 @@ impl Ingest {
                 IngestOutcome::Rejected { reason }
             }
         }
+    }
+
+    /// A sync request carrying this node's contiguous heads (at most
+    /// [`Limits::max_sync_heads`] authors).
+    pub fn sync_request(&self, max_events: u32) -> SyncRequest {
+        SyncRequest {
+            version: SYNC_VERSION,
+            heads: self
+                .events
+                .heads()
+                .iter()
+                .take(self.limits.max_sync_heads)
+                .map(|(author, seq)| AuthorHead {
+                    author: *author,
+                    seq: *seq,
+                })
+                .collect(),
+            max_events,
+        }
+    }
+
+    /// Answers a peer's sync request: per author (ours, in key order), the
+    /// stored events after the peer's head (after 0 for authors it did not
+    /// list), oldest first, within `max_events`, [`Limits::max_sync_events`]
+    /// and [`Limits::max_sync_bytes`]. `complete` says whether everything
+    /// was sent.
+    pub fn sync_response(&self, req: &SyncRequest) -> Result<SyncResponse, EventStoreError> {
+        let theirs: BTreeMap<PublicKey, u64> =
+            req.heads.iter().map(|h| (h.author, h.seq)).collect();
+        let max_events = (req.max_events as usize).min(self.limits.max_sync_events);
+        // Room for the response's own framing.
+        let max_bytes = self.limits.max_sync_bytes.saturating_sub(1024);
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut complete = true;
+        'authors: for author in self.events.heads().keys() {
+            let after = theirs.get(author).copied().unwrap_or(0);
+            let room = max_events - events.len();
+            // Ask for one more than fits to learn whether anything is left.
+            for (_, se) in self.events.events_after(author, after, room + 1)? {
+                if events.len() >= max_events || bytes + se.bytes.len() > max_bytes {
+                    complete = false;
+                    break 'authors;
+                }
+                match Signed::<Event>::from_bytes(&se.bytes, &self.limits) {
+                    Ok(s) => {
+                        bytes += se.bytes.len();
+                        events.push(s);
+                    }
+                    Err(e) => {
+                        tracing::error!(event = %se.id.fmt_short(), "stored event not sent: {e}")
+                    }
+                }
+            }
+        }
+        Ok(SyncResponse {
+            version: SYNC_VERSION,
+            events,
+            complete,
+        })
+    }
+
+    /// Ingests the events of a sync response as one batch (each verified
+    /// like a gossiped event; one flush).
+    pub fn ingest_sync_response(&mut self, resp: &SyncResponse) -> Vec<IngestOutcome> {
+        let wire: Vec<Vec<u8>> = resp.events.iter().map(|s| s.to_bytes()).collect();
+        self.ingest_batch(wire.iter().map(|b| b.as_slice()))
     }
 
     /// Everything but the flush and the apply.

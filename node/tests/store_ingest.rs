@@ -753,3 +753,58 @@ fn corrupt_stored_event_is_skipped_then_repaired_by_a_fresh_copy() {
     assert!(report.skipped.is_empty());
     assert_eq!(node.events().get(&id2).unwrap().unwrap(), b2);
 }
+
+#[test]
+fn anti_entropy_between_two_stores_converges() {
+    use pacmesh_protocol::{Message, SyncResponse};
+
+    let da = tempfile::tempdir().unwrap();
+    let db_ = tempfile::tempdir().unwrap();
+    let mut a_node = open(da.path(), Some(&default_policy()));
+    let mut b_node = open(db_.path(), Some(&default_policy()));
+    let mut a = Authors::default();
+    let mut all = Vec::new();
+    for i in 0..30 {
+        let (entry, e) = a.event(MAINT, enqueue(&format!("p{i}")));
+        all.push(e);
+        all.push(a.event(BUILDER, claim(entry, 1)).1);
+    }
+    for e in &all {
+        accepted(a_node.ingest(e));
+    }
+    // B has some of them already, including one after a gap.
+    for e in [&all[0], &all[2], &all[9]] {
+        accepted(b_node.ingest(e));
+    }
+    assert_ne!(a_node.state().digest(), b_node.state().digest());
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let req = b_node.sync_request(7);
+        // Over the wire and back.
+        let req = pacmesh_protocol::SyncRequest::decode(&req.encode().unwrap(), &Limits::default())
+            .unwrap();
+        let resp = a_node.sync_response(&req).unwrap();
+        assert!(resp.events.len() <= 7);
+        let resp = SyncResponse::decode(&resp.encode().unwrap(), &Limits::default()).unwrap();
+        for o in b_node.ingest_sync_response(&resp) {
+            assert!(
+                !matches!(o, IngestOutcome::Rejected { .. }),
+                "{o:?} in round {rounds}"
+            );
+        }
+        if resp.complete {
+            break;
+        }
+        assert!(rounds < 30, "sync does not converge");
+    }
+    assert_eq!(a_node.state().digest(), b_node.state().digest());
+    assert_eq!(a_node.events().heads(), b_node.events().heads());
+    // Nothing more to send.
+    let resp = a_node.sync_response(&b_node.sync_request(100)).unwrap();
+    assert!(
+        resp.complete && resp.events.len() <= 1,
+        "{}",
+        resp.events.len()
+    );
+}
