@@ -58,13 +58,16 @@ pub enum BuildInfoError {
     #[error("empty .BUILDINFO: only blank or comment lines")]
     NoContent,
     /// The input is larger than [`MAX_BUILDINFO_SIZE`].
-    #[error(".BUILDINFO is {size} bytes, more than the {max} byte limit")]
+    #[error(".BUILDINFO is larger than the {max} byte limit")]
     TooLarge {
-        /// Size of the input in bytes.
+        /// Bytes seen (for a reader: the limit plus one).
         size: usize,
         /// The limit.
         max: usize,
     },
+    /// Reading the input failed.
+    #[error("cannot read: {0}")]
+    Io(String),
     /// The input is not UTF-8.
     #[error("line {line}: not valid UTF-8")]
     InvalidUtf8 {
@@ -473,6 +476,24 @@ impl BuildInfo {
             options,
             installed,
         })
+    }
+
+    /// Read and parse from `reader` (a file, a tar entry...), reading at most one byte past
+    /// [`MAX_BUILDINFO_SIZE`] so an oversized or endless input is refused without buffering it.
+    pub fn from_reader(reader: impl std::io::Read) -> Result<BuildInfo, BuildInfoError> {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_BUILDINFO_SIZE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| BuildInfoError::Io(e.to_string()))?;
+        if bytes.len() > MAX_BUILDINFO_SIZE {
+            return Err(BuildInfoError::TooLarge {
+                size: bytes.len(),
+                max: MAX_BUILDINFO_SIZE,
+            });
+        }
+        BuildInfo::from_bytes(&bytes)
     }
 
     /// Parse raw bytes (checks the size limit and UTF-8 first).

@@ -35,9 +35,17 @@
 //! mkaurball`), CRLF line ends, a UTF-8 byte-order mark, a missing final newline, non-ASCII
 //! values. It rejects, with an error naming the line: unknown keys, keys that are not allowed
 //! in a package section, repeated single-valued keys, values makepkg's lint would refuse
-//! (`pkgname`, `pkgver`, `pkgrel`, `epoch`, `arch`), checksums of the wrong shape or count,
-//! repeated package names, a missing `pkgbase`/`pkgver`/`pkgrel`/`pkgname`, and empty or
-//! oversized input ([`MAX_SRCINFO_SIZE`]). It never panics.
+//! (`pkgname`/`pkgbase` — letters of either case, digits, `@._+-`, not starting with `-` or
+//! `.`, as makepkg's `[[:alnum:]]` allows —, `pkgver`, `pkgrel`, `epoch`, `arch`, the names
+//! and versions in `depends`/`makedepends`/`checkdepends`/`optdepends`/`provides`/`conflicts`,
+//! absolute `backup` paths), checksums of the wrong shape or count, repeated package names, a
+//! missing `pkgbase`/`pkgver`/`pkgrel`/`pkgname`, NUL bytes, and empty or oversized input
+//! ([`MAX_SRCINFO_SIZE`]). It never panics. Architecture-specific keys are accepted for any
+//! architecture name, listed in `arch` or not (except `any`), since stale files have them.
+//!
+//! A `pkgname` section may hold what makepkg writes there: `pkgdesc`, `url`, `install`,
+//! `changelog`, `arch`, `groups`, `license`, `checkdepends`, `depends`, `optdepends`,
+//! `provides`, `conflicts`, `replaces`, `options`, `backup` and any `KEY_ARCH`.
 //!
 //! # Writing
 //!
@@ -146,13 +154,16 @@ pub enum SrcInfoError {
     #[error("empty .SRCINFO: no `pkgbase = ...` line, only blank or comment lines")]
     NoContent,
     /// The input is larger than [`MAX_SRCINFO_SIZE`].
-    #[error(".SRCINFO is {size} bytes, more than the {max} byte limit")]
+    #[error(".SRCINFO is larger than the {max} byte limit")]
     TooLarge {
-        /// Size of the input in bytes.
+        /// Bytes seen (for a reader: the limit plus one).
         size: usize,
         /// The limit.
         max: usize,
     },
+    /// Reading the input failed.
+    #[error("cannot read: {0}")]
+    Io(String),
     /// The input is not UTF-8.
     #[error("line {line}: not valid UTF-8")]
     InvalidUtf8 {
@@ -621,6 +632,24 @@ impl SrcInfo {
     /// ```
     pub fn parse(text: &str) -> Result<SrcInfo, SrcInfoError> {
         Parser::default().parse(text)
+    }
+
+    /// Read and parse from `reader` (a file, a tar entry...), reading at most one byte past
+    /// [`MAX_SRCINFO_SIZE`] so an oversized or endless input is refused without buffering it.
+    pub fn from_reader(reader: impl std::io::Read) -> Result<SrcInfo, SrcInfoError> {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_SRCINFO_SIZE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| SrcInfoError::Io(e.to_string()))?;
+        if bytes.len() > MAX_SRCINFO_SIZE {
+            return Err(SrcInfoError::TooLarge {
+                size: bytes.len(),
+                max: MAX_SRCINFO_SIZE,
+            });
+        }
+        SrcInfo::from_bytes(&bytes)
     }
 
     /// Parse raw bytes (checks the size limit and UTF-8 first).

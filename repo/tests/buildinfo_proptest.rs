@@ -177,3 +177,9 @@ fn oversized_input_is_refused() {
     let e = BuildInfo::parse(&text).unwrap_err();
     assert!(matches!(e, BuildInfoError::TooLarge { .. }), "{e}");
 }
+
+#[test]
+fn reader_stops_at_the_limit() {
+    let e = BuildInfo::from_reader(std::io::repeat(b'#')).unwrap_err();
+    assert!(matches!(e, BuildInfoError::TooLarge { .. }), "{e}");
+}

@@ -371,3 +371,13 @@ fn oversized_input_is_refused() {
     assert!(matches!(e, SrcInfoError::TooLarge { .. }), "{e}");
     assert!(e.to_string().contains("byte limit"));
 }
+
+#[test]
+fn reader_stops_at_the_limit() {
+    // An endless reader is refused after MAX + 1 bytes instead of filling memory.
+    let endless = std::io::repeat(b'#');
+    let e = SrcInfo::from_reader(endless).unwrap_err();
+    assert!(matches!(e, SrcInfoError::TooLarge { .. }), "{e}");
+    let ok = SrcInfo::from_reader(&b"pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n\npkgname = a\n"[..]);
+    assert_eq!(ok.unwrap().pkgnames(), ["a"]);
+}
