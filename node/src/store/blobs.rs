@@ -37,6 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -168,6 +169,9 @@ pub trait BlobStore: Send + Sync {
         )))?;
         let n = io::copy(&mut src, tmp.as_file_mut())
             .map_err(io_err(format!("export blob {}", hash.fmt_short())))?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("chmod export"))?;
         tmp.as_file().sync_all().map_err(io_err("fsync export"))?;
         tmp.persist(dest).map_err(|e| BlobError::Io {
             context: format!("rename into {}", dest.display()),
@@ -586,6 +590,11 @@ impl BlobStore for FsStore {
         if self.index.contains_key(hash.as_bytes())? && self.path_of(&hash).exists() {
             return Ok(hash); // the temporary file is removed on drop
         }
+        // Read-only: blobs are immutable, and an accidental write should
+        // fail loudly rather than be caught later by verification.
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(io_err("chmod imported blob"))?;
         tmp.as_file()
             .sync_all()
             .map_err(io_err("fsync imported blob"))?;
@@ -807,7 +816,9 @@ mod tests {
             let h = s.import_file(&src).unwrap();
             let dst = dir.path().join("out");
             assert_eq!(s.export(&h, &dst).unwrap(), 13);
-            assert_eq!(fs::read(dst).unwrap(), b"package bytes");
+            assert_eq!(fs::read(&dst).unwrap(), b"package bytes");
+            let mode = fs::metadata(&dst).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
         });
     }
 
@@ -856,15 +867,17 @@ mod tests {
 
     #[test]
     fn corrupt_fs_blob_is_detected_on_read_and_open() {
+        /// Overwrites a (read-only) blob file.
+        fn overwrite(p: &Path, data: &[u8]) {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+            fs::write(p, data).unwrap();
+        }
         let (_dir, s) = fs_store();
         let h = s.import_bytes(b"payload").unwrap();
+        let mode = fs::metadata(s.path_of(&h)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o444, "blob files are read-only");
         s.pin(&h, "keep").unwrap();
-        let p = s.path_of(&h);
-        let mut perm = fs::metadata(&p).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perm.set_readonly(false);
-        fs::set_permissions(&p, perm).unwrap();
-        fs::write(&p, b"paYload").unwrap();
+        overwrite(&s.path_of(&h), b"paYload");
         assert!(matches!(s.read(&h), Err(BlobError::Corrupt { hash, .. }) if hash == h));
         assert!(
             !s.has(&h).unwrap(),
@@ -874,12 +887,17 @@ mod tests {
         assert_eq!(fs::read_dir(s.root().join("corrupt")).unwrap().count(), 1);
         // Fetch again: good.
         s.import_bytes(b"payload").unwrap();
-        fs::write(s.path_of(&h), b"xxxxxxx").unwrap();
+        overwrite(&s.path_of(&h), b"xxxxxxx");
         assert!(matches!(s.open(&h), Err(BlobError::Corrupt { .. })));
         // Truncated file.
         s.import_bytes(b"payload").unwrap();
-        fs::write(s.path_of(&h), b"pay").unwrap();
+        overwrite(&s.path_of(&h), b"pay");
         assert!(matches!(s.read(&h), Err(BlobError::Corrupt { .. })));
+        // Deleted behind the store's back: not found, and forgotten.
+        s.import_bytes(b"payload").unwrap();
+        fs::remove_file(s.path_of(&h)).unwrap();
+        assert!(matches!(s.read(&h), Err(BlobError::NotFound(_))));
+        assert!(!s.has(&h).unwrap());
     }
 
     #[test]
