@@ -492,10 +492,13 @@ fn no_policy_is_an_error() {
 }
 
 #[test]
-fn restart_keeps_events_policy_state_counters_and_blobs() {
+fn restart_keeps_events_policy_state_counters_generations_and_blobs() {
+    use pacmesh_node::state::referenced_blobs;
+    use pacmesh_protocol::{Artifact, FileName, ManifestPackage, RepoManifest, Sha256};
+
     let dir = tempfile::tempdir().unwrap();
     let mut a = Authors::default();
-    let (digest, heads, counters, blob, entry);
+    let (digest, heads, counters, blob, entry, publish, junk);
     {
         let db = open_db(&dir.path().join("db"), &DbConfig::default()).unwrap();
         let (mut node, _) = Ingest::open(
@@ -506,32 +509,103 @@ fn restart_keeps_events_policy_state_counters_and_blobs() {
         )
         .unwrap();
         let (blobs, _) = FsStore::open(dir.path(), &db).unwrap();
+        // Pins every blob an accepted event refers to.
+        let mut ingest_and_pin = |node: &mut Ingest, bytes: &[u8]| {
+            let id = accepted(node.ingest(bytes));
+            let s = Signed::<Event>::from_bytes(bytes, &Limits::default()).unwrap();
+            let ev = s.verify_and_decode(&Limits::default()).unwrap();
+            for h in referenced_blobs(&ev.body) {
+                blobs.pin(&h, &format!("event:{id}")).unwrap();
+            }
+            id
+        };
         let (e, b) = a.event(MAINT, enqueue("hello"));
         entry = e;
-        accepted(node.ingest(&b));
-        accepted(node.ingest(&a.event(BUILDER, claim(entry, 1)).1));
-        blob = blobs.import_bytes(b"a package").unwrap();
-        blobs.pin(&blob, &format!("event:{entry}")).unwrap();
+        ingest_and_pin(&mut node, &b);
+        ingest_and_pin(&mut node, &a.event(BUILDER, claim(entry, 1)).1);
+        let pkg = b"a package".as_slice();
+        blob = blobs.import_bytes(pkg).unwrap();
+        let log = blobs.import_bytes(b"build log").unwrap();
+        junk = blobs.import_bytes(b"unreferenced").unwrap();
+        let file_name = FileName::new("hello-1.0-1-x86_64.pkg.tar.zst").unwrap();
+        let built = EventBody::Built {
+            entry,
+            attempt: 1,
+            artifacts: vec![Artifact {
+                file_name: file_name.clone(),
+                blake3: blob,
+                sha256: Sha256::digest(pkg),
+                size: pkg.len() as u64,
+            }],
+            log,
+            source_commit: None,
+        };
+        ingest_and_pin(&mut node, &a.event(BUILDER, built).1);
         refused(&mut node, b"junk", "malformed");
         node.set_policy(&policy(3, &[ROOT, MAINT], Some(&[BUILDER])))
             .unwrap();
-        accepted(node.ingest(&a.event(MAINT, enqueue("world")).1));
+        ingest_and_pin(&mut node, &a.event(MAINT, enqueue("world")).1);
+        let manifest = RepoManifest {
+            version: 1,
+            repo: name("extra"),
+            arch: name("x86_64"),
+            generation: 1,
+            previous: None,
+            time: Timestamp::from_millis(T0),
+            publisher: pk(PUBLISHER),
+            db: blobs.import_bytes(b"db").unwrap(),
+            files_db: blobs.import_bytes(b"files").unwrap(),
+            db_sig: blobs.import_bytes(b"db sig").unwrap(),
+            files_db_sig: None,
+            packages: vec![ManifestPackage {
+                file_name,
+                pkgname: name("hello"),
+                version: "1.0-1".into(),
+                blake3: blob,
+                sha256: Sha256::digest(pkg),
+                size: pkg.len() as u64,
+                sig: blobs.import_bytes(b"pkg sig").unwrap(),
+            }],
+        };
+        publish = ingest_and_pin(
+            &mut node,
+            &a.event(PUBLISHER, EventBody::Publish(manifest)).1,
+        );
         digest = node.state().digest();
         heads = node.events().heads().clone();
         counters = node.counters().clone();
     }
     let db = open_db(&dir.path().join("db"), &DbConfig::default()).unwrap();
     let (node, report) = Ingest::open(&db, pk(ROOT), None, IngestConfig::default()).unwrap();
-    assert_eq!(report.events, 3);
+    assert_eq!(report.events, 5);
     assert!(report.skipped.is_empty());
     assert_eq!(node.policy().policy_version, 3);
     assert_eq!(node.state().digest(), digest);
     assert_eq!(node.events().heads(), &heads);
     assert_eq!(node.counters(), &counters);
-    assert_eq!(node.state().entry(&entry).unwrap().claims.len(), 1);
+    assert_eq!(counters.accepted, 5);
+    assert_eq!(counters.rejected("malformed"), 1);
+    let e = node.state().entry(&entry).unwrap();
+    assert_eq!(e.claims.len(), 1);
+    match node.state().status(e, Timestamp::from_millis(T0)) {
+        EntryStatus::Published(p) => assert_eq!((p.generation, p.event), (1, publish)),
+        other => panic!("{other:?}"),
+    }
+    let g = node
+        .state()
+        .latest_generation(&name("extra"), &name("x86_64"))
+        .unwrap();
+    assert_eq!(g.event, publish);
     let (blobs, _) = FsStore::open(dir.path(), &db).unwrap();
     assert_eq!(blobs.read(&blob).unwrap(), b"a package");
-    assert_eq!(blobs.pins(&blob).unwrap(), vec![format!("event:{entry}")]);
+    let mut pins = blobs.pins(&blob).unwrap();
+    pins.sort();
+    assert_eq!(pins.len(), 2, "pinned by the built and the publish event");
+    // GC keeps everything referenced, removes the unreferenced blob.
+    let st = blobs.gc(Duration::ZERO).unwrap();
+    assert_eq!(st.removed, 1);
+    assert!(!blobs.has(&junk).unwrap());
+    assert_eq!(blobs.len().unwrap(), 6);
     // And with full signature re-verification the result is the same.
     drop(node);
     let (node, report) = Ingest::open(
@@ -544,7 +618,7 @@ fn restart_keeps_events_policy_state_counters_and_blobs() {
         },
     )
     .unwrap();
-    assert_eq!(report.events, 3);
+    assert_eq!(report.events, 5);
     assert_eq!(node.state().digest(), digest);
 }
 
