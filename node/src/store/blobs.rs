@@ -180,7 +180,7 @@ pub trait BlobStore: Send + Sync {
         Ok(n)
     }
 
-    /// Number of blobs present.
+    /// Number of blobs present (may scan the index).
     fn len(&self) -> Result<usize, BlobError>;
 
     /// Whether the store holds no blob.

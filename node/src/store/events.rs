@@ -224,7 +224,7 @@ impl EventStore {
         &self.db
     }
 
-    /// Number of stored events.
+    /// Number of stored events (a full scan: sled keeps no count).
     pub fn len(&self) -> usize {
         self.events.len()
     }
