@@ -11,15 +11,15 @@ golden = here / "tests" / "golden"
 readme = here / "README.md"
 
 sections = [
-    ("Signed<Event>: `claim` (payload and full envelope)", "event_claim", True),
+    ("`Signed<Event>`: `claim` (payload and full envelope)", "event_claim", True),
     ("Event body `enqueue` (payload)", "event_enqueue", False),
     ("Event body `cancel` (payload)", "event_cancel", False),
     ("Event body `remove` (payload)", "event_remove", False),
     ("Event body `built` (payload)", "event_built", False),
     ("Event body `failed` (payload)", "event_failed", False),
-    ("Event body `publish` (payload, carrying a RepoManifest)", "event_publish", False),
+    ("Event body `publish` (payload, carrying a `RepoManifest`)", "event_publish", False),
     ("MeshPolicy (payload)", "policy", False),
-    ("RepoManifest (payload of a Signed<RepoManifest>)", "manifest", False),
+    ("`RepoManifest` (payload of a `Signed<RepoManifest>`)", "manifest", False),
     ("Announcement (payload)", "announcement", False),
     ("SyncRequest", "sync_request", True),
     ("SyncResponse", "sync_response", True),

@@ -74,7 +74,9 @@ pub enum VerifyError {
     Decode(#[from] DecodeError),
 }
 
-/// A message of type `T`, signed. See the [module docs](self).
+/// A message of type `T`, signed: the payload bytes, the signer and the
+/// signature over `"pacmesh/v1/" ‖ T::KIND ‖ 0x00 ‖ payload`. Verify first
+/// ([`Signed::verify`]), decode second ([`Signed::verify_and_decode`]).
 pub struct Signed<T> {
     /// The CBOR encoding of a `T`, exactly as signed.
     pub payload: Vec<u8>,
