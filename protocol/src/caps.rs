@@ -90,7 +90,8 @@ impl Message for Announcement {
 /// Sizes take `K`, `M`, `G`, `T` (powers of 1024, optionally followed by `iB`
 /// or `B`) or plain bytes. A requirement of a kind this build does not know,
 /// received from a newer peer, decodes as [`Requirement::Unknown`] and is never
-/// met; typed at the CLI it is an error.
+/// met; typed at the CLI it is an error. The same holds for a malformed value
+/// received on the wire (see [`Requirement::parse_wire`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 #[non_exhaustive]
@@ -223,10 +224,24 @@ impl Requirement {
         }
     }
 
-    /// Lenient parse (wire): a well-formed requirement with an unknown key
-    /// becomes [`Requirement::Unknown`].
+    /// Lenient parse (wire): anything that is not a valid requirement of a
+    /// known kind (an unknown key, or a syntax from a newer pacmesh) becomes
+    /// [`Requirement::Unknown`], which no node meets. This keeps an entry from
+    /// a newer peer decodable (so the author's event log stays whole) while
+    /// making sure no node builds what it does not understand. Only empty,
+    /// over-long (> 256 bytes) or control-character strings are errors.
     pub fn parse_wire(input: &str) -> Result<Self, RequirementError> {
-        Self::parse_inner(input)
+        if input.trim().is_empty() {
+            return Err(RequirementError::Empty);
+        }
+        if input.len() > 256 || input.chars().any(char::is_control) {
+            return Err(RequirementError::BadValue {
+                value: input.chars().take(64).collect(),
+                reason: "longer than 256 bytes or contains control characters".into(),
+                input: input.chars().take(64).collect(),
+            });
+        }
+        Ok(Self::parse_inner(input).unwrap_or_else(|_| Requirement::Unknown(input.to_string())))
     }
 
     fn parse_inner(input: &str) -> Result<Self, RequirementError> {
