@@ -27,11 +27,14 @@ use serde::{Deserialize, Serialize};
 /// `Limits { max_event_bytes: 2 << 20, ..Limits::default() }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest encoded [`crate::Signed`]`<`[`crate::Event`]`>` (envelope
-    /// included), except events whose body is `Publish`. Default 1 MiB.
+    /// Largest payload of a [`crate::Signed`]`<`[`crate::Event`]`>` whose body
+    /// is not `Publish` (checked after the signature, before acting).
+    /// Default 1 MiB.
     pub max_event_bytes: usize,
-    /// Largest encoded [`crate::RepoManifest`], and largest `Signed<Event>`
-    /// carrying one (`EventBody::Publish`). Default 4 MiB.
+    /// Largest encoded [`crate::RepoManifest`] (bare or signed), and largest
+    /// `Signed<Event>` envelope (the envelope cap is the larger of this and
+    /// `max_event_bytes`, so that a `Publish` event fits; it is checked before
+    /// parsing). Default 4 MiB.
     pub max_manifest_bytes: usize,
     /// Largest encoded `Signed<MeshPolicy>`. Default 1 MiB.
     pub max_policy_bytes: usize,
