@@ -257,6 +257,21 @@ impl EventStore {
         self.heads.get(author).copied().unwrap_or(0)
     }
 
+    /// The author's highest stored seq and its slot (beyond the head if
+    /// there is a gap). A node continuing its *own* log must use this, not
+    /// the head: seq `head + 1` may already be taken after a gap, and
+    /// signing another event there would be an equivocation.
+    pub fn last(&self, author: &PublicKey) -> Result<Option<(u64, Slot)>, EventStoreError> {
+        match self.by_author.scan_prefix(author.as_bytes()).next_back() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                let (_, seq) = split_author_key(&k)?;
+                Ok(Some((seq, parse_slot(&v)?)))
+            }
+        }
+    }
+
     /// Every known author's contiguous head, by author.
     pub fn heads(&self) -> &BTreeMap<PublicKey, u64> {
         &self.heads
@@ -533,6 +548,9 @@ mod tests {
         assert_eq!(slot.id, Hash::new(b"a2"));
         assert!(slot.prev.is_some());
         assert_eq!(s.slot(&a, 1).unwrap().unwrap().prev, None);
+        assert_eq!(s.last(&b).unwrap().unwrap().0, 2);
+        assert_eq!(s.last(&a).unwrap().unwrap().1.id, Hash::new(b"a3"));
+        assert!(s.last(&key(7)).unwrap().is_none());
         assert_eq!(s.iter().count(), 4);
     }
 
