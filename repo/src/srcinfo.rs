@@ -40,7 +40,8 @@
 //! and versions in `depends`/`makedepends`/`checkdepends`/`optdepends`/`provides`/`conflicts`,
 //! absolute `backup` paths), checksums of the wrong shape or count, repeated package names, a
 //! missing `pkgbase`/`pkgver`/`pkgrel`/`pkgname`, NUL bytes, and empty or oversized input
-//! ([`MAX_SRCINFO_SIZE`]). It never panics. Architecture-specific keys are accepted for any
+//! ([`MAX_SRCINFO_SIZE`] bytes, [`MAX_PACKAGES`] packages, [`MAX_SECTION_KEYS`] distinct keys
+//! per section). It never panics, and its time is linear in the input size. Architecture-specific keys are accepted for any
 //! architecture name, listed in `arch` or not (except `any`), since stale files have them.
 //!
 //! A `pkgname` section may hold what makepkg writes there: `pkgdesc`, `url`, `install`,
@@ -54,7 +55,7 @@
 //! order, so a file makepkg generated comes back byte for byte once its comment header is
 //! dropped; `SrcInfo::parse(&info.to_string()) == Ok(info)` for every valid `info`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -62,6 +63,13 @@ use serde::ser::SerializeMap;
 
 /// Largest `.SRCINFO` accepted, in bytes. The biggest real ones are a few tens of KiB.
 pub const MAX_SRCINFO_SIZE: usize = 4 * 1024 * 1024;
+
+/// Most `pkgname` sections accepted (real split packages have at most a few hundred).
+pub const MAX_PACKAGES: usize = 1024;
+
+/// Most distinct keys accepted in one section (real files have a few dozen; 16 keys may carry
+/// an `_ARCH` suffix, so this leaves room for 60 architectures).
+pub const MAX_SECTION_KEYS: usize = 1024;
 
 /// Checksum kinds makepkg knows, in makepkg's order (`known_hash_algos`). The key is
 /// `<kind>sums`, e.g. `sha256sums`, `b2sums`.
@@ -213,6 +221,18 @@ pub enum LineErrorKind {
     BeforePkgbase {
         /// The key found.
         key: String,
+    },
+    /// More `pkgname` sections than [`MAX_PACKAGES`].
+    #[error("more than {max} packages")]
+    TooManyPackages {
+        /// The limit.
+        max: usize,
+    },
+    /// More distinct keys in one section than [`MAX_SECTION_KEYS`].
+    #[error("more than {max} different keys in one section")]
+    TooManyKeys {
+        /// The limit.
+        max: usize,
     },
     /// A second `pkgbase = ...` line.
     #[error("second `pkgbase` line (first on line {first_line})")]
@@ -416,28 +436,31 @@ pub struct SrcInfo {
 }
 
 /// One package of a `.SRCINFO` with the `pkgbase` fields it inherits merged with its own.
+///
+/// It borrows from the [`SrcInfo`], so resolving every package of a large file costs a few
+/// pointers per field rather than a copy of every inherited value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ResolvedPackage {
+pub struct ResolvedPackage<'a> {
     /// The package name.
-    pub pkgname: String,
+    pub pkgname: &'a str,
     /// The `pkgbase` it is built from.
-    pub pkgbase: String,
+    pub pkgbase: &'a str,
     /// `[epoch:]pkgver-pkgrel`.
     pub version: String,
     /// The epoch, when non-zero.
-    pub epoch: Option<String>,
+    pub epoch: Option<&'a str>,
     /// The pkgver.
-    pub pkgver: String,
+    pub pkgver: &'a str,
     /// The pkgrel.
-    pub pkgrel: String,
+    pub pkgrel: &'a str,
     /// Every package-level field (`pkgdesc`, `url`, `arch`, `license`, `depends`,
     /// `depends_x86_64`, `optdepends`, `provides`, `backup`, `install`...), inherited from the
     /// pkgbase section unless the package section sets it. A key present with no values was
     /// cleared by the package (`depends = `).
-    pub fields: Fields,
+    pub fields: ResolvedFields<'a>,
 }
 
-impl ResolvedPackage {
+impl ResolvedPackage<'_> {
     /// The values of a package-level field; empty when absent or cleared.
     pub fn values(&self, key: &str) -> &[String] {
         self.fields.values(key)
@@ -468,6 +491,58 @@ impl ResolvedPackage {
     }
 }
 
+/// The fields of a [`ResolvedPackage`], in order, borrowed from the [`SrcInfo`]. Serialises as
+/// a JSON object, like [`Fields`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedFields<'a>(Vec<(&'a str, &'a [String])>);
+
+impl<'a> ResolvedFields<'a> {
+    /// The values of `key`, or `None` when absent (as opposed to present and cleared).
+    pub fn get(&self, key: &str) -> Option<&'a [String]> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// The values of `key`; empty when absent.
+    pub fn values(&self, key: &str) -> &'a [String] {
+        self.get(key).unwrap_or(&[])
+    }
+
+    /// The first value of `key`, for single-valued keys.
+    pub fn first(&self, key: &str) -> Option<&'a str> {
+        self.values(key).first().map(String::as_str)
+    }
+
+    /// Whether `key` is present (possibly cleared).
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The keys and their values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [String])> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for ResolvedFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 /// The dependencies of the pkgbase section for one architecture: `KEY` followed by `KEY_ARCH`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ArchDepends {
@@ -484,13 +559,14 @@ impl ArchDepends {
     /// duplicates, in that order.
     pub fn all(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for d in self
             .depends
             .iter()
             .chain(&self.makedepends)
             .chain(&self.checkdepends)
         {
-            if !out.contains(&d.as_str()) {
+            if seen.insert(d.as_str()) {
                 out.push(d);
             }
         }
@@ -720,34 +796,48 @@ impl SrcInfo {
     }
 
     /// Every package with the pkgbase fields merged in: a key set in the package section
-    /// replaces the inherited values; an empty value clears them.
-    pub fn packages(&self) -> Vec<ResolvedPackage> {
+    /// replaces the inherited values; an empty value clears them. Packages inherit the package
+    /// metadata keys (`pkgdesc`, `url`, `install`, `changelog`, `arch`, `groups`, `license`,
+    /// `checkdepends`, `depends`, `optdepends`, `provides`, `conflicts`, `replaces`, `options`,
+    /// `backup` and their `_ARCH` forms), not sources, checksums or `makedepends`.
+    pub fn packages(&self) -> Vec<ResolvedPackage<'_>> {
         self.packages.iter().map(|p| self.resolve(p)).collect()
     }
 
     /// One package, resolved as in [`SrcInfo::packages`].
-    pub fn package(&self, name: &str) -> Option<ResolvedPackage> {
+    pub fn package(&self, name: &str) -> Option<ResolvedPackage<'_>> {
         self.package_section(name).map(|p| self.resolve(p))
     }
 
-    fn resolve(&self, pkg: &Section) -> ResolvedPackage {
-        let mut fields = Fields::new();
-        for (key, values) in self.base.fields.iter() {
-            if allowed_in_package(key) {
-                fields.set(key, values.to_vec());
+    fn resolve<'a>(&'a self, pkg: &'a Section) -> ResolvedPackage<'a> {
+        let mut fields: Vec<(&str, &[String])> = self
+            .base
+            .fields
+            .iter()
+            .filter(|(key, _)| inherited_by_package(key))
+            .collect();
+        let mut index: HashMap<&str, usize> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        for (key, values) in pkg.fields.iter() {
+            match index.get(key) {
+                Some(&i) => fields[i].1 = values,
+                None => {
+                    index.insert(key, fields.len());
+                    fields.push((key, values));
+                }
             }
         }
-        for (key, values) in pkg.fields.iter() {
-            fields.set(key, values.to_vec());
-        }
         ResolvedPackage {
-            pkgname: pkg.name.clone(),
-            pkgbase: self.base.name.clone(),
+            pkgname: &pkg.name,
+            pkgbase: &self.base.name,
             version: self.version(),
-            epoch: self.epoch().map(str::to_owned),
-            pkgver: self.pkgver().to_owned(),
-            pkgrel: self.pkgrel().to_owned(),
-            fields,
+            epoch: self.epoch(),
+            pkgver: self.pkgver(),
+            pkgrel: self.pkgrel(),
+            fields: ResolvedFields(fields),
         }
     }
 
@@ -872,6 +962,16 @@ fn allowed_in_package(key: &str) -> bool {
     match split_arch(key) {
         Some((_, Some(_))) => true,
         Some((base, None)) => PKG_SINGLE.contains(&base) || PKG_MULTI.contains(&base),
+        None => false,
+    }
+}
+
+/// Whether a pkgbase-level `key` is package metadata that a package inherits: the keys makepkg
+/// writes in package sections and their `_ARCH` forms, but not sources, checksums or
+/// `makedepends` (those are about building the pkgbase, see [`SrcInfo::field`]).
+fn inherited_by_package(key: &str) -> bool {
+    match split_arch(key) {
+        Some((base, _)) => PKG_SINGLE.contains(&base) || PKG_MULTI.contains(&base),
         None => false,
     }
 }
@@ -1194,11 +1294,13 @@ fn quote(line: &str) -> String {
     }
 }
 
-/// Per-section bookkeeping kept during the parse: where each key first appeared.
+/// Per-section bookkeeping kept during the parse: for each key, its position in
+/// `Section::fields` and the line it first appeared on. Hash lookups keep the parse linear in
+/// the input size whatever the number of keys.
 #[derive(Default)]
 struct SectionLines {
     head: usize,
-    keys: BTreeMap<String, usize>,
+    keys: HashMap<String, (usize, usize)>,
 }
 
 #[derive(Default)]
@@ -1207,6 +1309,8 @@ struct Parser {
     base_lines: SectionLines,
     packages: Vec<Section>,
     package_lines: Vec<SectionLines>,
+    /// Package name -> line of its `pkgname = ` header.
+    package_names: HashMap<String, usize>,
 }
 
 impl Parser {
@@ -1268,16 +1372,20 @@ impl Parser {
                     key: "pkgname".into(),
                     reason,
                 })?;
-                if let Some(i) = self.packages.iter().position(|p| p.name == value) {
+                if let Some(&first_line) = self.package_names.get(value) {
                     return Err(LineErrorKind::DuplicatePackage {
                         name: value.into(),
-                        first_line: self.package_lines[i].head,
+                        first_line,
                     });
                 }
+                if self.packages.len() >= MAX_PACKAGES {
+                    return Err(LineErrorKind::TooManyPackages { max: MAX_PACKAGES });
+                }
+                self.package_names.insert(value.to_owned(), line_no);
                 self.packages.push(Section::new(value));
                 self.package_lines.push(SectionLines {
                     head: line_no,
-                    keys: BTreeMap::new(),
+                    keys: HashMap::new(),
                 });
                 return Ok(());
             }
@@ -1348,28 +1456,37 @@ impl Parser {
                 &mut self.base_lines,
             )
         };
-        if let Some(&first_line) = lines.keys.get(key) {
-            if is_single(base_key) {
+        let pos = match lines.keys.get(key) {
+            Some(&(_, first_line)) if is_single(base_key) => {
                 return Err(LineErrorKind::DuplicateKey {
                     key: key.into(),
                     first_line,
                 });
             }
-        } else {
-            lines.keys.insert(key.to_owned(), line_no);
-        }
-        let values = section.fields.entry(key);
+            Some(&(pos, _)) => pos,
+            None => {
+                if lines.keys.len() >= MAX_SECTION_KEYS {
+                    return Err(LineErrorKind::TooManyKeys {
+                        max: MAX_SECTION_KEYS,
+                    });
+                }
+                section.fields.0.push((key.to_owned(), Vec::new()));
+                let pos = section.fields.0.len() - 1;
+                lines.keys.insert(key.to_owned(), (pos, line_no));
+                pos
+            }
+        };
+        let values = &mut section.fields.0[pos].1;
         if is_single(base_key) || !value.is_empty() {
             values.push(value.to_owned());
         }
-        if base_key == "arch" {
-            let values = section.fields.values(key);
-            if values.len() > 1 && values.iter().any(|a| a == "any") {
-                return Err(LineErrorKind::InvalidValue {
-                    key: "arch".into(),
-                    reason: "`any` cannot be combined with other architectures".into(),
-                });
-            }
+        // `any` stands alone: checking the first and the newest value is enough, since a list
+        // that mixed them would have been refused when the second value arrived.
+        if base_key == "arch" && values.len() > 1 && (value == "any" || values[0] == "any") {
+            return Err(LineErrorKind::InvalidValue {
+                key: "arch".into(),
+                reason: "`any` cannot be combined with other architectures".into(),
+            });
         }
         Ok(())
     }
@@ -1393,6 +1510,7 @@ impl Parser {
             return Err(at(lines.head, LineErrorKind::NoPackages));
         }
         // Checksum arrays must line up with their source arrays.
+        let lengths: HashMap<&str, usize> = base.fields.iter().map(|(k, v)| (k, v.len())).collect();
         for (key, sums) in base.fields.iter() {
             let Some((base_key, arch)) = split_arch(key) else {
                 continue;
@@ -1404,9 +1522,9 @@ impl Parser {
                 Some(a) => format!("source_{a}"),
                 None => "source".to_owned(),
             };
-            let sources = base.fields.values(&source_key).len();
+            let sources = lengths.get(source_key.as_str()).copied().unwrap_or(0);
             if sums.len() != sources {
-                let line = lines.keys.get(key).copied().unwrap_or(lines.head);
+                let line = lines.keys.get(key).map_or(lines.head, |&(_, line)| line);
                 return Err(SrcInfoError::Line {
                     line,
                     text: format!(

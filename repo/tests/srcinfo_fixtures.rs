@@ -72,7 +72,7 @@ fn good_fixtures_parse_and_round_trip() {
             pkgnames: Vec<&'a str>,
             version: String,
             srcinfo: &'a SrcInfo,
-            packages: Vec<ResolvedPackage>,
+            packages: Vec<ResolvedPackage<'a>>,
             sources_x86_64: Vec<Source>,
             depends_x86_64: ArchDepends,
         }

@@ -381,3 +381,56 @@ fn reader_stops_at_the_limit() {
     let ok = SrcInfo::from_reader(&b"pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n\npkgname = a\n"[..]);
     assert_eq!(ok.unwrap().pkgnames(), ["a"]);
 }
+
+/// Adversarial 4 MiB inputs (thousands of distinct `KEY_ARCH` keys, thousands of packages,
+/// a huge inherited array times many packages) are refused by the caps or handled in linear
+/// time: a quadratic parser took minutes on the first of these.
+#[test]
+fn pathological_inputs_stay_fast() {
+    use pacmesh_repo::srcinfo::{MAX_PACKAGES, MAX_SECTION_KEYS};
+    let head = "pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n";
+    let fill = |mut s: String, f: &dyn Fn(usize) -> String| {
+        let mut i = 0;
+        while s.len() < pacmesh_repo::srcinfo::MAX_SRCINFO_SIZE - 100 {
+            s.push_str(&f(i));
+            i += 1;
+        }
+        s
+    };
+    let start = std::time::Instant::now();
+
+    let e = SrcInfo::parse(&fill(head.into(), &|i| format!("\tdepends_a{i} = x\n"))).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("more than {MAX_SECTION_KEYS} different keys")),
+        "{e}"
+    );
+    let e = SrcInfo::parse(&fill(head.into(), &|i| format!("pkgname = p{i}\n"))).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("more than {MAX_PACKAGES} packages")),
+        "{e}"
+    );
+
+    // Many values under the maximum number of keys.
+    let text = fill(head.into(), &|i| {
+        format!("\tdepends_a{} = x{i}\n", i % 1000)
+    }) + "\npkgname = a\n";
+    assert!(SrcInfo::parse(&text).is_ok());
+
+    // A 3 MB inherited array and 1000 packages: resolving borrows instead of copying.
+    let mut text = String::from(head);
+    for _ in 0..1000 {
+        text.push_str(&format!("\tdepends = {}\n", "d".repeat(3000)));
+    }
+    for i in 0..1000 {
+        text.push_str(&format!("pkgname = p{i}\n"));
+    }
+    let info = SrcInfo::parse(&text).unwrap();
+    let packages = info.packages();
+    assert_eq!(packages.len(), 1000);
+    assert_eq!(packages[999].values("depends").len(), 1000);
+
+    let elapsed = start.elapsed();
+    assert!(elapsed.as_secs() < 60, "took {elapsed:?}");
+}
