@@ -20,6 +20,8 @@ struct Row {
     /// The INDEX cuts long name lists with a trailing `…`.
     names_truncated: bool,
     regen: String,
+    /// Feature tags, e.g. `split`, `epoch`, `archarray:source`, `sum:b2sums`.
+    features: Vec<String>,
 }
 
 fn read_index(dir: &std::path::Path) -> Vec<Row> {
@@ -39,6 +41,7 @@ fn read_index(dir: &std::path::Path) -> Vec<Row> {
         col("pkgnames"),
         col("regen_vs_makepkg_6.0.2"),
     );
+    let c_features = col("features");
     lines
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -57,9 +60,71 @@ fn read_index(dir: &std::path::Path) -> Vec<Row> {
                 pkgnames,
                 names_truncated,
                 regen: get(c_regen),
+                features: get(c_features)
+                    .split(',')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             }
         })
         .collect()
+}
+
+/// Check a feature tag of INDEX.tsv against the parsed file: `Some(true)` when it shows,
+/// `Some(false)` when it does not, `None` for tags this test does not interpret.
+fn feature_holds(info: &SrcInfo, bytes: &[u8], feature: &str) -> Option<bool> {
+    let sections = || std::iter::once(&info.base).chain(&info.packages);
+    let any_key =
+        |pred: &dyn Fn(&str) -> bool| sections().any(|s| s.fields.iter().any(|(k, _)| pred(k)));
+    let sources = info.all_sources();
+    let values = |key: &str| {
+        sections()
+            .flat_map(move |s| s.fields.values(key).to_vec())
+            .collect::<Vec<_>>()
+    };
+    let (tag, arg) = feature.split_once(':').unwrap_or((feature, ""));
+    Some(match tag {
+        "epoch" => info.epoch().is_some(),
+        "split" => info.pkgnames().len() > 1,
+        "split_5plus" => info.pkgnames().len() >= 5,
+        "pkgrel_decimal" => info.pkgrel().contains('.'),
+        "non_ascii" => !bytes.is_ascii(),
+        "arch_any" => info.arch() == ["any"],
+        "arch" => sections().any(|s| s.fields.values("arch").iter().any(|a| a == arg)),
+        "archarray" => any_key(&|k| k.starts_with(&format!("{arg}_"))),
+        "archarray_arch" => any_key(&|k| k.ends_with(&format!("_{arg}"))),
+        "sum" => any_key(&|k| k == arg || k.starts_with(&format!("{arg}_"))),
+        "has" => any_key(&|k| k == arg || k.starts_with(&format!("{arg}_"))),
+        "override" => info.packages.iter().any(|p| p.fields.contains(arg)),
+        "override_empty_clear" => info.packages.iter().any(|p| {
+            p.fields
+                .iter()
+                .any(|(_, v)| v.is_empty() || v.iter().all(String::is_empty))
+        }),
+        "source_vcs" => sources.iter().any(|s| s.is_vcs()),
+        "vcs_name" => sources.iter().any(|s| s.protocol == arg),
+        "source_fragment" => sources.iter().any(|s| {
+            s.fragment
+                .as_deref()
+                .is_some_and(|f| f.starts_with(&format!("{arg}=")))
+        }),
+        "source_local" => sources.iter().any(|s| s.is_local()),
+        "source_rename" => sources.iter().any(|s| s.entry.contains("::")),
+        "sources_20plus" => sources.len() >= 20,
+        "provides_versioned" => values("provides").iter().any(|p| p.contains('=')),
+        "depends_soname" => {
+            any_key(&|k| k.starts_with("depends"))
+                && sections().any(|s| {
+                    s.fields
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("depends"))
+                        .any(|(_, v)| v.iter().any(|d| d.contains(".so")))
+                })
+        }
+        // The `no_*` tags describe the pkgbase section.
+        "no_pkgdesc" | "no_url" | "no_license" => !info.base.fields.contains(&tag[3..]),
+        _ => return None,
+    })
 }
 
 /// The file without comment lines, for comparing with what `Display` writes.
@@ -93,7 +158,7 @@ fn corpus_parses_to_index() {
         "INDEX.tsv lists only {} folders",
         rows.len()
     );
-    let (mut ok, mut rejected, mut rewritten) = (0, 0, 0);
+    let (mut ok, mut rejected, mut rewritten, mut tags_checked) = (0, 0, 0, 0);
     let mut failures = Vec::new();
     for row in &rows {
         let path = dir.join(&row.dir).join(".SRCINFO");
@@ -159,7 +224,16 @@ fn corpus_parses_to_index() {
             assert_eq!(p.pkgname, *name);
             assert_eq!(p.version, info.version());
         }
-        let _ = info.all_sources();
+        for feature in &row.features {
+            let holds = feature_holds(&info, &bytes, feature);
+            tags_checked += usize::from(holds.is_some());
+            if holds == Some(false) {
+                failures.push(format!(
+                    "{}: tagged `{feature}` but the parse does not show it",
+                    row.dir
+                ));
+            }
+        }
         // Writing back gives makepkg's text for files makepkg wrote.
         let text = String::from_utf8_lossy(&bytes);
         let written = info.to_string();
@@ -193,7 +267,7 @@ fn corpus_parses_to_index() {
     }
     eprintln!(
         "corpus: {ok} parsed and matched INDEX.tsv, {rejected} rejected as expected, \
-         {rewritten} written back identically, {} failures",
+         {rewritten} written back identically, {tags_checked} feature tags confirmed, {} failures",
         failures.len()
     );
     assert!(
