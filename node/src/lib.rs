@@ -2,6 +2,7 @@
 
 pub mod build_cmd;
 pub mod cli;
+pub mod core;
 pub mod ingest;
 pub mod inspect;
 pub mod keys;

@@ -1,0 +1,131 @@
+//! The state one node process shares between its tasks: identity, event log, content store.
+//!
+//! Every change to the queue goes through [`Core::ingest_bytes`] (events from outside: HTTP,
+//! later gossip and sync) or [`Core::submit`] (events this node authors: claims, build reports,
+//! publishes). Both run the same verify-then-apply pipeline in [`crate::ingest`], so an event the
+//! node signs itself is checked against the policy exactly like a stranger's. Waiters (the
+//! executor, the publisher, HTTP long-polls) subscribe to [`Core::subscribe`] and are woken after
+//! every accepted event.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result, anyhow, bail};
+use pacmesh_protocol::{Event, EventBody, Hash, PublicKey, Signed, Timestamp};
+use tokio::sync::watch;
+
+use crate::ingest::{Ingest, IngestOutcome};
+use crate::keys::NodeKey;
+use crate::store::FsStore;
+
+/// Shared node state; cheap to clone through an `Arc`.
+pub struct Core {
+    /// The node's own key: libp2p identity and author of claims and build reports.
+    pub key: NodeKey,
+    /// The node's public key in protocol form.
+    pub public: PublicKey,
+    /// A key that may publish repositories (may equal `key`), if this node publishes.
+    pub publisher_key: Option<NodeKey>,
+    /// Event store, derived queue state, policy, counters.
+    ingest: Mutex<Ingest>,
+    /// Content store (package files, logs, databases, source snapshots).
+    pub blobs: Arc<FsStore>,
+    /// The node's data directory (never visible to a build sandbox).
+    pub data_dir: PathBuf,
+    /// Bumped after every accepted event.
+    changed: watch::Sender<u64>,
+    /// Serialises authoring so that two local events never race for one sequence number.
+    author_lock: Mutex<()>,
+}
+
+impl Core {
+    pub fn new(
+        key: NodeKey,
+        publisher_key: Option<NodeKey>,
+        ingest: Ingest,
+        blobs: Arc<FsStore>,
+        data_dir: PathBuf,
+    ) -> Arc<Self> {
+        let public = PublicKey::from(key.signing_key());
+        Arc::new(Core {
+            key,
+            public,
+            publisher_key,
+            ingest: Mutex::new(ingest),
+            blobs,
+            data_dir,
+            changed: watch::channel(0).0,
+            author_lock: Mutex::new(()),
+        })
+    }
+
+    /// The event log and derived state. Hold the guard briefly: never across a build, a
+    /// network call or an `.await`.
+    pub fn ingest(&self) -> MutexGuard<'_, Ingest> {
+        self.ingest.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A receiver that changes after every accepted event.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Verifies, stores and applies a signed event from outside.
+    pub fn ingest_bytes(&self, bytes: &[u8]) -> IngestOutcome {
+        let outcome = self.ingest().ingest(bytes);
+        if let IngestOutcome::Accepted { id } = &outcome {
+            tracing::debug!(event = %id.fmt_short(), "accepted");
+            self.changed.send_modify(|n| *n += 1);
+        }
+        outcome
+    }
+
+    /// Signs `body` as this node and ingests it. Fails if the policy refuses it (e.g. this node
+    /// is not an allowed builder), with the reason.
+    pub fn submit(&self, body: EventBody) -> Result<Hash> {
+        self.submit_as(&self.key, body)
+    }
+
+    /// Signs `body` with the publisher key and ingests it.
+    pub fn submit_as_publisher(&self, body: EventBody) -> Result<Hash> {
+        let key = self
+            .publisher_key
+            .as_ref()
+            .ok_or_else(|| anyhow!("this node holds no publisher key"))?;
+        self.submit_as(key, body)
+    }
+
+    /// Signs `body` as `key` with that author's next sequence number and ingests it.
+    pub fn submit_as(&self, key: &NodeKey, body: EventBody) -> Result<Hash> {
+        let _serial = self.author_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = {
+            let ingest = self.ingest();
+            sign_next(&ingest, key, body)?
+        };
+        match self.ingest_bytes(&bytes) {
+            IngestOutcome::Accepted { id } | IngestOutcome::Duplicate { id } => Ok(id),
+            IngestOutcome::Rejected { reason } => bail!("own event refused: {reason}"),
+        }
+    }
+}
+
+/// The next event of `key`'s log, signed: sequence number after the stored head, `prev` the
+/// id of the head event.
+pub fn sign_next(ingest: &Ingest, key: &NodeKey, body: EventBody) -> Result<Vec<u8>> {
+    let author = PublicKey::from(key.signing_key());
+    let events = ingest.events();
+    let head = events.head(&author);
+    let prev = if head == 0 {
+        None
+    } else {
+        Some(
+            events
+                .slot(&author, head)
+                .context("reading own event log")?
+                .ok_or_else(|| anyhow!("own event {head} missing from the store"))?
+                .id,
+        )
+    };
+    let ev = Event::new(author, head + 1, prev, Timestamp::now(), body);
+    Ok(Signed::sign(key.signing_key(), &ev).context("encoding own event")?.to_bytes())
+}
