@@ -139,6 +139,109 @@ fn measure_child(dir: &Path) -> (Duration, f64) {
     (Duration::from_nanos(nanos), kib / 1024.0)
 }
 
+/// user + sys CPU time of this process (from `/proc/self/stat`, 10 ms ticks).
+fn cpu_time() -> Duration {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// `PACMESH_BENCH_BREAKDOWN=N`: time each phase of "add one package to an
+/// N-package database".
+fn breakdown(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let pkgs = make_packages(dir.path(), n);
+    let db = dir.path().join("bd.db.tar.zst");
+    repo_add(&db, &pkgs, &AddOptions::default(), None).unwrap();
+    let extra = SyntheticPackage::rich("zz-extra", "1.0-1")
+        .write_to(dir.path())
+        .unwrap();
+    // CPU time (user+sys, all threads) of 10 add-one runs, which contention
+    // from other processes does not inflate much.
+    let extras: Vec<PathBuf> = (0..10)
+        .map(|i| {
+            SyntheticPackage::rich(&format!("zz-cpu-{i}"), "1.0-1")
+                .write_to(dir.path())
+                .unwrap()
+        })
+        .collect();
+    let (c0, t0) = (cpu_time(), Instant::now());
+    for x in &extras {
+        repo_add(&db, std::slice::from_ref(x), &AddOptions::default(), None).unwrap();
+    }
+    eprintln!(
+        "N={n}: add one: {} CPU per run, {} wall per run",
+        ms((cpu_time() - c0) / 10),
+        ms(t0.elapsed() / 10)
+    );
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut d = Database::load(&db).unwrap();
+        let t_load = t.elapsed();
+        let t = Instant::now();
+        let info = pacmesh_repo::package::read_package(&extra).unwrap();
+        let t_read = t.elapsed();
+        let t = Instant::now();
+        d.add(&info, true).unwrap();
+        let (a, b) = d
+            .archives(pacmesh_repo::package::Compression::Zstd)
+            .unwrap();
+        let t_build = t.elapsed();
+        let mut t_tar = Duration::MAX;
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..15 {
+            let t = Instant::now();
+            (ta, tb) = d
+                .archives(pacmesh_repo::package::Compression::None)
+                .unwrap();
+            t_tar = t_tar.min(t.elapsed());
+        }
+        let mut t_load_min = Duration::MAX;
+        for _ in 0..15 {
+            let t = Instant::now();
+            let _ = Database::load(&db).unwrap();
+            t_load_min = t_load_min.min(t.elapsed());
+        }
+        eprintln!(
+            "  min of 15: tar only {}, load {}",
+            ms(t_tar),
+            ms(t_load_min)
+        );
+        let t = Instant::now();
+        let raw_db = std::fs::read(&db).unwrap();
+        let raw_files = std::fs::read(dir.path().join("bd.files.tar.zst")).unwrap();
+        let _ = zstd::decode_all(&raw_db[..]).unwrap();
+        let _ = zstd::decode_all(&raw_files[..]).unwrap();
+        let t_unzstd = t.elapsed();
+        let t = Instant::now();
+        let _ = zstd::bulk::compress(&ta, 3).unwrap();
+        let _ = zstd::bulk::compress(&tb, 3).unwrap();
+        let t_zstd = t.elapsed();
+        eprintln!(
+            "  tar only {} ({} + {} bytes), zstd -3 both {}, unzstd both {}",
+            ms(t_tar),
+            ta.len(),
+            tb.len(),
+            ms(t_zstd),
+            ms(t_unzstd)
+        );
+        let t = Instant::now();
+        d.write(&db, None).unwrap();
+        let t_write = t.elapsed();
+        eprintln!(
+            "N={n}: load {} read-one {} build+compress {} ({} + {} bytes) full write {}",
+            ms(t_load),
+            ms(t_read),
+            ms(t_build),
+            a.len(),
+            b.len(),
+            ms(t_write)
+        );
+    }
+}
+
 struct Row {
     n: usize,
     write_pm: Duration,
@@ -154,6 +257,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--pacmesh-child") {
         child(Path::new(&args[i + 1]));
+        return;
+    }
+    if std::env::var("PACMESH_BENCH_BREAKDOWN").is_ok() {
+        breakdown(env_usize("PACMESH_BENCH_BREAKDOWN", 2000));
         return;
     }
     let sizes: Vec<usize> = std::env::var("PACMESH_BENCH_SIZES")

@@ -309,16 +309,25 @@ pub(crate) struct TarWriter {
     pub(crate) buf: Vec<u8>,
 }
 
-fn octal(field: &mut [u8], v: u64) {
+/// Zero-padded octal, NUL-terminated (the ustar numeric field format).
+fn octal(field: &mut [u8], mut v: u64) {
     let n = field.len() - 1;
-    let s = format!("{:0width$o}", v, width = n);
-    field[..n].copy_from_slice(&s.as_bytes()[s.len() - n..]);
     field[n] = 0;
+    for i in (0..n).rev() {
+        field[i] = b'0' + (v & 7) as u8;
+        v >>= 3;
+    }
 }
 
 impl TarWriter {
     pub(crate) fn new() -> Self {
         TarWriter { buf: Vec::new() }
+    }
+
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        TarWriter {
+            buf: Vec::with_capacity(n),
+        }
     }
 
     fn header(&mut self, name: &[u8], mode: u32, size: u64, typeflag: u8, mtime: u64) {
@@ -338,8 +347,8 @@ impl TarWriter {
         octal(&mut h[329..337], 0);
         octal(&mut h[337..345], 0);
         let sum: u32 = h.iter().map(|&b| b as u32).sum();
-        let s = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(s.as_bytes());
+        octal(&mut h[148..155], sum as u64);
+        h[155] = b' ';
         self.buf.extend_from_slice(&h);
     }
 
@@ -349,9 +358,9 @@ impl TarWriter {
         self.buf.resize(self.buf.len() + pad, 0);
     }
 
-    fn name(&mut self, path: &[u8], mtime: u64) -> Vec<u8> {
+    fn name<'p>(&mut self, path: &'p [u8], mtime: u64) -> std::borrow::Cow<'p, [u8]> {
         if path.len() <= 100 {
-            return path.to_vec();
+            return std::borrow::Cow::Borrowed(path);
         }
         // PAX extended header with the full path.
         let body_len = " path=\n".len() + path.len();
@@ -364,9 +373,8 @@ impl TarWriter {
         rec.push(b'\n');
         self.header(b"././@PaxHeader", 0o644, rec.len() as u64, b'x', mtime);
         self.data(&rec);
-        let cut = &path[..100];
-        // Truncate at a UTF-8 boundary-agnostic byte position; the PAX path wins.
-        cut.to_vec()
+        // The header keeps the first 100 bytes; the PAX path wins.
+        std::borrow::Cow::Borrowed(&path[..100])
     }
 
     /// A directory entry (`path` should end with `/`).
@@ -397,7 +405,8 @@ impl TarWriter {
         h[157..257].copy_from_slice(&h_target);
         h[148..156].copy_from_slice(b"        ");
         let sum: u32 = h.iter().map(|&b| b as u32).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        octal(&mut h[148..155], sum as u64);
+        h[155] = b' ';
     }
 
     /// End-of-archive marker.
@@ -409,7 +418,11 @@ impl TarWriter {
 
 /// Read all members of a database archive: `(path, contents)` of regular
 /// files, with size limits.
-fn read_archive_members(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+fn read_archive_members(
+    path: &Path,
+    bytes: &[u8],
+    skip_desc: bool,
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
     let corrupt = |reason: String| DbError::Corrupt {
         path: path.to_owned(),
         reason,
@@ -454,6 +467,10 @@ fn read_archive_members(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<u8
         }
         let p = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|_| corrupt("member path is not UTF-8".into()))?;
+        // The files database repeats each desc; only its file lists are used.
+        if skip_desc && p.ends_with("/desc") {
+            continue;
+        }
         let mut data = Vec::with_capacity(size as usize);
         (&mut entry)
             .take(MAX_MEMBER_SIZE)
@@ -469,6 +486,15 @@ struct EntryParts {
     desc: Option<String>,
     depends: Option<String>,
     files: Option<String>,
+}
+
+/// Is `dir` exactly `NAME-VERSION` of the entry?
+fn dir_matches(dir: &str, e: &DescEntry) -> bool {
+    let (n, v) = (e.name.as_str(), e.version.as_str());
+    dir.len() == n.len() + 1 + v.len()
+        && dir.starts_with(n)
+        && dir.as_bytes()[n.len()] == b'-'
+        && dir.ends_with(v)
 }
 
 fn group_members(
@@ -583,20 +609,27 @@ impl Database {
         let (db_members, files_members) = match files {
             Some((fp, fb)) => {
                 let (a, b) = rayon::join(
-                    || read_archive_members(db_path, db),
-                    || read_archive_members(fp, fb),
+                    || read_archive_members(db_path, db, false),
+                    || read_archive_members(fp, fb, true),
                 );
                 (a?, Some((fp, b?)))
             }
-            None => (read_archive_members(db_path, db)?, None),
+            None => (read_archive_members(db_path, db, false)?, None),
         };
         let groups = group_members(db_path, db_members)?;
         let mut files_map = match files_members {
             Some((fp, m)) => group_members(fp, m)?,
             None => BTreeMap::new(),
         };
-        let mut entries = BTreeMap::new();
-        for (dir, parts) in groups {
+        let files_path = files.map(|f| f.0.to_owned()).unwrap_or_default();
+        let work: Vec<(String, EntryParts, Option<String>)> = groups
+            .into_iter()
+            .map(|(dir, parts)| {
+                let ft = files_map.remove(&dir).and_then(|fp| fp.files);
+                (dir, parts, ft)
+            })
+            .collect();
+        let parse_one = |(dir, parts, ft): &(String, EntryParts, Option<String>)| -> Result<DescEntry, DbError> {
             let mut texts: Vec<&str> = Vec::new();
             if let Some(d) = &parts.desc {
                 texts.push(d);
@@ -615,23 +648,31 @@ impl Database {
                 entry: dir.clone(),
                 source,
             })?;
-            if e.dir_name() != dir {
+            if !dir_matches(dir, &e) {
                 return Err(DbError::Corrupt {
                     path: db_path.to_owned(),
                     reason: format!("entry {dir} describes {}", e.dir_name()),
                 });
             }
-            e.files = None;
-            if let Some(fp) = files_map.remove(&dir) {
-                if let Some(ft) = fp.files {
-                    let list = crate::desc::parse_files(&ft).map_err(|source| DbError::Entry {
-                        path: files.map(|f| f.0.to_owned()).unwrap_or_default(),
-                        entry: dir.clone(),
-                        source,
-                    })?;
-                    e.files = Some(list);
-                }
-            }
+            e.files = match ft {
+                Some(ft) => Some(crate::desc::parse_files(ft).map_err(|source| DbError::Entry {
+                    path: files_path.clone(),
+                    entry: dir.clone(),
+                    source,
+                })?),
+                None => None,
+            };
+            Ok(e)
+        };
+        let parsed: Vec<Result<DescEntry, DbError>> = if work.len() >= 256 {
+            use rayon::prelude::*;
+            work.par_iter().map(parse_one).collect()
+        } else {
+            work.iter().map(parse_one).collect()
+        };
+        let mut entries = BTreeMap::new();
+        for e in parsed {
+            let e = e?;
             if entries.contains_key(&e.name) {
                 return Err(DbError::Corrupt {
                     path: db_path.to_owned(),
@@ -664,6 +705,20 @@ impl Database {
         let outcome = match self.entries.get(&entry.name) {
             None => AddOutcome::New,
             Some(old) if *old == entry => return Ok(AddOutcome::Unchanged),
+            // The same package, but the database had no file list for it
+            // (no files database): take the new entry, which has one.
+            Some(old)
+                if old.files.is_none()
+                    && DescEntry {
+                        files: None,
+                        ..entry.clone()
+                    } == *old =>
+            {
+                AddOutcome::Replaced {
+                    old_filename: old.filename.clone(),
+                    old_version: old.version.clone(),
+                }
+            }
             Some(old) => {
                 match crate::version::vercmp(old.version.as_str(), entry.version.as_str()) {
                     std::cmp::Ordering::Greater if !allow_downgrade => {
@@ -719,16 +774,32 @@ impl Database {
 
     fn tars(&self) -> (Vec<u8>, Vec<u8>) {
         let rendered = self.rendered();
-        let mut db = TarWriter::new();
-        let mut files = TarWriter::new();
-        for (dir, desc, f) in &rendered {
-            let d = format!("{dir}/");
-            db.dir(&d, 0o755, 0);
-            db.file(&format!("{dir}/desc"), 0o644, desc.as_bytes(), 0);
+        let pad = |n: usize| n.div_ceil(512) * 512;
+        let (mut db_cap, mut files_cap) = (1024, 1024);
+        for (_, desc, f) in &rendered {
+            db_cap += 1024 + pad(desc.len()) + 1024;
             if let Some(f) = f {
-                files.dir(&d, 0o755, 0);
-                files.file(&format!("{dir}/desc"), 0o644, desc.as_bytes(), 0);
-                files.file(&format!("{dir}/files"), 0o644, f.as_bytes(), 0);
+                files_cap += 1536 + pad(desc.len()) + pad(f.len()) + 1024;
+            }
+        }
+        let mut db = TarWriter::with_capacity(db_cap);
+        let mut files = TarWriter::with_capacity(files_cap);
+        let mut path = String::new();
+        for (dir, desc, f) in &rendered {
+            path.clear();
+            path.push_str(dir);
+            path.push('/');
+            db.dir(&path, 0o755, 0);
+            if f.is_some() {
+                files.dir(&path, 0o755, 0);
+            }
+            path.push_str("desc");
+            db.file(&path, 0o644, desc.as_bytes(), 0);
+            if let Some(f) = f {
+                files.file(&path, 0o644, desc.as_bytes(), 0);
+                path.truncate(path.len() - 4);
+                path.push_str("files");
+                files.file(&path, 0o644, f.as_bytes(), 0);
             }
         }
         (db.finish(), files.finish())
@@ -1095,7 +1166,9 @@ pub fn repo_add<P: AsRef<Path> + Sync>(
     // Like repo-add, always (re)write, so a first run creates the files.
     let exists =
         fs::symlink_metadata(&paths.db).is_ok() && fs::symlink_metadata(&paths.files).is_ok();
-    if changed || !exists {
+    // A signer and an unsigned database: sign it even if no entry changed.
+    let needs_sig = signer.is_some() && !signature_path(&paths.db).exists();
+    if changed || !exists || needs_sig {
         report.written = Some(db.write_paths(&paths, signer, extra)?);
     }
     if opts.remove_old_files {

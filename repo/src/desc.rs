@@ -28,7 +28,6 @@ use crate::package::PackageInfo;
 use crate::pkginfo::{check_pkgver, is_valid_pkgname};
 use crate::version::Version;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 
 /// Why a `desc` or `files` text was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,7 +116,9 @@ fn section(out: &mut String, name: &str, values: &[impl AsRef<str>]) {
         Some(v) if !v.as_ref().is_empty() => {}
         _ => return,
     }
-    let _ = writeln!(out, "%{name}%");
+    out.push('%');
+    out.push_str(name);
+    out.push_str("%\n");
     for v in values {
         out.push_str(v.as_ref());
         out.push('\n');
@@ -231,8 +232,8 @@ impl DescEntry {
     /// The `desc` text, byte-identical to repo-add's.
     pub fn to_desc(&self) -> String {
         let mut o = String::with_capacity(512);
-        one(&mut o, "FILENAME", &Some(self.filename.clone()));
-        one(&mut o, "NAME", &Some(self.name.clone()));
+        section(&mut o, "FILENAME", &[&self.filename]);
+        section(&mut o, "NAME", &[&self.name]);
         one(&mut o, "BASE", &self.base);
         section(&mut o, "VERSION", &[self.version.as_str()]);
         one(&mut o, "DESC", &self.desc);
