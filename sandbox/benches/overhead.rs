@@ -57,12 +57,26 @@ fn plain_build_with(root: &Path, i: usize, as_root: bool, with_srcinfo: bool) ->
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     if as_root {
-        assert!(Command::new("chown").args(["-R", "1000:1000"]).arg(&dir).status().unwrap().success());
+        assert!(
+            Command::new("chown")
+                .args(["-R", "1000:1000"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     let makepkg = || {
         if as_root {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "makepkg"]);
+            c.args([
+                "--reuid",
+                "1000",
+                "--regid",
+                "1000",
+                "--clear-groups",
+                "makepkg",
+            ]);
             c
         } else {
             Command::new("makepkg")
@@ -70,7 +84,12 @@ fn plain_build_with(root: &Path, i: usize, as_root: bool, with_srcinfo: bool) ->
     };
     let t = Instant::now();
     if with_srcinfo {
-        let out = makepkg().arg("--printsrcinfo").current_dir(&dir).env("PATH", "/usr/local/bin:/usr/bin:/bin").output().unwrap();
+        let out = makepkg()
+            .arg("--printsrcinfo")
+            .current_dir(&dir)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .output()
+            .unwrap();
         assert!(out.status.success());
     }
     let mut c = makepkg();
@@ -95,14 +114,21 @@ fn plain_build_with(root: &Path, i: usize, as_root: bool, with_srcinfo: bool) ->
 }
 
 fn main() {
-    let iters: usize = std::env::var("PACMESH_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let iters: usize = std::env::var("PACMESH_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     if let Err(e) = pacmesh_sandbox::preflight() {
         println!("SKIP sandbox benchmark: {e}");
         return;
     }
     let as_root = unsafe { libc::geteuid() } == 0;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let pkg = tmp.path().join("pkg");
     std::fs::create_dir_all(&pkg).unwrap();
     std::fs::write(pkg.join("PKGBUILD"), PKGBUILD).unwrap();
@@ -130,7 +156,11 @@ fn main() {
     println!("makepkg trivial package, {iters} iterations each (interleaved):");
     println!(
         "  plain makepkg --nodeps ({}): mean {p:.0} ms",
-        if as_root { "setpriv --reuid 1000" } else { "as the current user" }
+        if as_root {
+            "setpriv --reuid 1000"
+        } else {
+            "as the current user"
+        }
     );
     println!("  sandboxed, host profile (srcinfo + build phases): mean {s:.0} ms");
     println!(
@@ -140,7 +170,9 @@ fn main() {
     );
 
     let p2 = mean(&plain2);
-    println!("  plain makepkg --printsrcinfo + makepkg --nodeps (the same two makepkg runs, unsandboxed): mean {p2:.0} ms");
+    println!(
+        "  plain makepkg --printsrcinfo + makepkg --nodeps (the same two makepkg runs, unsandboxed): mean {p2:.0} ms"
+    );
     println!(
         "  => the sandbox machinery itself (bwrap x2, folder copy, hashing, .BUILDINFO read) adds {:.0} ms ({:.2}x); \
          the rest is phase 1, a second makepkg run",
@@ -157,7 +189,8 @@ fn main() {
         bare.push(t.elapsed());
         assert!(st.success());
         let t = Instant::now();
-        let layer = Layer::create(Path::new("/usr"), &tmp.path().join(format!("layer-{i}"))).unwrap();
+        let layer =
+            Layer::create(Path::new("/usr"), &tmp.path().join(format!("layer-{i}"))).unwrap();
         let mut c = Command::new("true");
         layer.attach(&mut c).unwrap();
         let st = c.status();
@@ -166,7 +199,9 @@ fn main() {
         match st {
             Ok(s) if s.success() => {}
             other => {
-                println!("chroot layer: overlayfs in a user namespace is unavailable here ({other:?})");
+                println!(
+                    "chroot layer: overlayfs in a user namespace is unavailable here ({other:?})"
+                );
                 return;
             }
         }

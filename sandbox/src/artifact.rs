@@ -44,7 +44,11 @@ pub fn hash_file(path: &Path) -> io::Result<(String, String, u64)> {
         s2.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((b3.finalize().to_hex().to_string(), hex::encode(s2.finalize()), size))
+    Ok((
+        b3.finalize().to_hex().to_string(),
+        hex::encode(s2.finalize()),
+        size,
+    ))
 }
 
 /// Open a package archive, decompressing by magic number (zstd, gzip, none).
@@ -59,7 +63,10 @@ fn open_package(path: &Path) -> io::Result<Box<dyn Read>> {
     } else if n >= 2 && magic[..2] == [0x1f, 0x8b] {
         Ok(Box::new(flate2::bufread::GzDecoder::new(f)))
     } else if n >= 6 && magic[..6] == [0xfd, b'7', b'z', b'X', b'Z', 0] {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "xz-compressed packages are not supported; build with PKGEXT=.pkg.tar.zst"))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "xz-compressed packages are not supported; build with PKGEXT=.pkg.tar.zst",
+        ))
     } else {
         Ok(Box::new(f))
     }
@@ -140,8 +147,14 @@ mod tests {
         std::fs::write(&p, b"abc").unwrap();
         let (b3, s2, n) = hash_file(&p).unwrap();
         assert_eq!(n, 3);
-        assert_eq!(s2, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert_eq!(b3, "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+        assert_eq!(
+            s2,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            b3,
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
     }
 
     #[test]
@@ -149,9 +162,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a-1-1-any.pkg.tar.zst");
         let f = File::create(&p).unwrap();
-        let enc = zstd::stream::write::Encoder::new(f, 3).unwrap().auto_finish();
+        let enc = zstd::stream::write::Encoder::new(f, 3)
+            .unwrap()
+            .auto_finish();
         let mut t = tar::Builder::new(enc);
-        for (name, data) in [(".BUILDINFO", "format = 2\npkgname = a\n"), (".PKGINFO", "pkgname = a\npkgver = 1:1-1\n"), ("usr/x", "x")] {
+        for (name, data) in [
+            (".BUILDINFO", "format = 2\npkgname = a\n"),
+            (".PKGINFO", "pkgname = a\npkgver = 1:1-1\n"),
+            ("usr/x", "x"),
+        ] {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
@@ -163,6 +182,9 @@ mod tests {
         assert_eq!(arts.len(), 1);
         assert_eq!(arts[0].pkgname.as_deref(), Some("a"));
         assert_eq!(arts[0].pkgver.as_deref(), Some("1:1-1"));
-        assert_eq!(arts[0].buildinfo.as_deref(), Some("format = 2\npkgname = a\n"));
+        assert_eq!(
+            arts[0].buildinfo.as_deref(),
+            Some("format = 2\npkgname = a\n")
+        );
     }
 }

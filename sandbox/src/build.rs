@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use pacmesh_repo::srcinfo::SrcInfo;
 use serde::{Deserialize, Serialize};
 
+use crate::BwrapCommand;
 use crate::artifact::{self, Artifact};
 use crate::overlay::{self, Layer};
 use crate::profile::{self, PacmanRepo, Profile};
 use crate::supervise::{self, LogCollector, Outcome, RunOptions};
-use crate::BwrapCommand;
 
 /// Where the build tree is mounted inside the sandbox (a fixed path, for
 /// reproducible builds).
@@ -106,6 +106,13 @@ pub struct BuildConfig {
     pub bwrap: PathBuf,
     /// Keep the whole work dir (sources, pkg/) after the build, for debugging.
     pub keep_work_dir: bool,
+    /// Host profile, node running as root: the unprivileged host `(uid, gid)`
+    /// that starts bwrap, so the build user maps to it instead of to root.
+    /// Use a dedicated uid that owns nothing. The work dir and the source
+    /// cache entry are chowned to it; `work_root`, `source_cache` and their
+    /// parents must be traversable (`o+x`) by it. Not supported with the
+    /// chroot profile yet.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl BuildConfig {
@@ -125,6 +132,7 @@ impl BuildConfig {
             fetch_ro_binds: Vec::new(),
             bwrap: "bwrap".into(),
             keep_work_dir: false,
+            run_as: None,
         }
     }
 }
@@ -195,7 +203,13 @@ pub fn source_cache_key(srcinfo: &SrcInfo, arch: &str) -> String {
     let base: String = srcinfo
         .pkgbase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "@._+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let base = base.trim_start_matches('.');
     format!("{}-{}", if base.is_empty() { "_" } else { base }, &h[..16])
@@ -240,6 +254,16 @@ fn copy_tree(src: &Path, dst: &Path, top: bool) -> io::Result<()> {
     Ok(())
 }
 
+fn chown_tree(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(p)?.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 /// Lock file for a source cache entry (shared while building, exclusive while fetching).
 struct CacheLock(#[allow(dead_code)] File);
 
@@ -248,8 +272,16 @@ impl CacheLock {
         use std::os::fd::AsRawFd;
         let mut p = entry.as_os_str().to_owned();
         p.push(".lock");
-        let f = File::options().create(true).truncate(false).write(true).open(PathBuf::from(p))?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(PathBuf::from(p))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         // SAFETY: flock on an fd we own; released when the File closes.
         if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
             return Err(io::Error::last_os_error());
@@ -269,11 +301,17 @@ impl Builder {
 
     fn prepare(&self, dir: &Path, deadline: Instant) -> io::Result<Ctx> {
         if !dir.join("PKGBUILD").is_file() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no PKGBUILD in {}", dir.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no PKGBUILD in {}", dir.display()),
+            ));
         }
         std::fs::create_dir_all(&self.cfg.work_root)?;
         std::fs::create_dir_all(&self.cfg.source_cache)?;
-        let wd = tempfile::Builder::new().prefix("pacmesh-build-").tempdir_in(&self.cfg.work_root)?.keep();
+        let wd = tempfile::Builder::new()
+            .prefix("pacmesh-build-")
+            .tempdir_in(&self.cfg.work_root)?
+            .keep();
         let wd = std::fs::canonicalize(&wd)?;
         std::fs::set_permissions(&wd, std::fs::Permissions::from_mode(0o700))?;
         let build = wd.join("build");
@@ -288,10 +326,26 @@ impl Builder {
         std::fs::write(&passwd, profile::passwd_contents(SANDBOX_HOME))?;
         std::fs::write(&group, profile::group_contents())?;
         let layer = match &self.cfg.profile {
+            Profile::Chroot(_) if self.cfg.run_as.is_some() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "run_as is not supported with the chroot profile yet",
+                ));
+            }
             Profile::Chroot(c) => Some(Layer::create(&c.base_root, &wd.join("layer"))?),
             Profile::Host => None,
         };
-        Ok(Ctx { dir: wd, build, passwd, group, layer, deadline })
+        if let Some((uid, gid)) = self.cfg.run_as {
+            chown_tree(&wd, uid, gid)?;
+        }
+        Ok(Ctx {
+            dir: wd,
+            build,
+            passwd,
+            group,
+            layer,
+            deadline,
+        })
     }
 
     /// The sandbox common to all phases: namespaces, root filesystem, /build.
@@ -321,7 +375,8 @@ impl Builder {
                 b.proc("/proc").dev("/dev").tmpfs("/tmp");
                 profile::cover_proc(&mut b);
                 if !as_root {
-                    b.ro_bind(&ctx.passwd, "/etc/passwd").ro_bind(&ctx.group, "/etc/group");
+                    b.ro_bind(&ctx.passwd, "/etc/passwd")
+                        .ro_bind(&ctx.group, "/etc/group");
                 }
             }
         }
@@ -361,6 +416,23 @@ impl Builder {
                 libc::umask(0o022);
                 Ok(())
             });
+        }
+        if let Some((uid, gid)) = self.cfg.run_as {
+            // SAFETY: setgroups/setgid/setuid are async-signal-safe syscalls.
+            // (The supervisor sets PR_SET_PDEATHSIG after this, since a
+            // credential change clears it.)
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                c.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         if let Some(layer) = &ctx.layer
             && let Err(e) = layer.attach(&mut c)
@@ -421,7 +493,10 @@ impl Builder {
         res.work_dir = ctx.dir.clone();
         let r = self.phases(&ctx, &mut log, &mut res);
         if let Err((phase, outcome, msg)) = r {
-            log.note(&format!("==> pacmesh: ERROR in phase {}: {msg} ({outcome})", phase.name()));
+            log.note(&format!(
+                "==> pacmesh: ERROR in phase {}: {msg} ({outcome})",
+                phase.name()
+            ));
             res.outcome = outcome;
             res.failed_phase = Some(phase);
             res.error = Some(format!("phase {}: {msg}", phase.name()));
@@ -436,7 +511,9 @@ impl Builder {
             && !self.cfg.keep_work_dir
             && let Err(e) = layer.remove()
         {
-            log.note(&format!("==> pacmesh: warning: cannot remove the layer: {e}"));
+            log.note(&format!(
+                "==> pacmesh: warning: cannot remove the layer: {e}"
+            ));
         }
         if !self.cfg.keep_work_dir {
             // Keep only the packages (build/out); sources and pkg/ go.
@@ -458,17 +535,33 @@ impl Builder {
         capture: Option<usize>,
         log: &mut LogCollector<'_>,
     ) -> supervise::RunStatus {
-        log.note(&format!("==> pacmesh: phase {} (network: {})", phase.name(), if b.options().iter().any(|o| o == "--share-net") { "shared" } else { "none" }));
+        log.note(&format!(
+            "==> pacmesh: phase {} (network: {})",
+            phase.name(),
+            if b.options().iter().any(|o| o == "--share-net") {
+                "shared"
+            } else {
+                "none"
+            }
+        ));
         let st = supervise::run_with_log(self.command(ctx, b), &self.opts(ctx, capture), log);
         log.flush_partial();
         st
     }
 
-    fn phases(&self, ctx: &Ctx, log: &mut LogCollector<'_>, res: &mut BuildResult) -> Result<(), (Phase, Outcome, String)> {
+    fn phases(
+        &self,
+        ctx: &Ctx,
+        log: &mut LogCollector<'_>,
+        res: &mut BuildResult,
+    ) -> Result<(), (Phase, Outcome, String)> {
         let fail_run = |phase: Phase, outcome: Outcome, what: &str| -> (Phase, Outcome, String) {
             let msg = match &outcome {
                 Outcome::Failed { code } => format!("{what} exited with code {code}"),
-                Outcome::TimedOut => format!("{what} exceeded the build timeout of {:?}", self.cfg.timeout),
+                Outcome::TimedOut => format!(
+                    "{what} exceeded the build timeout of {:?}",
+                    self.cfg.timeout
+                ),
                 Outcome::Killed { signal } => format!("{what} was killed by signal {signal}"),
                 Outcome::SandboxError { msg } => format!("sandbox error: {msg}"),
                 Outcome::Success => format!("{what} failed"),
@@ -483,42 +576,85 @@ impl Builder {
         b.remount_ro("/");
         let st = self.run_phase(ctx, Phase::Srcinfo, &b, Some(SRCINFO_CAP), log);
         if !st.outcome.is_success() {
-            return Err(fail_run(Phase::Srcinfo, st.outcome, "makepkg --printsrcinfo (PKGBUILD syntax error?)"));
+            return Err(fail_run(
+                Phase::Srcinfo,
+                st.outcome,
+                "makepkg --printsrcinfo (PKGBUILD syntax error?)",
+            ));
         }
         if st.stdout_truncated {
-            return Err((Phase::Srcinfo, Outcome::Failed { code: 1 }, format!(".SRCINFO larger than {SRCINFO_CAP} bytes")));
+            return Err((
+                Phase::Srcinfo,
+                Outcome::Failed { code: 1 },
+                format!(".SRCINFO larger than {SRCINFO_CAP} bytes"),
+            ));
         }
         let text = st.stdout.unwrap_or_default();
         let srcinfo = match SrcInfo::from_bytes(&text) {
             Ok(s) => s,
             Err(e) => {
                 res.srcinfo_text = Some(String::from_utf8_lossy(&text).into_owned());
-                return Err((Phase::Srcinfo, Outcome::Failed { code: 1 }, format!("cannot parse the .SRCINFO makepkg printed: {e}")));
+                return Err((
+                    Phase::Srcinfo,
+                    Outcome::Failed { code: 1 },
+                    format!("cannot parse the .SRCINFO makepkg printed: {e}"),
+                ));
             }
         };
-        log.note(&format!("==> pacmesh: pkgbase {} {} -> {}", srcinfo.pkgbase(), srcinfo.version(), srcinfo.pkgnames().join(" ")));
+        log.note(&format!(
+            "==> pacmesh: pkgbase {} {} -> {}",
+            srcinfo.pkgbase(),
+            srcinfo.version(),
+            srcinfo.pkgnames().join(" ")
+        ));
         res.srcinfo_text = Some(String::from_utf8_lossy(&text).into_owned());
         res.srcinfo = Some(srcinfo.clone());
 
         // ---- phase 2: fetch sources, network shared ---------------------------
-        let remote = srcinfo.sources_for_arch(&self.cfg.arch).iter().any(|s| !s.is_local());
+        let remote = srcinfo
+            .sources_for_arch(&self.cfg.arch)
+            .iter()
+            .any(|s| !s.is_local());
         let key = source_cache_key(&srcinfo, &self.cfg.arch);
         let entry = self.cfg.source_cache.join(&key);
         if remote {
-            std::fs::create_dir_all(&entry).map_err(|e| (Phase::FetchSources, Outcome::SandboxError { msg: e.to_string() }, format!("cannot create {}: {e}", entry.display())))?;
+            std::fs::create_dir_all(&entry).map_err(|e| {
+                (
+                    Phase::FetchSources,
+                    Outcome::SandboxError { msg: e.to_string() },
+                    format!("cannot create {}: {e}", entry.display()),
+                )
+            })?;
             res.source_cache_dir = Some(entry.clone());
-            let _lock = CacheLock::take(&entry, true).map_err(|e| (Phase::FetchSources, Outcome::SandboxError { msg: e.to_string() }, format!("cannot lock the source cache: {e}")))?;
+            let _lock = CacheLock::take(&entry, true).map_err(|e| {
+                (
+                    Phase::FetchSources,
+                    Outcome::SandboxError { msg: e.to_string() },
+                    format!("cannot lock the source cache: {e}"),
+                )
+            })?;
             let mut b = self.sandbox(ctx, true, false);
             b.bind(&entry, SANDBOX_SOURCES);
             for p in &self.cfg.fetch_ro_binds {
                 b.ro_bind_try(p, p);
             }
             self.env(&mut b, SANDBOX_SOURCES);
-            b.command(["makepkg", "--verifysource", "--nodeps", "--noconfirm", "--noprogressbar", "--nocolor"]);
+            b.command([
+                "makepkg",
+                "--verifysource",
+                "--nodeps",
+                "--noconfirm",
+                "--noprogressbar",
+                "--nocolor",
+            ]);
             b.remount_ro("/");
             let st = self.run_phase(ctx, Phase::FetchSources, &b, None, log);
             if !st.outcome.is_success() {
-                return Err(fail_run(Phase::FetchSources, st.outcome, "makepkg --verifysource"));
+                return Err(fail_run(
+                    Phase::FetchSources,
+                    st.outcome,
+                    "makepkg --verifysource",
+                ));
             }
         } else {
             log.note("==> pacmesh: phase fetch-sources skipped (all sources are in the folder)");
@@ -535,10 +671,19 @@ impl Builder {
             let links = ctx.build.join("srcdest");
             if let Ok(rd) = std::fs::read_dir(&entry) {
                 for e in rd.flatten() {
-                    let _ = std::os::unix::fs::symlink(Path::new(SANDBOX_SOURCES).join(e.file_name()), links.join(e.file_name()));
+                    let _ = std::os::unix::fs::symlink(
+                        Path::new(SANDBOX_SOURCES).join(e.file_name()),
+                        links.join(e.file_name()),
+                    );
                 }
             }
-            Some(CacheLock::take(&entry, false).map_err(|e| (Phase::Build, Outcome::SandboxError { msg: e.to_string() }, format!("cannot lock the source cache: {e}")))?)
+            Some(CacheLock::take(&entry, false).map_err(|e| {
+                (
+                    Phase::Build,
+                    Outcome::SandboxError { msg: e.to_string() },
+                    format!("cannot lock the source cache: {e}"),
+                )
+            })?)
         } else {
             None
         };
@@ -547,7 +692,16 @@ impl Builder {
             b.ro_bind(&entry, SANDBOX_SOURCES);
         }
         self.env(&mut b, SANDBOX_SRCDEST_LINKS);
-        let mut argv: Vec<OsString> = ["makepkg", "--holdver", "--noconfirm", "--noprogressbar", "--nocolor"].iter().map(OsString::from).collect();
+        let mut argv: Vec<OsString> = [
+            "makepkg",
+            "--holdver",
+            "--noconfirm",
+            "--noprogressbar",
+            "--nocolor",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         if matches!(self.cfg.profile, Profile::Host) {
             argv.push("--nodeps".into());
         }
@@ -559,23 +713,51 @@ impl Builder {
         }
 
         // ---- phase 4: collect ---------------------------------------------------
-        let arts = artifact::collect(&ctx.build.join("out")).map_err(|e| (Phase::Collect, Outcome::SandboxError { msg: e.to_string() }, format!("cannot read the packages: {e}")))?;
+        let arts = artifact::collect(&ctx.build.join("out")).map_err(|e| {
+            (
+                Phase::Collect,
+                Outcome::SandboxError { msg: e.to_string() },
+                format!("cannot read the packages: {e}"),
+            )
+        })?;
         if arts.is_empty() {
-            return Err((Phase::Collect, Outcome::Failed { code: 1 }, "makepkg succeeded but produced no package".into()));
+            return Err((
+                Phase::Collect,
+                Outcome::Failed { code: 1 },
+                "makepkg succeeded but produced no package".into(),
+            ));
         }
         for a in &arts {
-            log.note(&format!("==> pacmesh: {} blake3 {} sha256 {} ({} bytes)", a.file_name, a.blake3, a.sha256, a.size));
+            log.note(&format!(
+                "==> pacmesh: {} blake3 {} sha256 {} ({} bytes)",
+                a.file_name, a.blake3, a.sha256, a.size
+            ));
         }
         res.buildinfo = arts.iter().find_map(|a| a.buildinfo.clone());
         res.artifacts = arts;
         Ok(())
     }
 
-    fn install_deps(&self, ctx: &Ctx, cc: &profile::ChrootConfig, srcinfo: &SrcInfo, log: &mut LogCollector<'_>) -> Result<(), (Phase, Outcome, String)> {
+    fn install_deps(
+        &self,
+        ctx: &Ctx,
+        cc: &profile::ChrootConfig,
+        srcinfo: &SrcInfo,
+        log: &mut LogCollector<'_>,
+    ) -> Result<(), (Phase, Outcome, String)> {
         let phase = Phase::InstallDeps;
         let d = srcinfo.depends_for_arch(&self.cfg.arch);
         let mut deps: Vec<String> = Vec::new();
-        for x in d.depends.iter().chain(&d.makedepends).chain(if cc.install_checkdepends { d.checkdepends.iter() } else { [].iter() }) {
+        for x in d
+            .depends
+            .iter()
+            .chain(&d.makedepends)
+            .chain(if cc.install_checkdepends {
+                d.checkdepends.iter()
+            } else {
+                [].iter()
+            })
+        {
             if !deps.contains(x) {
                 deps.push(x.clone());
             }
@@ -591,16 +773,30 @@ impl Builder {
         let mut net = false;
         for r in &cc.repos {
             match r {
-                PacmanRepo::Local { name, sig_level, .. } => {
+                PacmanRepo::Local {
+                    name, sig_level, ..
+                } => {
                     text.push_str(&format!("\n[{name}]\nSigLevel = {sig_level}\nServer = file:///pacmesh/repos/{name}\n"));
                 }
-                PacmanRepo::Remote { name, server, sig_level } => {
+                PacmanRepo::Remote {
+                    name,
+                    server,
+                    sig_level,
+                } => {
                     net = true;
-                    text.push_str(&format!("\n[{name}]\nSigLevel = {sig_level}\nServer = {server}\n"));
+                    text.push_str(&format!(
+                        "\n[{name}]\nSigLevel = {sig_level}\nServer = {server}\n"
+                    ));
                 }
             }
         }
-        std::fs::write(&conf, text).map_err(|e| (phase, Outcome::SandboxError { msg: e.to_string() }, format!("cannot write pacman.conf: {e}")))?;
+        std::fs::write(&conf, text).map_err(|e| {
+            (
+                phase,
+                Outcome::SandboxError { msg: e.to_string() },
+                format!("cannot write pacman.conf: {e}"),
+            )
+        })?;
         let mk = |net: bool, argv: Vec<String>| {
             let mut b = self.sandbox(ctx, net, true);
             for r in &cc.repos {
@@ -609,22 +805,34 @@ impl Builder {
                 }
             }
             b.ro_bind(&conf, "/pacmesh/pacman.conf");
-            b.clearenv().setenv("PATH", PATH).setenv("LANG", "C.UTF-8").setenv("HOME", "/root").chdir("/");
+            b.clearenv()
+                .setenv("PATH", PATH)
+                .setenv("LANG", "C.UTF-8")
+                .setenv("HOME", "/root")
+                .chdir("/");
             b.command(argv);
             b
         };
         // Which dependencies does the base root not satisfy already?
-        let mut argv = vec!["pacman".to_string(), "--config".into(), "/pacmesh/pacman.conf".into(), "-T".into(), "--".into()];
+        let mut argv = vec![
+            "pacman".to_string(),
+            "--config".into(),
+            "/pacmesh/pacman.conf".into(),
+            "-T".into(),
+            "--".into(),
+        ];
         argv.extend(deps.iter().cloned());
         let st = self.run_phase(ctx, phase, &mk(false, argv), Some(1 << 20), log);
         let missing: Vec<String> = match &st.outcome {
             Outcome::Success => Vec::new(),
-            Outcome::Failed { code: 127 } => String::from_utf8_lossy(st.stdout.as_deref().unwrap_or_default())
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            Outcome::Failed { code: 127 } => {
+                String::from_utf8_lossy(st.stdout.as_deref().unwrap_or_default())
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
             o => {
                 let o = o.clone();
                 return Err((phase, o.clone(), format!("pacman -T failed ({o})")));
@@ -634,13 +842,30 @@ impl Builder {
             log.note("==> pacmesh: all dependencies are in the base root");
             return Ok(());
         }
-        log.note(&format!("==> pacmesh: installing into the layer: {}", missing.join(" ")));
-        let mut argv: Vec<String> = ["pacman", "--config", "/pacmesh/pacman.conf", "--noconfirm", "--noprogressbar", "--needed", "-Sy", "--"].iter().map(|s| s.to_string()).collect();
+        log.note(&format!(
+            "==> pacmesh: installing into the layer: {}",
+            missing.join(" ")
+        ));
+        let mut argv: Vec<String> = [
+            "pacman",
+            "--config",
+            "/pacmesh/pacman.conf",
+            "--noconfirm",
+            "--noprogressbar",
+            "--needed",
+            "-Sy",
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         argv.extend(missing);
         let st = self.run_phase(ctx, phase, &mk(net, argv), None, log);
         if !st.outcome.is_success() {
             let msg = match &st.outcome {
-                Outcome::Failed { code } => format!("pacman -S exited with code {code} (dependency not in the configured repositories?)"),
+                Outcome::Failed { code } => format!(
+                    "pacman -S exited with code {code} (dependency not in the configured repositories?)"
+                ),
                 o => format!("pacman -S: {o}"),
             };
             return Err((phase, st.outcome, msg));

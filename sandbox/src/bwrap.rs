@@ -47,7 +47,11 @@ impl BwrapCommand {
 
     /// A command that runs the given bubblewrap binary.
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
-        BwrapCommand { program: program.into(), options: Vec::new(), command: Vec::new() }
+        BwrapCommand {
+            program: program.into(),
+            options: Vec::new(),
+            command: Vec::new(),
+        }
     }
 
     fn flag(&mut self, f: &str) -> &mut Self {
@@ -242,7 +246,8 @@ impl BwrapCommand {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.command.extend(args.into_iter().map(|s| s.as_ref().to_owned()));
+        self.command
+            .extend(args.into_iter().map(|s| s.as_ref().to_owned()));
         self
     }
 
@@ -309,12 +314,45 @@ mod tests {
         assert_eq!(
             strs(&b.argv()),
             vec![
-                "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "1000",
-                "--gid", "1000", "--hostname", "pacmesh", "--die-with-parent", "--new-session",
-                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--proc", "/proc",
-                "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp", "--bind",
-                "/srv/work/b1", "/build", "--clearenv", "--setenv", "PKGEXT", ".pkg.tar.zst",
-                "--unsetenv", "LD_PRELOAD", "--chdir", "/build", "--", "makepkg",
+                "bwrap",
+                "--unshare-all",
+                "--unshare-user",
+                "--disable-userns",
+                "--uid",
+                "1000",
+                "--gid",
+                "1000",
+                "--hostname",
+                "pacmesh",
+                "--die-with-parent",
+                "--new-session",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "--dir",
+                "/var/tmp",
+                "--bind",
+                "/srv/work/b1",
+                "/build",
+                "--clearenv",
+                "--setenv",
+                "PKGEXT",
+                ".pkg.tar.zst",
+                "--unsetenv",
+                "LD_PRELOAD",
+                "--chdir",
+                "/build",
+                "--",
+                "makepkg",
                 "--printsrcinfo",
             ]
         );
@@ -329,9 +367,19 @@ mod tests {
         assert_eq!(
             strs(&b.argv()),
             vec![
-                "/opt/bwrap", "--setenv", "PACKAGER", "Jane Doe <jane@example.org>; rm -rf /",
-                "--ro-bind", "/path with space/$HOME", "/x y", "--", "sh", "-c", "echo \"$1\"",
-                "sh", "a b",
+                "/opt/bwrap",
+                "--setenv",
+                "PACKAGER",
+                "Jane Doe <jane@example.org>; rm -rf /",
+                "--ro-bind",
+                "/path with space/$HOME",
+                "/x y",
+                "--",
+                "sh",
+                "-c",
+                "echo \"$1\"",
+                "sh",
+                "a b",
             ]
         );
     }
@@ -355,10 +403,31 @@ mod tests {
         assert_eq!(
             strs(&b.argv()),
             vec![
-                "bwrap", "--unshare-all", "--share-net", "--unshare-net", "--unshare-pid",
-                "--unshare-ipc", "--unshare-uts", "--dev-bind", "/dev/null", "/dev/null",
-                "--ro-bind-try", "/opt", "/opt", "--size", "1048576", "--tmpfs", "/tmp",
-                "--chmod", "755", "/build", "--remount-ro", "/", "--", "true", "x",
+                "bwrap",
+                "--unshare-all",
+                "--share-net",
+                "--unshare-net",
+                "--unshare-pid",
+                "--unshare-ipc",
+                "--unshare-uts",
+                "--dev-bind",
+                "/dev/null",
+                "/dev/null",
+                "--ro-bind-try",
+                "/opt",
+                "/opt",
+                "--size",
+                "1048576",
+                "--tmpfs",
+                "/tmp",
+                "--chmod",
+                "755",
+                "/build",
+                "--remount-ro",
+                "/",
+                "--",
+                "true",
+                "x",
             ]
         );
     }

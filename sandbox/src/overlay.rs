@@ -37,7 +37,10 @@ fn check_opt_path(p: &Path) -> io::Result<()> {
     if b.iter().any(|c| matches!(c, b',' | b':' | b'\\' | 0)) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("overlay paths cannot contain ',', ':' or '\\': {}", p.display()),
+            format!(
+                "overlay paths cannot contain ',', ':' or '\\': {}",
+                p.display()
+            ),
         ));
     }
     Ok(())
@@ -68,7 +71,8 @@ impl Layer {
     /// Make `cmd` run in a new user+mount namespace with the overlay mounted on
     /// [`Layer::merged`]. The caller's uid/gid become 0 in that namespace.
     pub fn attach(&self, cmd: &mut Command) -> io::Result<()> {
-        let c = |s: &[u8]| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+        let c =
+            |s: &[u8]| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
         // Everything the child needs is prepared here, before fork.
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -94,7 +98,11 @@ impl Layer {
         unsafe {
             cmd.pre_exec(move || {
                 fn check(r: libc::c_int) -> io::Result<()> {
-                    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+                    if r < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
                 }
                 unsafe fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
                     unsafe {

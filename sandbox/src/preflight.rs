@@ -8,15 +8,21 @@ use std::process::{Command, Stdio};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PreflightError {
-    #[error("bubblewrap (bwrap) is not installed or not on PATH: install bubblewrap (Arch: pacman -S bubblewrap; Debian/Ubuntu: apt install bubblewrap)")]
+    #[error(
+        "bubblewrap (bwrap) is not installed or not on PATH: install bubblewrap (Arch: pacman -S bubblewrap; Debian/Ubuntu: apt install bubblewrap)"
+    )]
     BwrapMissing,
     #[error("unprivileged user namespaces are disabled: {hint}")]
     UserNamespacesDisabled { hint: String },
     #[error("bubblewrap is installed but cannot start a sandbox: {stderr}")]
     BwrapFailed { stderr: String },
-    #[error("makepkg is not installed or not on PATH: install pacman (it ships makepkg; Debian/Ubuntu: apt install makepkg)")]
+    #[error(
+        "makepkg is not installed or not on PATH: install pacman (it ships makepkg; Debian/Ubuntu: apt install makepkg)"
+    )]
     MakepkgMissing,
-    #[error("overlayfs cannot be mounted in an unprivileged user namespace (needs Linux >= 5.11): {detail}")]
+    #[error(
+        "overlayfs cannot be mounted in an unprivileged user namespace (needs Linux >= 5.11): {detail}"
+    )]
     OverlayUnavailable { detail: String },
 }
 
@@ -27,16 +33,22 @@ pub fn which(name: &str) -> Option<PathBuf> {
         return is_executable(&p).then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn read_sysctl(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Explain a failed user-namespace sandbox from the kernel knobs that usually cause it.
@@ -47,7 +59,8 @@ fn userns_hint() -> Option<String> {
     if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
         return Some("sysctl user.max_user_namespaces=15000".into());
     }
-    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
         return Some(
             "AppArmor restricts them: sysctl kernel.apparmor_restrict_unprivileged_userns=0, or add an AppArmor profile allowing userns for bwrap"
                 .into(),
@@ -60,7 +73,12 @@ fn userns_hint() -> Option<String> {
 pub fn check_bwrap() -> Result<PathBuf, PreflightError> {
     let bwrap = which("bwrap").ok_or(PreflightError::BwrapMissing)?;
     let mut b = crate::BwrapCommand::with_program(&bwrap);
-    b.unshare_all().unshare_user().uid(1000).gid(1000).die_with_parent().new_session();
+    b.unshare_all()
+        .unshare_user()
+        .uid(1000)
+        .gid(1000)
+        .die_with_parent()
+        .new_session();
     crate::profile::bind_host_system(&mut b);
     b.proc("/proc").dev("/dev").tmpfs("/tmp").command(["true"]);
     let out = b
@@ -69,7 +87,9 @@ pub fn check_bwrap() -> Result<PathBuf, PreflightError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| PreflightError::BwrapFailed { stderr: e.to_string() })?;
+        .map_err(|e| PreflightError::BwrapFailed {
+            stderr: e.to_string(),
+        })?;
     if out.status.success() {
         return Ok(bwrap);
     }
@@ -108,10 +128,15 @@ pub fn preflight_chroot(scratch: &Path) -> Result<(), PreflightError> {
         .map_err(|e| err(e.to_string()))?;
     let base = dir.path().join("base");
     std::fs::create_dir_all(&base).map_err(|e| err(e.to_string()))?;
-    let layer = crate::overlay::Layer::create(&base, &dir.path().join("layer")).map_err(|e| err(e.to_string()))?;
+    let layer = crate::overlay::Layer::create(&base, &dir.path().join("layer"))
+        .map_err(|e| err(e.to_string()))?;
     let mut cmd = Command::new("true");
     layer.attach(&mut cmd).map_err(|e| err(e.to_string()))?;
     let st = cmd.status().map_err(|e| err(e.to_string()))?;
     layer.remove().map_err(|e| err(e.to_string()))?;
-    if st.success() { Ok(()) } else { Err(err(format!("test mount exited with {st}"))) }
+    if st.success() {
+        Ok(())
+    } else {
+        Err(err(format!("test mount exited with {st}")))
+    }
 }

@@ -50,7 +50,11 @@ pub struct ChrootConfig {
 impl ChrootConfig {
     /// A chroot profile over `base_root` with no repositories yet.
     pub fn new(base_root: impl Into<PathBuf>) -> Self {
-        ChrootConfig { base_root: base_root.into(), repos: Vec::new(), install_checkdepends: true }
+        ChrootConfig {
+            base_root: base_root.into(),
+            repos: Vec::new(),
+            install_checkdepends: true,
+        }
     }
 }
 
@@ -60,20 +64,44 @@ impl ChrootConfig {
 pub enum PacmanRepo {
     /// A directory holding `NAME.db` and the packages (e.g. the mesh's own
     /// repo, or one made with `repo-add`); bound read-only into the sandbox.
-    Local { name: String, dir: PathBuf, sig_level: String },
+    Local {
+        name: String,
+        dir: PathBuf,
+        sig_level: String,
+    },
     /// A remote repository; the install step then shares the network.
-    Remote { name: String, server: String, sig_level: String },
+    Remote {
+        name: String,
+        server: String,
+        sig_level: String,
+    },
 }
 
 impl PacmanRepo {
     /// A local directory repository.
-    pub fn local(name: impl Into<String>, dir: impl Into<PathBuf>, sig_level: impl Into<String>) -> Self {
-        PacmanRepo::Local { name: name.into(), dir: dir.into(), sig_level: sig_level.into() }
+    pub fn local(
+        name: impl Into<String>,
+        dir: impl Into<PathBuf>,
+        sig_level: impl Into<String>,
+    ) -> Self {
+        PacmanRepo::Local {
+            name: name.into(),
+            dir: dir.into(),
+            sig_level: sig_level.into(),
+        }
     }
 
     /// A remote repository (`Server =` URL, `$repo`/`$arch` allowed).
-    pub fn remote(name: impl Into<String>, server: impl Into<String>, sig_level: impl Into<String>) -> Self {
-        PacmanRepo::Remote { name: name.into(), server: server.into(), sig_level: sig_level.into() }
+    pub fn remote(
+        name: impl Into<String>,
+        server: impl Into<String>,
+        sig_level: impl Into<String>,
+    ) -> Self {
+        PacmanRepo::Remote {
+            name: name.into(),
+            server: server.into(),
+            sig_level: sig_level.into(),
+        }
     }
 
     /// The repository name.
@@ -93,13 +121,48 @@ pub const HOST_ROOT_LINKS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "
 /// `pacman.d/gnupg`, `machine-id`, `NetworkManager/`, `wireguard/`... The
 /// sandbox gets its own `passwd` and `group`.
 pub const ETC_ALLOW: &[&str] = &[
-    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "crypto-policies",
-    "debian_version", "fonts", "gai.conf", "gitconfig", "host.conf", "hosts", "inputrc",
-    "java-*", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "locale.alias", "locale.conf",
-    "localtime", "login.defs", "lsb-release", "makepkg.conf", "makepkg.conf.d", "mime.types",
-    "networks", "nsswitch.conf", "os-release", "pacman.conf", "perl", "pki", "protocols",
-    "python3*", "resolv.conf", "services", "sgml", "shells", "ssl", "terminfo", "texmf",
-    "timezone", "xdg", "xml",
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "crypto-policies",
+    "debian_version",
+    "fonts",
+    "gai.conf",
+    "gitconfig",
+    "host.conf",
+    "hosts",
+    "inputrc",
+    "java-*",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "locale.conf",
+    "localtime",
+    "login.defs",
+    "lsb-release",
+    "makepkg.conf",
+    "makepkg.conf.d",
+    "mime.types",
+    "networks",
+    "nsswitch.conf",
+    "os-release",
+    "pacman.conf",
+    "perl",
+    "pki",
+    "protocols",
+    "python3*",
+    "resolv.conf",
+    "services",
+    "sgml",
+    "shells",
+    "ssl",
+    "terminfo",
+    "texmf",
+    "timezone",
+    "xdg",
+    "xml",
 ];
 
 /// Paths under allowed `/etc` entries that are hidden again (an empty tmpfs
@@ -141,7 +204,11 @@ pub fn bind_host_system(b: &mut BwrapCommand) {
 pub fn bind_host_etc(b: &mut BwrapCommand, passwd: &Path, group: &Path) {
     b.tmpfs("/etc");
     let mut names: Vec<String> = std::fs::read_dir("/etc")
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     for name in names {
@@ -213,7 +280,10 @@ pub fn passwd_contents(home: &str) -> String {
 
 /// `/etc/group` for the sandbox.
 pub fn group_contents() -> String {
-    format!("root:x:0:\nbuilder:x:{gid}:\nnobody:x:65534:\n", gid = crate::BUILD_GID)
+    format!(
+        "root:x:0:\nbuilder:x:{gid}:\nnobody:x:65534:\n",
+        gid = crate::BUILD_GID
+    )
 }
 
 #[cfg(test)]
@@ -222,10 +292,29 @@ mod tests {
 
     #[test]
     fn etc_allow_list_excludes_secrets() {
-        for secret in ["shadow", "gshadow", "shadow-", "sudoers", "sudoers.d", "ssh", "machine-id", "pacman.d", "subuid", "wireguard", "NetworkManager", "pacmesh"] {
+        for secret in [
+            "shadow",
+            "gshadow",
+            "shadow-",
+            "sudoers",
+            "sudoers.d",
+            "ssh",
+            "machine-id",
+            "pacman.d",
+            "subuid",
+            "wireguard",
+            "NetworkManager",
+            "pacmesh",
+        ] {
             assert!(!etc_allowed(secret), "{secret} must not be bound");
         }
-        for ok in ["ld.so.cache", "java-17-openjdk", "python3.11", "makepkg.conf", "ssl"] {
+        for ok in [
+            "ld.so.cache",
+            "java-17-openjdk",
+            "python3.11",
+            "makepkg.conf",
+            "ssl",
+        ] {
             assert!(etc_allowed(ok), "{ok} should be bound");
         }
     }
@@ -234,13 +323,21 @@ mod tests {
     fn host_system_binds_never_the_root() {
         let mut b = BwrapCommand::new();
         bind_host_system(&mut b);
-        let opts: Vec<_> = b.options().iter().map(|o| o.to_string_lossy().into_owned()).collect();
+        let opts: Vec<_> = b
+            .options()
+            .iter()
+            .map(|o| o.to_string_lossy().into_owned())
+            .collect();
         assert!(opts.windows(3).any(|w| w == ["--ro-bind", "/usr", "/usr"]));
         for w in opts.windows(3) {
             if w[0] == "--ro-bind" || w[0] == "--bind" {
                 assert_ne!(w[1], "/", "the host root must never be bound");
             }
         }
-        assert!(!opts.iter().any(|o| o == "/root" || o == "/home" || o == "/etc"));
+        assert!(
+            !opts
+                .iter()
+                .any(|o| o == "/root" || o == "/home" || o == "/etc")
+        );
     }
 }

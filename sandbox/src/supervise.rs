@@ -249,15 +249,26 @@ impl<'a> LogCollector<'a> {
     pub fn finish(mut self) -> (String, bool) {
         self.flush_partial();
         if self.truncated {
-            let m = format!("[pacmesh: {} more bytes of output discarded]", self.discarded);
+            let m = format!(
+                "[pacmesh: {} more bytes of output discarded]",
+                self.discarded
+            );
             self.note(&m);
         }
-        (String::from_utf8_lossy(&self.buf).into_owned(), self.truncated)
+        (
+            String::from_utf8_lossy(&self.buf).into_owned(),
+            self.truncated,
+        )
     }
 }
 
 /// Run `cmd` with limits, collecting its output into a fresh log.
-pub fn run(cmd: Command, opts: &RunOptions, log_cap: usize, on_line: &mut dyn FnMut(&str)) -> RunResult {
+pub fn run(
+    cmd: Command,
+    opts: &RunOptions,
+    log_cap: usize,
+    on_line: &mut dyn FnMut(&str),
+) -> RunResult {
     let mut log = LogCollector::new(log_cap, on_line);
     let st = run_with_log(cmd, opts, &mut log);
     let (text, truncated) = log.finish();
@@ -273,7 +284,11 @@ pub fn run(cmd: Command, opts: &RunOptions, log_cap: usize, on_line: &mut dyn Fn
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; a non-negative return is a new fd that we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 { None } else { Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }) }
+    if fd < 0 {
+        None
+    } else {
+        Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
 }
 
 fn killpg(pgid: i32, sig: i32) {
@@ -314,14 +329,22 @@ pub fn run_with_log(mut cmd: Command, opts: &RunOptions, log: &mut LogCollector<
         Ok(p) => p,
         Err(e) => return fail(format!("cannot create a pipe: {e}"), start),
     };
-    let mut streams = vec![Stream { reader: log_r, open: true, is_log: true }];
+    let mut streams = vec![Stream {
+        reader: log_r,
+        open: true,
+        is_log: true,
+    }];
     cmd.stdin(Stdio::null());
     if opts.capture_stdout.is_some() {
         let (out_r, out_w) = match io::pipe() {
             Ok(p) => p,
             Err(e) => return fail(format!("cannot create a pipe: {e}"), start),
         };
-        streams.push(Stream { reader: out_r, open: true, is_log: false });
+        streams.push(Stream {
+            reader: out_r,
+            open: true,
+            is_log: false,
+        });
         cmd.stdout(out_w);
     } else {
         match log_w.try_clone() {
@@ -336,7 +359,14 @@ pub fn run_with_log(mut cmd: Command, opts: &RunOptions, log: &mut LogCollector<
     // SAFETY: prctl is async-signal-safe; nothing is allocated in the child.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -399,7 +429,10 @@ pub fn run_with_log(mut cmd: Command, opts: &RunOptions, log: &mut LogCollector<
         } else {
             deadline
         };
-        let mut timeout_ms = wake.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32;
+        let mut timeout_ms = wake
+            .saturating_duration_since(now)
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
         if status.is_none() && pidfd.is_none() {
             timeout_ms = timeout_ms.min(10); // no pidfd: poll for exit
         }
@@ -407,13 +440,21 @@ pub fn run_with_log(mut cmd: Command, opts: &RunOptions, log: &mut LogCollector<
         let mut idx: Vec<usize> = Vec::with_capacity(2);
         for (i, s) in streams.iter().enumerate() {
             if s.open {
-                fds.push(libc::pollfd { fd: s.reader.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd: s.reader.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 idx.push(i);
             }
         }
         let pidfd_slot = match (&pidfd, status.is_none()) {
             (Some(p), true) => {
-                fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 Some(fds.len() - 1)
             }
             _ => None,
@@ -488,9 +529,15 @@ pub fn run_with_log(mut cmd: Command, opts: &RunOptions, log: &mut LogCollector<
     let outcome = if term_at.is_some() {
         Outcome::TimedOut
     } else if let Some(code) = status.code() {
-        if code == 0 { Outcome::Success } else { Outcome::Failed { code } }
+        if code == 0 {
+            Outcome::Success
+        } else {
+            Outcome::Failed { code }
+        }
     } else {
-        Outcome::Killed { signal: status.signal().unwrap_or(0) }
+        Outcome::Killed {
+            signal: status.signal().unwrap_or(0),
+        }
     };
     RunStatus {
         outcome,

@@ -33,7 +33,13 @@ fn examples_build_reproducibly_in_two_work_dirs() {
     }
     let expected: &[(&str, &[&str])] = &[
         ("pacmesh-hello", &["pacmesh-hello-1.0.0-1-any.pkg.tar.zst"]),
-        ("pacmesh-split", &["pacmesh-split-bin-2.3.1-2-any.pkg.tar.zst", "pacmesh-split-doc-2.3.1-2-any.pkg.tar.zst"]),
+        (
+            "pacmesh-split",
+            &[
+                "pacmesh-split-bin-2.3.1-2-any.pkg.tar.zst",
+                "pacmesh-split-doc-2.3.1-2-any.pkg.tar.zst",
+            ],
+        ),
         ("pacmesh-epoch", &["pacmesh-epoch-1:0.9-1-any.pkg.tar.zst"]),
     ];
     for (name, files) in expected {
@@ -45,19 +51,29 @@ fn examples_build_reproducibly_in_two_work_dirs() {
         assert_success(&r1);
         let r2 = build(&config(t2.path()), &dir);
         assert_success(&r2);
-        assert_eq!(snapshot(&dir), before, "{name}: the PKGBUILD folder was modified");
+        assert_eq!(
+            snapshot(&dir),
+            before,
+            "{name}: the PKGBUILD folder was modified"
+        );
         let names: Vec<_> = r1.artifacts.iter().map(|a| a.file_name.as_str()).collect();
         assert_eq!(&names, files, "{name}");
         for (a, b) in r1.artifacts.iter().zip(&r2.artifacts) {
             assert_eq!(a.file_name, b.file_name);
             assert_eq!(a.blake3, b.blake3, "{}: not reproducible", a.file_name);
-            assert_eq!(std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
+            assert_eq!(
+                std::fs::read(&a.path).unwrap(),
+                std::fs::read(&b.path).unwrap()
+            );
             assert_eq!(a.sha256.len(), 64);
             assert!(a.size > 0);
             let bi = a.buildinfo.as_deref().expect("package has a .BUILDINFO");
             assert!(bi.contains("builddate = 1700000000"), "{bi}");
             assert!(bi.contains("builddir = /build/work"), "{bi}");
-            assert!(bi.contains("packager = pacmesh test node <test@pacmesh.invalid>"), "{bi}");
+            assert!(
+                bi.contains("packager = pacmesh test node <test@pacmesh.invalid>"),
+                "{bi}"
+            );
         }
         let si = r1.srcinfo.as_ref().unwrap();
         assert_eq!(si.pkgbase(), *name);
@@ -133,12 +149,28 @@ package() {{ install -Dm644 "$srcdir/hello/hello.txt" "$pkgdir/usr/share/pacmesh
     c.fetch_ro_binds = vec![upstream.clone()];
     let r1 = build(&c, &pkg);
     assert_success(&r1);
-    assert_eq!(r1.artifacts[0].file_name, "pacmesh-vcs-test-r1-1-any.pkg.tar.zst");
+    assert_eq!(
+        r1.artifacts[0].file_name,
+        "pacmesh-vcs-test-r1-1-any.pkg.tar.zst"
+    );
     let entry = r1.source_cache_dir.clone().unwrap();
-    assert!(entry.join("hello").join("HEAD").is_file(), "bare git mirror in the source cache");
-    assert!(entry.file_name().unwrap().to_string_lossy().starts_with("pacmesh-vcs-test-"));
+    assert!(
+        entry.join("hello").join("HEAD").is_file(),
+        "bare git mirror in the source cache"
+    );
+    assert!(
+        entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pacmesh-vcs-test-")
+    );
     // The PKGBUILD folder keeps pkgver=1 (makepkg rewrote only the copy).
-    assert!(std::fs::read_to_string(pkg.join("PKGBUILD")).unwrap().contains("pkgver=1\n"));
+    assert!(
+        std::fs::read_to_string(pkg.join("PKGBUILD"))
+            .unwrap()
+            .contains("pkgver=1\n")
+    );
 
     // Second build: upstream is gone; the cached mirror must be used.
     std::fs::rename(&upstream, t.path().join("moved")).unwrap();
@@ -165,9 +197,20 @@ fn log_lines_are_streamed_live() {
     let t = tempfile::tempdir().unwrap();
     let mut lines = Vec::new();
     let b = pacmesh_sandbox::Builder::new(config(t.path()));
-    let r = b.build(&examples().join("pacmesh-hello"), &mut |l| lines.push(l.to_string()));
+    let r = b.build(&examples().join("pacmesh-hello"), &mut |l| {
+        lines.push(l.to_string())
+    });
     assert_success(&r);
-    assert!(lines.iter().any(|l| l.contains("Finished making: pacmesh-hello")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("==> pacmesh: phase build")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Finished making: pacmesh-hello")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("==> pacmesh: phase build"))
+    );
     assert_eq!(lines.join("\n") + "\n", r.log);
 }

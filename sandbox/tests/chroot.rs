@@ -14,7 +14,14 @@ use common::*;
 use pacmesh_sandbox::{ChrootConfig, PacmanRepo, Profile};
 
 fn sh(script: &str, args: &[&Path]) -> bool {
-    Command::new("sh").arg("-c").arg(script).arg("sh").args(args).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// A base root made from the host. Returns None (with a notice) where that is impossible.
@@ -34,7 +41,10 @@ fn make_base(dir: &Path) -> Option<PathBuf> {
         *) cp -al "$e" "$1/usr/$e" || exit 1 ;;
         esac; done"#;
     if !sh(script, &[&base]) {
-        eprintln!("SKIP chroot tests: cannot hard-link /usr into {} (different filesystem?)", base.display());
+        eprintln!(
+            "SKIP chroot tests: cannot hard-link /usr into {} (different filesystem?)",
+            base.display()
+        );
         return None;
     }
     eprintln!("base root: /usr hard-linked in {:?}", t.elapsed());
@@ -44,7 +54,16 @@ fn make_base(dir: &Path) -> Option<PathBuf> {
             std::os::unix::fs::symlink(target, base.join(l)).unwrap();
         }
     }
-    for d in ["etc", "tmp", "proc", "dev", "build", "var/lib/pacman/local", "var/cache/pacman/pkg", "run"] {
+    for d in [
+        "etc",
+        "tmp",
+        "proc",
+        "dev",
+        "build",
+        "var/lib/pacman/local",
+        "var/cache/pacman/pkg",
+        "run",
+    ] {
         std::fs::create_dir_all(base.join(d)).unwrap();
     }
     std::fs::write(base.join("var/lib/pacman/local/ALPM_DB_VERSION"), "9\n").unwrap();
@@ -53,7 +72,11 @@ fn make_base(dir: &Path) -> Option<PathBuf> {
         "cd /etc && cp -a makepkg.conf ld.so.cache ld.so.conf ld.so.conf.d alternatives nsswitch.conf hosts \"$1/\" 2>/dev/null; true",
         &[&etc]
     ));
-    std::fs::write(etc.join("pacman.conf"), "[options]\nArchitecture = auto\nSigLevel = Never\n").unwrap();
+    std::fs::write(
+        etc.join("pacman.conf"),
+        "[options]\nArchitecture = auto\nSigLevel = Never\n",
+    )
+    .unwrap();
     std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
     Some(base)
@@ -73,7 +96,9 @@ fn chroot_profile_installs_a_mesh_built_dependency_into_the_layer() {
         eprintln!("SKIP chroot test: repo-add (pacman) is not installed");
         return;
     }
-    let Some(base) = make_base(t.path()) else { return };
+    let Some(base) = make_base(t.path()) else {
+        return;
+    };
 
     let mut cfg = config(t.path());
     cfg.profile = Profile::Chroot(ChrootConfig::new(&base));
@@ -99,22 +124,51 @@ fn chroot_profile_installs_a_mesh_built_dependency_into_the_layer() {
 
     // B: makedepends=A, built against it.
     let mut cc = ChrootConfig::new(&base);
-    cc.repos.push(PacmanRepo::local("pacmesh-local", &repo, "Never"));
+    cc.repos
+        .push(PacmanRepo::local("pacmesh-local", &repo, "Never"));
     cfg.profile = Profile::Chroot(cc);
     let b = build(&cfg, &fixture("chroot-dep-b"));
     assert_success(&b);
-    assert!(b.log.contains("installing into the layer: pacmesh-chroot-a"), "{}", b.log);
-    assert_eq!(b.artifacts[0].file_name, "pacmesh-chroot-b-1.0-1-any.pkg.tar.zst");
+    assert!(
+        b.log
+            .contains("installing into the layer: pacmesh-chroot-a"),
+        "{}",
+        b.log
+    );
+    assert_eq!(
+        b.artifacts[0].file_name,
+        "pacmesh-chroot-b-1.0-1-any.pkg.tar.zst"
+    );
 
     // The base root is untouched and the layer is gone.
-    assert!(!base.join("usr/share/pacmesh-chroot-a").exists(), "pacman wrote into the base root");
-    assert!(!Path::new("/usr/share/pacmesh-chroot-a").exists(), "pacman wrote into the host");
-    assert!(std::fs::read_dir(base.join("var/lib/pacman/local")).unwrap().count() == 1);
+    assert!(
+        !base.join("usr/share/pacmesh-chroot-a").exists(),
+        "pacman wrote into the base root"
+    );
+    assert!(
+        !Path::new("/usr/share/pacmesh-chroot-a").exists(),
+        "pacman wrote into the host"
+    );
+    assert!(
+        std::fs::read_dir(base.join("var/lib/pacman/local"))
+            .unwrap()
+            .count()
+            == 1
+    );
     assert!(!b.work_dir.join("layer").exists(), "layer not removed");
 
     // Without the repository, B fails in install-deps with a clear message.
     cfg.profile = Profile::Chroot(ChrootConfig::new(&base));
     let c = build(&cfg, &fixture("chroot-dep-b"));
-    assert_eq!(c.failed_phase, Some(pacmesh_sandbox::Phase::InstallDeps), "{}", c.log);
-    assert!(c.error.as_deref().unwrap().contains("pacman -S"), "{:?}", c.error);
+    assert_eq!(
+        c.failed_phase,
+        Some(pacmesh_sandbox::Phase::InstallDeps),
+        "{}",
+        c.log
+    );
+    assert!(
+        c.error.as_deref().unwrap().contains("pacman -S"),
+        "{:?}",
+        c.error
+    );
 }

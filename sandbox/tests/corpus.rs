@@ -13,7 +13,10 @@ use common::*;
 fn corpus_buildable_folders_build_with_the_host_profile() {
     let corpus = manifest_dir().join("../../shared/corpus/buildable");
     if !corpus.is_dir() {
-        eprintln!("SKIP corpus test: {} is absent (it lives beside the repository, not in it)", corpus.display());
+        eprintln!(
+            "SKIP corpus test: {} is absent (it lives beside the repository, not in it)",
+            corpus.display()
+        );
         return;
     }
     if !sandbox_ready("corpus_buildable_folders_build_with_the_host_profile") {
@@ -34,7 +37,9 @@ fn corpus_buildable_folders_build_with_the_host_profile() {
         for _ in 0..2 {
             s.spawn(|| {
                 loop {
-                    let Some(dir) = queue.lock().unwrap().pop() else { break };
+                    let Some(dir) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
                     let r = build(&cfg, &dir);
                     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
                     results.lock().unwrap().push((name, r));
@@ -48,13 +53,24 @@ fn corpus_buildable_folders_build_with_the_host_profile() {
     for (name, r) in &results {
         if r.outcome.is_success() {
             let files: Vec<_> = r.artifacts.iter().map(|a| a.file_name.as_str()).collect();
-            eprintln!("corpus OK   {name}: {} in {:.1}s", files.join(", "), r.duration.as_secs_f64());
+            eprintln!(
+                "corpus OK   {name}: {} in {:.1}s",
+                files.join(", "),
+                r.duration.as_secs_f64()
+            );
         } else {
-            eprintln!("corpus FAIL {name}: {}\n{}", r.error.as_deref().unwrap_or("?"), r.log_tail(15));
+            eprintln!(
+                "corpus FAIL {name}: {}\n{}",
+                r.error.as_deref().unwrap_or("?"),
+                r.log_tail(15)
+            );
             failed.push(name.clone());
         }
         let _ = r.cleanup();
     }
     assert_eq!(results.len(), dirs.len());
-    assert!(failed.is_empty(), "corpus folders that did not build: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "corpus folders that did not build: {failed:?}"
+    );
 }

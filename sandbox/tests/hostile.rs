@@ -50,15 +50,29 @@ fn cannot_read_secrets() {
     let dir = fixture_with(
         t.path(),
         "hostile-read",
-        &[("SECRET", secret.display().to_string()), ("SECRETDIR", node.display().to_string())],
+        &[
+            ("SECRET", secret.display().to_string()),
+            ("SECRETDIR", node.display().to_string()),
+        ],
     );
     let r = build(&config(t.path()), &dir);
     assert_success(&r);
-    assert!(!r.log.contains("PACMESH-TOP-SECRET"), "secret leaked into the log:\n{}", r.log);
+    assert!(
+        !r.log.contains("PACMESH-TOP-SECRET"),
+        "secret leaked into the log:\n{}",
+        r.log
+    );
     let probes: Vec<&str> = r.log.lines().filter(|l| l.starts_with("PROBE-")).collect();
     assert!(probes.len() >= 19, "probes did not run:\n{}", r.log);
-    let readable: Vec<&&str> = probes.iter().filter(|l| l.starts_with("PROBE-READABLE")).collect();
-    assert!(readable.is_empty(), "readable from the sandbox: {readable:?}\n{}", r.log);
+    let readable: Vec<&&str> = probes
+        .iter()
+        .filter(|l| l.starts_with("PROBE-READABLE"))
+        .collect();
+    assert!(
+        readable.is_empty(),
+        "readable from the sandbox: {readable:?}\n{}",
+        r.log
+    );
 }
 
 #[test]
@@ -73,20 +87,41 @@ fn cannot_write_outside_the_build_dir() {
     let dir = fixture_with(
         t.path(),
         "hostile-write",
-        &[("OUTSIDE", outside.display().to_string()), ("CACHE", cfg.source_cache.display().to_string())],
+        &[
+            ("OUTSIDE", outside.display().to_string()),
+            ("CACHE", cfg.source_cache.display().to_string()),
+        ],
     );
     let r = build(&cfg, &dir);
     assert_success(&r);
     let wrote: Vec<&str> = r.log.lines().filter(|l| l.starts_with("WROTE")).collect();
-    assert!(wrote.is_empty(), "wrote outside the build dir: {wrote:?}\n{}", r.log);
-    assert_eq!(r.log.lines().filter(|l| l.starts_with("DENIED")).count(), 14, "{}", r.log);
-    for p in ["/usr/pacmesh-pwned", "/usr/bin/pacmesh-pwned", "/etc/pacmesh-pwned", "/opt/pacmesh-pwned"] {
+    assert!(
+        wrote.is_empty(),
+        "wrote outside the build dir: {wrote:?}\n{}",
+        r.log
+    );
+    assert_eq!(
+        r.log.lines().filter(|l| l.starts_with("DENIED")).count(),
+        14,
+        "{}",
+        r.log
+    );
+    for p in [
+        "/usr/pacmesh-pwned",
+        "/usr/bin/pacmesh-pwned",
+        "/etc/pacmesh-pwned",
+        "/opt/pacmesh-pwned",
+    ] {
         assert!(!Path::new(p).exists(), "{p} exists on the host");
     }
     assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
     assert!(!cfg.source_cache.join("pwned").exists());
     assert!(!t.path().join("pwned").exists());
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the PKGBUILD folder was written to");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "the PKGBUILD folder was written to"
+    );
 }
 
 #[test]
@@ -112,11 +147,18 @@ fn cannot_open_tcp_connections() {
     assert_success(&r);
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the sandbox reached the host listener: {other:?}\n{}", r.log),
+        other => panic!(
+            "the sandbox reached the host listener: {other:?}\n{}",
+            r.log
+        ),
     }
     assert!(!r.log.contains("NET-CONNECTED"), "{}", r.log);
     for what in ["sourcing", "build", "package"] {
-        assert!(r.log.contains(&format!("NET-BLOCKED {what}")), "probe {what} did not run:\n{}", r.log);
+        assert!(
+            r.log.contains(&format!("NET-BLOCKED {what}")),
+            "probe {what} did not run:\n{}",
+            r.log
+        );
     }
 }
 
@@ -149,9 +191,16 @@ fn timeout_kills_the_build_within_the_grace_period() {
     let el = start.elapsed();
     assert_eq!(r.outcome, Outcome::TimedOut, "{}", r.log);
     assert_eq!(r.failed_phase, Some(Phase::Build));
-    assert!(el < cfg.timeout + cfg.grace + Duration::from_secs(2), "took {el:?}");
+    assert!(
+        el < cfg.timeout + cfg.grace + Duration::from_secs(2),
+        "took {el:?}"
+    );
     assert!(r.log.contains("sleeping forever"));
-    assert!(r.error.as_deref().unwrap().contains("timeout"), "{:?}", r.error);
+    assert!(
+        r.error.as_deref().unwrap().contains("timeout"),
+        "{:?}",
+        r.error
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert!(live_processes_named("pacmesh-hostile-timeout-sleep").is_empty());
 }
@@ -171,16 +220,31 @@ fn endless_output_is_capped() {
     let r = b.build(&fixture("hostile-flood"), &mut |l| streamed += l.len() + 1);
     assert_eq!(r.outcome, Outcome::TimedOut);
     assert!(r.log_truncated);
-    assert!(r.log.contains("[pacmesh: log truncated after 262144 bytes]"));
-    assert!(r.log.len() < cfg.log_cap + 4096, "log is {} bytes", r.log.len());
+    assert!(
+        r.log
+            .contains("[pacmesh: log truncated after 262144 bytes]")
+    );
+    assert!(
+        r.log.len() < cfg.log_cap + 4096,
+        "log is {} bytes",
+        r.log.len()
+    );
     assert!(streamed < cfg.log_cap + 4096);
     // The child was drained, not blocked: far more than the cap was produced.
     let discarded: u64 = r
         .log
         .lines()
-        .find_map(|l| l.strip_prefix("[pacmesh: ")?.strip_suffix(" more bytes of output discarded]")?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("[pacmesh: ")?
+                .strip_suffix(" more bytes of output discarded]")?
+                .parse()
+                .ok()
+        })
         .expect("discard count");
-    assert!(discarded > 10 * cfg.log_cap as u64, "only {discarded} bytes discarded");
+    assert!(
+        discarded > 10 * cfg.log_cap as u64,
+        "only {discarded} bytes discarded"
+    );
 }
 
 #[test]
@@ -190,7 +254,11 @@ fn syntax_error_fails_in_the_srcinfo_phase_with_the_log_tail() {
     }
     let t = tempfile::tempdir().unwrap();
     let r = build(&config(t.path()), &fixture("hostile-syntax"));
-    assert!(matches!(r.outcome, Outcome::Failed { .. }), "{:?}", r.outcome);
+    assert!(
+        matches!(r.outcome, Outcome::Failed { .. }),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(r.failed_phase, Some(Phase::Srcinfo));
     assert!(r.error.as_deref().unwrap().contains("printsrcinfo"));
     let tail = r.log_tail(6);
@@ -205,12 +273,85 @@ fn failing_build_function_fails_with_the_log_tail() {
     }
     let t = tempfile::tempdir().unwrap();
     let r = build(&config(t.path()), &fixture("hostile-fail"));
-    assert!(matches!(r.outcome, Outcome::Failed { .. }), "{:?}", r.outcome);
+    assert!(
+        matches!(r.outcome, Outcome::Failed { .. }),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(r.failed_phase, Some(Phase::Build));
     let tail = r.log_tail(8);
-    assert!(tail.contains("configure: error: the answer is not 42"), "tail: {tail}");
-    assert!(tail.contains("A failure occurred in build()"), "tail: {tail}");
+    assert!(
+        tail.contains("configure: error: the answer is not 42"),
+        "tail: {tail}"
+    );
+    assert!(
+        tail.contains("A failure occurred in build()"),
+        "tail: {tail}"
+    );
     assert!(r.artifacts.is_empty());
     // Nothing worth keeping: the work dir is gone.
     assert!(!r.work_dir.exists());
+}
+
+#[test]
+fn root_node_can_start_the_sandbox_as_an_unprivileged_host_uid() {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!(
+            "SKIP root_node_can_start_the_sandbox_as_an_unprivileged_host_uid: not running as root"
+        );
+        return;
+    }
+    if !sandbox_ready("root_node_can_start_the_sandbox_as_an_unprivileged_host_uid") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = tempfile::tempdir().unwrap();
+    // The build uid must be able to traverse to the work dir.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let node = t.path().join("node-data");
+    std::fs::create_dir_all(&node).unwrap();
+    let secret = node.join("node.key");
+    std::fs::write(&secret, "PACMESH-TOP-SECRET-KEY-MATERIAL\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = config(t.path());
+    cfg.run_as = Some((61234, 61234));
+
+    let dir = fixture_with(
+        t.path(),
+        "hostile-read",
+        &[
+            ("SECRET", secret.display().to_string()),
+            ("SECRETDIR", node.display().to_string()),
+        ],
+    );
+    let r = build(&cfg, &dir);
+    assert_success(&r);
+    assert!(!r.log.contains("PROBE-READABLE"), "{}", r.log);
+    assert_eq!(
+        std::fs::metadata(&r.artifacts[0].path).unwrap().uid(),
+        61234
+    );
+
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let dir = fixture_with(
+        t.path(),
+        "hostile-write",
+        &[
+            ("OUTSIDE", outside.display().to_string()),
+            ("CACHE", cfg.source_cache.display().to_string()),
+        ],
+    );
+    let r = build(&cfg, &dir);
+    assert_success(&r);
+    assert!(!r.log.contains("WROTE"), "{}", r.log);
+
+    let r = build(&cfg, &examples().join("pacmesh-split"));
+    assert_success(&r);
+    assert_eq!(r.artifacts.len(), 2);
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
 }

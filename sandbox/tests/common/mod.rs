@@ -42,10 +42,15 @@ pub fn config(tmp: &Path) -> BuildConfig {
 /// Build and print the log if the outcome is not what the test expects.
 pub fn build(cfg: &BuildConfig, dir: &Path) -> BuildResult {
     let b = Builder::new(cfg.clone());
-    let r = b.build(dir, &mut |_| {});
-    r
+    b.build(dir, &mut |_| {})
 }
 
 pub fn assert_success(r: &BuildResult) {
-    assert!(r.outcome.is_success(), "build failed: {:?} {:?}\n--- log ---\n{}", r.outcome, r.error, r.log);
+    assert!(
+        r.outcome.is_success(),
+        "build failed: {:?} {:?}\n--- log ---\n{}",
+        r.outcome,
+        r.error,
+        r.log
+    );
 }
