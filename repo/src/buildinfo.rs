@@ -65,6 +65,13 @@ pub enum BuildInfoError {
         /// The limit.
         max: usize,
     },
+    /// A constructed value that does not survive being written and read back (a value with a
+    /// newline, a NUL byte or surrounding whitespace); see [`BuildInfo::validate`].
+    #[error(
+        "cannot be written as .BUILDINFO: a value contains a newline, a NUL byte or \
+         surrounding whitespace"
+    )]
+    Unrepresentable,
     /// Reading the input failed.
     #[error("cannot read: {0}")]
     Io(String),
@@ -516,15 +523,7 @@ impl BuildInfo {
         if back == *self {
             Ok(())
         } else {
-            // Only reachable when a value contains a newline or surrounding whitespace.
-            Err(BuildInfoError::Line {
-                line: 1,
-                text: String::new(),
-                kind: BuildInfoLineError::InvalidValue {
-                    key: "(value)".into(),
-                    reason: "a value contains a newline or leading/trailing whitespace".into(),
-                },
-            })
+            Err(BuildInfoError::Unrepresentable)
         }
     }
 }

@@ -169,6 +169,13 @@ pub enum SrcInfoError {
         /// The limit.
         max: usize,
     },
+    /// A constructed value that does not survive being written and read back; see
+    /// [`SrcInfo::validate`].
+    #[error(
+        "cannot be written as .SRCINFO: a value contains a newline or surrounding whitespace, \
+         or a single-valued key has several values or none"
+    )]
+    Unrepresentable,
     /// Reading the input failed.
     #[error("cannot read: {0}")]
     Io(String),
@@ -741,10 +748,26 @@ impl SrcInfo {
         }
     }
 
-    /// Check a constructed or edited value against the parser's rules (by writing it out and
-    /// parsing it back; line numbers refer to the written text).
+    /// Check a constructed or edited value against the parser's rules, by writing it out and
+    /// parsing it back (line numbers in the error refer to the written text). A value that
+    /// parses but differs from `self`, or a value with a line break, is
+    /// [`SrcInfoError::Unrepresentable`].
     pub fn validate(&self) -> Result<(), SrcInfoError> {
-        SrcInfo::parse(&self.to_string()).map(|_| ())
+        let breaks_lines = |v: &str| v.contains(['\n', '\r']);
+        let unwritable = std::iter::once(&self.base).chain(&self.packages).any(|s| {
+            breaks_lines(&s.name)
+                || s.fields
+                    .iter()
+                    .any(|(k, vs)| breaks_lines(k) || vs.iter().any(|v| breaks_lines(v)))
+        });
+        if unwritable {
+            return Err(SrcInfoError::Unrepresentable);
+        }
+        if SrcInfo::parse(&self.to_string())? == *self {
+            Ok(())
+        } else {
+            Err(SrcInfoError::Unrepresentable)
+        }
     }
 
     /// The pkgbase.

@@ -292,6 +292,7 @@ proptest! {
         let text = info.to_string();
         let back = SrcInfo::parse(&text);
         prop_assert_eq!(&back, &Ok(info.clone()), "text:\n{}", text);
+        prop_assert_eq!(info.validate(), Ok(()));
         // The views never panic and agree with the sections.
         let packages = info.packages();
         prop_assert_eq!(packages.len(), info.packages.len());
@@ -433,4 +434,23 @@ fn pathological_inputs_stay_fast() {
 
     let elapsed = start.elapsed();
     assert!(elapsed.as_secs() < 60, "took {elapsed:?}");
+}
+
+#[test]
+fn validate_refuses_unwritable_values() {
+    let mut info =
+        SrcInfo::parse("pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n\npkgname = a\n").unwrap();
+    assert_eq!(info.validate(), Ok(()));
+    info.packages[0]
+        .fields
+        .set("pkgdesc", vec!["two\nlines".into()]);
+    assert_eq!(info.validate(), Err(SrcInfoError::Unrepresentable));
+    info.packages[0]
+        .fields
+        .set("pkgdesc", vec![" padded".into()]);
+    assert_eq!(info.validate(), Err(SrcInfoError::Unrepresentable));
+    info.packages[0].fields.set("pkgdesc", vec!["ok".into()]);
+    info.base.fields.set("pkgrel", vec!["1-1".into()]);
+    let e = info.validate().unwrap_err();
+    assert!(e.to_string().starts_with("line 3: invalid pkgrel"), "{e}");
 }
