@@ -140,3 +140,51 @@ pub fn preflight_chroot(scratch: &Path) -> Result<(), PreflightError> {
         Err(err(format!("test mount exited with {st}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_do() {
+        assert!(
+            PreflightError::BwrapMissing
+                .to_string()
+                .contains("install bubblewrap")
+        );
+        let e = PreflightError::UserNamespacesDisabled {
+            hint: "sysctl kernel.unprivileged_userns_clone=1".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "unprivileged user namespaces are disabled: sysctl kernel.unprivileged_userns_clone=1"
+        );
+        assert!(
+            PreflightError::MakepkgMissing
+                .to_string()
+                .contains("install pacman")
+        );
+    }
+
+    #[test]
+    fn which_finds_sh_and_not_nonsense() {
+        assert!(which("sh").is_some());
+        assert!(which("pacmesh-no-such-program-42").is_none());
+        assert!(which("/nonexistent/bwrap").is_none());
+    }
+
+    #[test]
+    fn preflight_passes_or_explains() {
+        match preflight() {
+            Ok(()) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("preflight failed here (fine on machines without bwrap/userns): {msg}");
+                assert!(
+                    msg.contains("install") || msg.contains("sysctl") || msg.contains("bubblewrap"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+}
