@@ -62,6 +62,12 @@ impl Message for Announcement {
         limits.max_announcement_bytes
     }
     fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
+        if self.expires <= self.time {
+            return Err(crate::codec::invalid(
+                "announcement expires",
+                "must be later than its time",
+            ));
+        }
         check_len(
             "announcement tags",
             self.capabilities.tags.len(),

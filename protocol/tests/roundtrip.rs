@@ -308,7 +308,8 @@ fn announcement() -> impl Strategy<Value = (SigningKey, Announcement)> {
                 busy,
             },
         );
-    (key(), time(), time(), caps).prop_map(|(k, time, expires, capabilities)| {
+    (key(), 0u64..u64::MAX / 2, 1u64..u64::MAX / 2, caps).prop_map(|(k, t, ttl, capabilities)| {
+        let (time, expires) = (Timestamp::from_millis(t), Timestamp::from_millis(t + ttl));
         let a = Announcement {
             version: ANNOUNCEMENT_VERSION,
             node: PublicKey::from(&k),
