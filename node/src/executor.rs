@@ -1,0 +1,825 @@
+//! The executor: claims queue entries this node can build, builds them in the sandbox and
+//! reports the result.
+//!
+//! ```text
+//! wake (accepted event │ tick │ job done) ─▶ pick an eligible entry ─▶ Claim{attempt, lease}
+//!   ─▶ job: fetch source (crate::source) ─▶ sandbox build (spawn_blocking) ─▶ import artifacts
+//!      and log into the content store ─▶ Built{artifacts, log, source_commit} / Failed{reason, log}
+//!      while a heartbeat re-claims (same attempt, later lease) every lease/3
+//! ```
+//!
+//! # Which entries
+//!
+//! An entry is eligible when the queue state says it may be claimed by this node
+//! ([`QueueState::claimable_by`] semantics: enqueued, not cancelled, no `failed` report, not
+//! published, fewer than `quorum` builders built it, this node did not build it, no live
+//! claim), and:
+//!
+//! - this node holds the builder role in the policy;
+//! - its architectures (or, when empty, its repository's) include [`ExecutorConfig::arch`];
+//! - its requirements are met by [`ExecutorConfig::capabilities`] ([`pacmesh_protocol::matches`]);
+//! - its source can be fetched: `dir` with a snapshot blob already in the content store (one
+//!   still missing is looked at again at the next tick), `git`; other kinds only when
+//!   [`ExecutorConfig::fail_unsupported`] is set, and then they are claimed and reported as
+//!   failed with "not supported by this node yet", so that the queue says why nothing happens;
+//! - this node has made fewer than [`ExecutorConfig::max_attempts`] attempts. An attempt
+//!   that ends without a report (the process was killed, or shut down mid-build) counts, so
+//!   a PKGBUILD that brings the node down is not retried forever by it; other nodes may still
+//!   take it. (A `failed` report is final for the entry anyway — builds are deterministic —
+//!   until a maintainer enqueues it again.)
+//!
+//! Entries are taken oldest enqueue first.
+//!
+//! # Attempts, leases, restarts
+//!
+//! A claim's attempt is this node's previous highest attempt on the entry (from its claims
+//! and reports) + 1; its lease is [`ExecutorConfig::lease`] (zero: the policy's
+//! `lease_secs`), never more than the 2 × `lease_secs` that ingest accepts. The heartbeat
+//! repeats the claim with the same attempt and a later lease every lease/3.
+//!
+//! A live claim of this node's own that no job of this process holds was left by a process
+//! that died (`kill -9`, power loss): it is taken again at once with attempt + 1 instead of
+//! waiting for the lease to lapse. The old attempt never gets a report; the new report
+//! fences both. Stale work dirs (`WORK_ROOT/job-*`) are removed at start-up.
+//!
+//! # Shutdown
+//!
+//! When `shutdown` turns true the executor stops claiming and abandons running builds: the
+//! sandbox's process group is killed (it would die with the process anyway: bwrap runs with
+//! `--die-with-parent`), the work dir is removed, and no report is made for the abandoned
+//! attempt (its lease lapses, or this node re-claims it at the next start). A maintainer's
+//! `cancel` of a running entry abandons its build the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pacmesh_protocol::{
+    Artifact, Capabilities, EventBody, FileName, Hash, QueueEntry, Roles, Sha256, Source,
+    Timestamp, matches,
+};
+use pacmesh_sandbox::{BuildConfig, BuildResult, Builder, ChrootConfig, Profile};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::core::Core;
+use crate::source::{self, SourceConfig};
+use crate::state::{EntryRecord, QueueState};
+use crate::store::BlobStore;
+
+/// Longest `Failed.reason` this node writes (the protocol allows 4096 bytes).
+pub const MAX_REASON: usize = 1000;
+
+/// How this node builds.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// `CARCH`, and the architecture an entry must target.
+    pub arch: String,
+    /// What entries' requirements are matched against.
+    pub capabilities: Capabilities,
+    /// Sandbox profile.
+    pub profile: Profile,
+    /// Concurrent builds (at least 1).
+    pub slots: usize,
+    /// Per-job work dirs `job-<entry>-<attempt>` live here; stale ones are removed at
+    /// start-up. Give the executor a folder of its own.
+    pub work_root: PathBuf,
+    /// makepkg source cache (downloads, VCS mirrors), shared between builds.
+    pub source_cache: PathBuf,
+    /// How sources are fetched (git mirrors, local git URLs, size caps).
+    pub source: SourceConfig,
+    /// Bytes of build log kept.
+    pub log_cap: usize,
+    /// SIGTERM → SIGKILL delay at a build timeout.
+    pub grace: Duration,
+    /// Build timeout when neither the entry nor the policy gives one.
+    pub default_timeout: Duration,
+    /// Claim lease; zero: the policy's `lease_secs`. Capped at 2 × `lease_secs`.
+    pub lease: Duration,
+    /// `PACKAGER` of the built packages.
+    pub packager: String,
+    /// How often to look again without an event (lapsed leases, snapshots that arrived).
+    pub tick: Duration,
+    /// Attempts by this node per entry (see the module docs).
+    pub max_attempts: u32,
+    /// Claim and fail entries whose source kind this node cannot fetch (see the module docs).
+    pub fail_unsupported: bool,
+    /// The bubblewrap binary.
+    pub bwrap: PathBuf,
+}
+
+impl ExecutorConfig {
+    /// Defaults under `data_dir`: `executor/` (work), `sources/`, `git/`; host profile, one
+    /// slot, 16 MiB logs, 10 s grace, 1 h default timeout, the policy's lease, 5 s tick,
+    /// 3 attempts.
+    pub fn new(data_dir: &Path, capabilities: Capabilities) -> Self {
+        ExecutorConfig {
+            arch: capabilities.arch.to_string(),
+            capabilities,
+            profile: Profile::Host,
+            slots: 1,
+            work_root: data_dir.join("executor"),
+            source_cache: data_dir.join("sources"),
+            source: SourceConfig::new(data_dir.join("git")),
+            log_cap: 16 << 20,
+            grace: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(3600),
+            lease: Duration::ZERO,
+            packager: "pacmesh <pacmesh@localhost>".into(),
+            tick: Duration::from_secs(5),
+            max_attempts: 3,
+            fail_unsupported: true,
+            bwrap: "bwrap".into(),
+        }
+    }
+
+    /// From the node's resolved configuration. The chroot profile without a base root falls
+    /// back to the host profile (with a warning).
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        capabilities: Capabilities,
+        core: &Core,
+    ) -> Self {
+        let mut e = ExecutorConfig::new(&cfg.data_dir, capabilities);
+        e.arch = cfg.arch.clone();
+        e.profile = match (cfg.profile.as_str(), &cfg.base_root) {
+            ("chroot", Some(base)) => Profile::Chroot(ChrootConfig::new(base.clone())),
+            ("chroot", None) => {
+                tracing::warn!(
+                    "build profile chroot needs a base root; building with the host profile"
+                );
+                Profile::Host
+            }
+            _ => Profile::Host,
+        };
+        e.slots = cfg.slots.max(1) as usize;
+        e.default_timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+        e.log_cap = cfg.log_cap_bytes;
+        e.packager = format!("pacmesh node <{}@pacmesh.invalid>", core.key.peer_id());
+        e
+    }
+}
+
+/// What one job ended with (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JobEnd {
+    Built,
+    Failed,
+    Abandoned,
+    ReportRefused,
+}
+
+/// An entry picked for a claim.
+#[derive(Debug, Clone)]
+struct Pick {
+    id: Hash,
+    entry: QueueEntry,
+    enqueued_secs: u64,
+    attempt: u32,
+    lease: Duration,
+    timeout: Duration,
+}
+
+/// Runs the executor until `shutdown` is true (see the [module docs](self)).
+pub async fn run(
+    core: Arc<Core>,
+    cfg: ExecutorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut cfg = cfg;
+    cfg.slots = cfg.slots.max(1);
+    std::fs::create_dir_all(&cfg.work_root)
+        .with_context(|| format!("cannot create {}", cfg.work_root.display()))?;
+    // Canonical, so that the sandbox's command line (which names the canonical work dir)
+    // can be matched when a build is abandoned.
+    cfg.work_root = std::fs::canonicalize(&cfg.work_root)
+        .with_context(|| format!("cannot open {}", cfg.work_root.display()))?;
+    let removed = clean_stale(&cfg.work_root);
+    if removed > 0 {
+        tracing::info!(removed, "removed stale work dirs");
+    }
+    let cfg = Arc::new(cfg);
+    tracing::info!(arch = %cfg.arch, slots = cfg.slots, "executor started");
+
+    let mut changed = core.subscribe();
+    let mut tick = tokio::time::interval(cfg.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut jobs: JoinSet<JobEnd> = JoinSet::new();
+    let mut running: HashMap<Hash, watch::Sender<bool>> = HashMap::new();
+    let mut task_entry: HashMap<tokio::task::Id, Hash> = HashMap::new();
+    let mut cooldown: HashMap<Hash, Instant> = HashMap::new();
+    let mut noted: HashSet<Hash> = HashSet::new();
+
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        cooldown.retain(|_, until| *until > Instant::now());
+        while running.len() < cfg.slots {
+            let Some(p) = pick(&core, &cfg, &running, &cooldown, &mut noted) else {
+                break;
+            };
+            match claim(&core, &p, Timestamp::now()) {
+                Ok(ev) => {
+                    tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, claim = %ev.fmt_short(), "claimed");
+                    let (tx, rx) = watch::channel(false);
+                    let h = jobs.spawn(job(core.clone(), cfg.clone(), p.clone(), tx.clone(), rx));
+                    task_entry.insert(h.id(), p.id);
+                    running.insert(p.id, tx);
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %p.id.fmt_short(), "claim refused: {e:#}");
+                    cooldown.insert(p.id, Instant::now() + Duration::from_secs(60));
+                }
+            }
+        }
+        tokio::select! {
+            r = shutdown.changed() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+            _ = changed.changed() => {}
+            _ = tick.tick() => {}
+            Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                let (id, end) = match done {
+                    Ok((id, end)) => (id, Some(end)),
+                    Err(e) => {
+                        tracing::error!("a build job panicked: {e}");
+                        (e.id(), None)
+                    }
+                };
+                if let Some(entry) = task_entry.remove(&id) {
+                    running.remove(&entry);
+                    if end.is_none() {
+                        cooldown.insert(entry, Instant::now() + Duration::from_secs(60));
+                    }
+                    tracing::debug!(entry = %entry.fmt_short(), ?end, "job done");
+                }
+            }
+        }
+    }
+
+    if !running.is_empty() {
+        tracing::info!(
+            jobs = running.len(),
+            "shutting down: abandoning running builds"
+        );
+    }
+    for tx in running.values() {
+        let _ = tx.send(true);
+    }
+    let drain = async { while jobs.join_next().await.is_some() {} };
+    if tokio::time::timeout(cfg.grace + Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("build jobs did not stop in time");
+    }
+    tracing::info!("executor stopped");
+    Ok(())
+}
+
+/// Removes `job-*` dirs under `work_root`; returns how many.
+fn clean_stale(work_root: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(work_root) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with("job-") {
+            match pacmesh_sandbox::overlay::remove_tree(&e.path()) {
+                Ok(()) => n += 1,
+                Err(err) => {
+                    tracing::warn!(dir = %e.path().display(), "cannot remove a stale work dir: {err}")
+                }
+            }
+        }
+    }
+    n
+}
+
+/// The attempts this node made on `e` so far (its highest attempt number).
+fn own_attempts(e: &EntryRecord, me: &pacmesh_protocol::PublicKey) -> u32 {
+    let claimed = e.claims.get(me).map_or(0, |c| c.attempt);
+    let reported = e
+        .reports
+        .keys()
+        .filter(|(b, _, _)| b == me)
+        .map(|(_, a, _)| *a)
+        .max()
+        .unwrap_or(0);
+    claimed.max(reported)
+}
+
+/// Why this node does not take `e` now, or `None` if it may. `running`: entries this
+/// process builds.
+fn ineligible(
+    state: &QueueState,
+    e: &EntryRecord,
+    me: &pacmesh_protocol::PublicKey,
+    now: Timestamp,
+    quorum: u32,
+    running: &HashMap<Hash, watch::Sender<bool>>,
+) -> Option<&'static str> {
+    if running.contains_key(&e.id) {
+        return Some("building");
+    }
+    if e.enqueued.is_none() || e.cancelled.is_some() || e.failed().next().is_some() {
+        return Some("done");
+    }
+    let built = e.builders_built();
+    if built.contains(me) || built.len() >= quorum.max(1) as usize || state.published(e).is_some() {
+        return Some("done");
+    }
+    // A live claim of our own that no job here holds was left by a dead process: ours to
+    // take again at once.
+    if e.live_claims(now).any(|c| c.builder != *me) {
+        return Some("claimed");
+    }
+    None
+}
+
+fn pick(
+    core: &Core,
+    cfg: &ExecutorConfig,
+    running: &HashMap<Hash, watch::Sender<bool>>,
+    cooldown: &HashMap<Hash, Instant>,
+    noted: &mut HashSet<Hash>,
+) -> Option<Pick> {
+    let now = Timestamp::now();
+    let me = core.public;
+    let mut candidates: Vec<(Timestamp, Pick)> = Vec::new();
+    {
+        let ingest = core.ingest();
+        let policy = ingest.policy();
+        if !policy.role_of(&me).contains(Roles::BUILDER) {
+            return None;
+        }
+        let state = ingest.state();
+        let lease_cap = Duration::from_secs(2 * u64::from(policy.lease_secs));
+        let lease = if cfg.lease.is_zero() {
+            Duration::from_secs(u64::from(policy.lease_secs))
+        } else {
+            cfg.lease
+        }
+        .min(lease_cap)
+        .max(Duration::from_secs(1));
+        for e in state.entries() {
+            if cooldown.contains_key(&e.id)
+                || ineligible(state, e, &me, now, policy.quorum, running).is_some()
+            {
+                continue;
+            }
+            let Some(enq) = &e.enqueued else { continue };
+            let q = &enq.entry;
+            let arch_ok = if q.arches.is_empty() {
+                policy
+                    .repo(q.repo.as_str())
+                    .is_some_and(|r| r.arches.iter().any(|a| a.as_str() == cfg.arch))
+            } else {
+                q.arches.iter().any(|a| a.as_str() == cfg.arch)
+            };
+            if !arch_ok || matches(&cfg.capabilities, &q.needs).is_err() {
+                continue;
+            }
+            if !source::is_supported(&q.source) && !cfg.fail_unsupported {
+                continue;
+            }
+            let prev = own_attempts(e, &me);
+            if prev >= cfg.max_attempts {
+                if noted.insert(e.id) {
+                    tracing::warn!(entry = %e.id.fmt_short(), attempts = prev, "not building again: this node's attempts ended without a result");
+                }
+                continue;
+            }
+            let timeout = match q.timeout_secs {
+                Some(s) => Duration::from_secs(u64::from(s.max(1))),
+                None if policy.build_timeout_secs > 0 => {
+                    Duration::from_secs(u64::from(policy.build_timeout_secs))
+                }
+                None => cfg.default_timeout,
+            };
+            candidates.push((
+                enq.time,
+                Pick {
+                    id: e.id,
+                    entry: q.clone(),
+                    enqueued_secs: enq.time.0 / 1000,
+                    attempt: prev + 1,
+                    lease,
+                    timeout,
+                },
+            ));
+        }
+    }
+    candidates.sort_by(|a, b| (a.0, a.1.id).cmp(&(b.0, b.1.id)));
+    for (_, p) in candidates {
+        if let Source::Dir { snapshot, path } = &p.entry.source {
+            match snapshot {
+                None => {
+                    if noted.insert(p.id) {
+                        tracing::warn!(entry = %p.id.fmt_short(), %path, "dir entry without a snapshot: this node cannot build it");
+                    }
+                    continue;
+                }
+                Some(h) if !core.blobs.has(h).unwrap_or(false) => {
+                    if noted.insert(p.id) {
+                        tracing::info!(entry = %p.id.fmt_short(), snapshot = %h.fmt_short(), "waiting for the snapshot blob");
+                    }
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        return Some(p);
+    }
+    None
+}
+
+/// Submits a claim (or a renewal) for `p` with a lease from `now`.
+fn claim(core: &Core, p: &Pick, now: Timestamp) -> Result<Hash> {
+    core.submit(EventBody::Claim {
+        entry: p.id,
+        attempt: p.attempt,
+        lease_until: now.saturating_add(p.lease),
+    })
+}
+
+/// One claimed entry, from source to report.
+async fn job(
+    core: Arc<Core>,
+    cfg: Arc<ExecutorConfig>,
+    p: Pick,
+    abandon_tx: watch::Sender<bool>,
+    mut abandon: watch::Receiver<bool>,
+) -> JobEnd {
+    let job_dir = cfg
+        .work_root
+        .join(format!("job-{}-{}", &p.id.to_hex()[..16], p.attempt));
+
+    // Heartbeat: renew the lease every lease/3; abandon when the entry is cancelled.
+    let (hb_stop_tx, mut hb_stop) = watch::channel(false);
+    let heartbeat = {
+        let (core, p) = (core.clone(), p.clone());
+        tokio::spawn(async move {
+            let period = (p.lease / 3).max(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = hb_stop.wait_for(|s| *s) => return,
+                }
+                let cancelled = core
+                    .ingest()
+                    .state()
+                    .entry(&p.id)
+                    .is_some_and(|e| e.cancelled.is_some());
+                if cancelled {
+                    tracing::info!(entry = %p.id.fmt_short(), "entry cancelled: abandoning its build");
+                    let _ = abandon_tx.send(true);
+                    return;
+                }
+                let (c, q) = (core.clone(), p.clone());
+                match tokio::task::spawn_blocking(move || claim(&c, &q, Timestamp::now())).await {
+                    Ok(Ok(_)) => tracing::debug!(entry = %p.id.fmt_short(), "lease renewed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(entry = %p.id.fmt_short(), "lease renewal refused: {e:#}")
+                    }
+                    Err(e) => tracing::warn!("lease renewal task failed: {e}"),
+                }
+            }
+        })
+    };
+
+    let work = {
+        let (core, cfg, p, dir) = (core.clone(), cfg.clone(), p.clone(), job_dir.clone());
+        tokio::task::spawn_blocking(move || execute(&core, &cfg, &p, &dir))
+    };
+    tokio::pin!(work);
+    let outcome = tokio::select! {
+        r = &mut work => Some(r),
+        _ = abandon.wait_for(|a| *a) => None,
+    };
+    let _ = hb_stop_tx.send(true);
+    let _ = heartbeat.await;
+
+    let report = match outcome {
+        None => {
+            // Kill the sandbox until the blocking build returns, then drop its result.
+            let deadline = Instant::now() + cfg.grace + Duration::from_secs(20);
+            loop {
+                kill_job_processes(&job_dir);
+                tokio::select! {
+                    _ = &mut work => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                if Instant::now() > deadline {
+                    tracing::warn!(entry = %p.id.fmt_short(), "the abandoned build did not stop");
+                    break;
+                }
+            }
+            remove_dir(&job_dir).await;
+            tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, "build abandoned; no report");
+            return JobEnd::Abandoned;
+        }
+        Some(Ok(body)) => body,
+        Some(Err(e)) => {
+            // The blocking task panicked: report it as a failure of this attempt.
+            EventBody::Failed {
+                entry: p.id,
+                attempt: p.attempt,
+                reason: clip_reason(&format!("node error: the build task panicked: {e}")),
+                log: None,
+            }
+        }
+    };
+    remove_dir(&job_dir).await;
+    // A cancel or shutdown that came while the result was being imported: no report either.
+    if *abandon.borrow() {
+        return JobEnd::Abandoned;
+    }
+    let end = match &report {
+        EventBody::Built { .. } => JobEnd::Built,
+        _ => JobEnd::Failed,
+    };
+    let blobs_of = crate::state::referenced_blobs(&report);
+    let c = core.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let id = c.submit(report)?;
+        // GC roots for what this report names (pins are idempotent).
+        for h in &blobs_of {
+            if let Err(e) = c.blobs.pin(h, &format!("event:{id}")) {
+                tracing::warn!("cannot pin blob {}: {e}", h.fmt_short());
+            }
+        }
+        anyhow::Ok(id)
+    })
+    .await;
+    match res {
+        Ok(Ok(id)) => {
+            tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, report = %id.fmt_short(), result = ?end, "reported");
+            end
+        }
+        Ok(Err(e)) => {
+            tracing::error!(entry = %p.id.fmt_short(), "report refused: {e:#}");
+            JobEnd::ReportRefused
+        }
+        Err(e) => {
+            tracing::error!(entry = %p.id.fmt_short(), "report task failed: {e}");
+            JobEnd::ReportRefused
+        }
+    }
+}
+
+async fn remove_dir(dir: &Path) {
+    let d = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = pacmesh_sandbox::overlay::remove_tree(&d) {
+            tracing::warn!(dir = %d.display(), "cannot remove the work dir: {e}");
+        }
+    })
+    .await;
+}
+
+/// Fetch, build, import (blocking). Returns the report to submit.
+fn execute(core: &Core, cfg: &ExecutorConfig, p: &Pick, job_dir: &Path) -> EventBody {
+    let failed = |reason: String, log: Option<Hash>| EventBody::Failed {
+        entry: p.id,
+        attempt: p.attempt,
+        reason: clip_reason(&reason),
+        log,
+    };
+    let log_blob = |text: &str| match core.blobs.import_bytes(text.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!("cannot store the build log: {e}");
+            None
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(job_dir) {
+        return failed(format!("node error: cannot create the work dir: {e}"), None);
+    }
+    let fetched = match source::fetch(&p.entry, &*core.blobs, &cfg.source, &job_dir.join("source"))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            let what = match &e {
+                source::SourceError::Unsupported { .. } => "",
+                _ => "cannot fetch the source: ",
+            };
+            let line = format!("{what}{e}");
+            let log = log_blob(&format!("==> pacmesh: {line}\n"));
+            tracing::warn!(entry = %p.id.fmt_short(), "{line}");
+            return failed(line, log);
+        }
+    };
+    let epoch = p
+        .entry
+        .source_date_epoch
+        .or(fetched.commit_time)
+        .unwrap_or(p.enqueued_secs)
+        .max(1);
+    let mut bc = BuildConfig::new(job_dir.join("work"), &cfg.source_cache);
+    bc.profile = cfg.profile.clone();
+    bc.timeout = p.timeout;
+    bc.grace = cfg.grace;
+    bc.log_cap = cfg.log_cap;
+    bc.source_date_epoch = epoch;
+    bc.packager = cfg.packager.clone();
+    bc.arch = cfg.arch.clone();
+    bc.bwrap = cfg.bwrap.clone();
+    tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, "building");
+    let id = p.id.fmt_short();
+    let result = Builder::new(bc).build(&fetched.dir, &mut |line: &str| {
+        tracing::trace!(entry = %id, "{line}");
+    });
+    let body = report_of(core, p, &result, fetched.commit.clone());
+    let _ = result.cleanup();
+    body
+}
+
+/// The `Built`/`Failed` body for a finished build, importing artifacts and log.
+fn report_of(core: &Core, p: &Pick, r: &BuildResult, commit: Option<String>) -> EventBody {
+    let log = core.blobs.import_bytes(r.log.as_bytes());
+    let failed = |reason: String, log: Option<Hash>| EventBody::Failed {
+        entry: p.id,
+        attempt: p.attempt,
+        reason: clip_reason(&reason),
+        log,
+    };
+    if !r.outcome.is_success() {
+        return failed(failure_reason(r), log.ok());
+    }
+    let log = match log {
+        Ok(h) => h,
+        Err(e) => return failed(format!("node error: cannot store the build log: {e}"), None),
+    };
+    let mut artifacts = Vec::new();
+    for a in &r.artifacts {
+        let art = (|| -> Result<Artifact> {
+            let h = core
+                .blobs
+                .import_file(&a.path)
+                .with_context(|| format!("cannot store {}", a.file_name))?;
+            anyhow::ensure!(
+                h.to_hex() == a.blake3,
+                "{} changed after the build (blake3 {} then {h})",
+                a.file_name,
+                a.blake3
+            );
+            Ok(Artifact {
+                file_name: FileName::new(a.file_name.clone())
+                    .with_context(|| format!("package file name {:?}", a.file_name))?,
+                blake3: h,
+                sha256: a.sha256.parse::<Sha256>().context("sha256")?,
+                size: a.size,
+            })
+        })();
+        match art {
+            Ok(x) => artifacts.push(x),
+            Err(e) => return failed(format!("node error: {e:#}"), Some(log)),
+        }
+    }
+    if artifacts.is_empty() {
+        return failed("the build produced no package".into(), Some(log));
+    }
+    EventBody::Built {
+        entry: p.id,
+        attempt: p.attempt,
+        artifacts,
+        log,
+        source_commit: commit,
+    }
+}
+
+/// One line: what failed and the last lines of the log.
+pub fn failure_reason(r: &BuildResult) -> String {
+    let head = match (&r.error, r.failed_phase) {
+        (Some(e), _) => format!("{e} ({})", r.outcome),
+        (None, Some(ph)) => format!("phase {}: {}", ph.name(), r.outcome),
+        (None, None) => r.outcome.to_string(),
+    };
+    let tail: Vec<&str> = r
+        .log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("==> pacmesh:"))
+        .collect();
+    let tail = &tail[tail.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        head
+    } else {
+        let t: Vec<String> = tail.iter().map(|l| clip(l, 300)).collect();
+        format!("{head}; log: {}", t.join(" | "))
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// One line (control characters become spaces), at most [`MAX_REASON`] bytes.
+fn clip_reason(s: &str) -> String {
+    let one: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    clip(&one, MAX_REASON - 3)
+}
+
+/// Kills the process groups of this process's children that run in `job_dir` (the sandbox
+/// of an abandoned build). The supervisor puts each child in its own process group, and
+/// bwrap's command line names the build's work dir.
+fn kill_job_processes(job_dir: &Path) {
+    let me = std::process::id() as i32;
+    let needle = job_dir.as_os_str().as_encoded_bytes();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(ppid), Some(pgrp)) = (
+            f.get(1).and_then(|s| s.parse::<i32>().ok()),
+            f.get(2).and_then(|s| s.parse::<i32>().ok()),
+        ) else {
+            continue;
+        };
+        if ppid != me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmd.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        let target = if pgrp == pid && pgrp != 0 { -pgrp } else { pid };
+        tracing::debug!(pid, "killing an abandoned build");
+        // SAFETY: kill(2) with a pid or negative pgid we just read; no memory is involved.
+        unsafe {
+            libc::kill(target, libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacmesh_sandbox::{Outcome, Phase};
+
+    fn result(log: &str, outcome: Outcome, error: Option<&str>) -> BuildResult {
+        BuildResult {
+            outcome,
+            failed_phase: Some(Phase::Build),
+            error: error.map(str::to_string),
+            srcinfo_text: None,
+            srcinfo: None,
+            artifacts: Vec::new(),
+            buildinfo: None,
+            log: log.to_string(),
+            log_truncated: false,
+            duration: Duration::ZERO,
+            work_dir: PathBuf::new(),
+            source_cache_dir: None,
+        }
+    }
+
+    #[test]
+    fn failure_reason_is_one_short_line_with_the_log_tail() {
+        let r = result(
+            "==> Starting build()...\nsomething\n==> ERROR: A failure occurred in build().\n    Aborting...\n==> pacmesh: ERROR in phase build: makepkg exited with code 4\n",
+            Outcome::Failed { code: 4 },
+            Some("phase build: makepkg exited with code 4"),
+        );
+        let s = clip_reason(&failure_reason(&r));
+        assert_eq!(
+            s,
+            "phase build: makepkg exited with code 4 (failed with exit code 4); log: something | ==> ERROR: A failure occurred in build(). | Aborting..."
+        );
+        let long = "é".repeat(5000);
+        let r = result(&format!("{long}\n"), Outcome::TimedOut, None);
+        let s = clip_reason(&failure_reason(&r));
+        assert!(s.len() <= MAX_REASON && !s.contains('\n'), "{}", s.len());
+        let s = clip_reason("a\nb\tc");
+        assert_eq!(s, "a b c");
+    }
+}
