@@ -544,8 +544,19 @@ impl Builder {
                 "none"
             }
         ));
-        let st = supervise::run_with_log(self.command(ctx, b), &self.opts(ctx, capture), log);
+        let from = log.len();
+        let mut st = supervise::run_with_log(self.command(ctx, b), &self.opts(ctx, capture), log);
         log.flush_partial();
+        // bwrap exits 1 with "bwrap: ..." when it cannot set the sandbox up:
+        // that is a sandbox error, not a failure of the PKGBUILD.
+        if st.outcome == (Outcome::Failed { code: 1 })
+            && let Some(first) = log.text_from(from).lines().next()
+            && first.starts_with("bwrap: ")
+        {
+            st.outcome = Outcome::SandboxError {
+                msg: first.to_string(),
+            };
+        }
         st
     }
 

@@ -235,6 +235,11 @@ impl<'a> LogCollector<'a> {
         String::from_utf8_lossy(&self.buf).into_owned()
     }
 
+    /// The log from byte `offset` on (lossy UTF-8).
+    pub fn text_from(&self, offset: usize) -> String {
+        String::from_utf8_lossy(self.buf.get(offset..).unwrap_or_default()).into_owned()
+    }
+
     /// Bytes held in memory.
     pub fn len(&self) -> usize {
         self.buf.len()

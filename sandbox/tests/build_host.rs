@@ -214,3 +214,27 @@ fn log_lines_are_streamed_live() {
     );
     assert_eq!(lines.join("\n") + "\n", r.log);
 }
+
+#[test]
+fn missing_bwrap_is_a_sandbox_error() {
+    if !sandbox_ready("missing_bwrap_is_a_sandbox_error") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let c = config(t.path());
+    let pkg = t.path().join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("PKGBUILD"),
+        "pkgname=x\npkgver=1\npkgrel=1\narch=(any)\nsource=(https://example.invalid/x.tar.gz)\nsha256sums=(SKIP)\npackage() { :; }\n",
+    )
+    .unwrap();
+    let mut bad = c.clone();
+    bad.bwrap = "/nonexistent/bwrap".into();
+    let r = build(&bad, &pkg);
+    match &r.outcome {
+        Outcome::SandboxError { msg } => assert!(msg.contains("/nonexistent/bwrap"), "{msg}"),
+        o => panic!("{o:?}\n{}", r.log),
+    }
+    assert_eq!(r.failed_phase, Some(Phase::Srcinfo));
+}
