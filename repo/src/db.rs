@@ -438,7 +438,8 @@ fn read_archive_members(
         }
     };
     let dec = comp.decoder(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let mut ar = tar::Archive::new(dec);
+    // The tar reader does many small reads; batch them.
+    let mut ar = tar::Archive::new(io::BufReader::with_capacity(256 * 1024, dec));
     let mut out = Vec::new();
     let mut total = 0u64;
     for entry in ar.entries().map_err(|e| corrupt(e.to_string()))? {

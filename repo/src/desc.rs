@@ -269,35 +269,11 @@ impl DescEntry {
     /// Parse a `desc` file (also accepts the sections of an old-style
     /// `depends` file, so both can be fed in turn via [`Self::merge_sections`]).
     pub fn parse_desc(text: &str) -> Result<Self, DescError> {
-        let mut e = DescEntry {
-            filename: String::new(),
-            name: String::new(),
-            base: None,
-            version: Version::parse("0-0").expect("constant"),
-            desc: None,
-            groups: vec![],
-            csize: None,
-            isize: None,
-            md5sum: None,
-            sha256sum: None,
-            pgpsig: None,
-            url: None,
-            licenses: vec![],
-            arch: None,
-            builddate: None,
-            packager: None,
-            replaces: vec![],
-            conflicts: vec![],
-            provides: vec![],
-            depends: vec![],
-            optdepends: vec![],
-            makedepends: vec![],
-            checkdepends: vec![],
-            extra: vec![],
-            files: None,
-        };
-        let mut version = None;
-        e.merge_sections(text, &mut version)?;
+        Self::parse_desc_parts(&[text])
+    }
+
+    fn validate(self, version: Option<String>) -> Result<Self, DescError> {
+        let mut e = self;
         if e.filename.is_empty() {
             return Err(DescError::Missing("FILENAME"));
         }
@@ -331,18 +307,49 @@ impl DescEntry {
         Ok(e)
     }
 
-    /// Merge the sections of `text` into `self` (later values replace earlier
-    /// single values; `%FILES%` sets [`Self::files`]).
     fn merge_sections(
         &mut self,
         text: &str,
         version: &mut Option<String>,
     ) -> Result<(), DescError> {
+        // Same rules as [`parse_sections`], without allocating per section.
+        let mut cur: Option<&str> = None;
+        let mut vals: Vec<&str> = Vec::with_capacity(16);
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                if let Some(name) = cur.take() {
+                    self.apply(name, &vals, version)?;
+                    vals.clear();
+                }
+                continue;
+            }
+            if cur.is_none() {
+                match line.strip_prefix('%').and_then(|l| l.strip_suffix('%')) {
+                    Some(name) if !name.is_empty() => cur = Some(name),
+                    _ => return Err(DescError::Syntax { line: i + 1 }),
+                }
+            } else {
+                vals.push(line);
+            }
+        }
+        if let Some(name) = cur {
+            self.apply(name, &vals, version)?;
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        name: &str,
+        values: &[&str],
+        version: &mut Option<String>,
+    ) -> Result<(), DescError> {
         fn first(v: &[&str]) -> Option<String> {
             v.first().map(|s| (*s).to_owned())
         }
-        fn list(v: Vec<&str>) -> Vec<String> {
-            v.into_iter().map(str::to_owned).collect()
+        fn list(v: &[&str]) -> Vec<String> {
+            v.iter().map(|s| (*s).to_owned()).collect()
         }
         fn number(section: &'static str, v: &[&str]) -> Result<Option<u64>, DescError> {
             match v.first() {
@@ -357,43 +364,71 @@ impl DescEntry {
                     }),
             }
         }
-        for (name, values) in parse_sections(text)? {
-            match name {
-                "FILENAME" => self.filename = first(&values).unwrap_or_default(),
-                "NAME" => self.name = first(&values).unwrap_or_default(),
-                "BASE" => self.base = first(&values),
-                "VERSION" => *version = first(&values),
-                "DESC" => self.desc = first(&values),
-                "GROUPS" => self.groups = list(values),
-                "CSIZE" => self.csize = number("CSIZE", &values)?,
-                "ISIZE" => self.isize = number("ISIZE", &values)?,
-                "MD5SUM" => self.md5sum = first(&values),
-                "SHA256SUM" => self.sha256sum = first(&values),
-                "PGPSIG" => self.pgpsig = first(&values),
-                "URL" => self.url = first(&values),
-                "LICENSE" => self.licenses = list(values),
-                "ARCH" => self.arch = first(&values),
-                "BUILDDATE" => self.builddate = number("BUILDDATE", &values)?,
-                "PACKAGER" => self.packager = first(&values),
-                "REPLACES" => self.replaces = list(values),
-                "CONFLICTS" => self.conflicts = list(values),
-                "PROVIDES" => self.provides = list(values),
-                "DEPENDS" => self.depends = list(values),
-                "OPTDEPENDS" => self.optdepends = list(values),
-                "MAKEDEPENDS" => self.makedepends = list(values),
-                "CHECKDEPENDS" => self.checkdepends = list(values),
-                "FILES" => self.files = Some(list(values)),
-                other => self.extra.push((other.to_owned(), list(values))),
-            }
+        match name {
+            "FILENAME" => self.filename = first(values).unwrap_or_default(),
+            "NAME" => self.name = first(values).unwrap_or_default(),
+            "BASE" => self.base = first(values),
+            "VERSION" => *version = first(values),
+            "DESC" => self.desc = first(values),
+            "GROUPS" => self.groups = list(values),
+            "CSIZE" => self.csize = number("CSIZE", values)?,
+            "ISIZE" => self.isize = number("ISIZE", values)?,
+            "MD5SUM" => self.md5sum = first(values),
+            "SHA256SUM" => self.sha256sum = first(values),
+            "PGPSIG" => self.pgpsig = first(values),
+            "URL" => self.url = first(values),
+            "LICENSE" => self.licenses = list(values),
+            "ARCH" => self.arch = first(values),
+            "BUILDDATE" => self.builddate = number("BUILDDATE", values)?,
+            "PACKAGER" => self.packager = first(values),
+            "REPLACES" => self.replaces = list(values),
+            "CONFLICTS" => self.conflicts = list(values),
+            "PROVIDES" => self.provides = list(values),
+            "DEPENDS" => self.depends = list(values),
+            "OPTDEPENDS" => self.optdepends = list(values),
+            "MAKEDEPENDS" => self.makedepends = list(values),
+            "CHECKDEPENDS" => self.checkdepends = list(values),
+            "FILES" => self.files = Some(list(values)),
+            other => self.extra.push((other.to_owned(), list(values))),
         }
         Ok(())
     }
 
-    /// Parse the concatenated member texts of one database entry directory
-    /// (`desc`, and the old `depends` file if present).
+    /// Parse the member texts of one database entry directory (`desc`, and
+    /// the old `depends` file if present), in that order.
     pub fn parse_desc_parts(parts: &[&str]) -> Result<Self, DescError> {
-        let joined = parts.join("\n\n");
-        Self::parse_desc(&joined)
+        let mut e = DescEntry {
+            filename: String::new(),
+            name: String::new(),
+            base: None,
+            version: Version::parse("0-0").expect("constant"),
+            desc: None,
+            groups: vec![],
+            csize: None,
+            isize: None,
+            md5sum: None,
+            sha256sum: None,
+            pgpsig: None,
+            url: None,
+            licenses: vec![],
+            arch: None,
+            builddate: None,
+            packager: None,
+            replaces: vec![],
+            conflicts: vec![],
+            provides: vec![],
+            depends: vec![],
+            optdepends: vec![],
+            makedepends: vec![],
+            checkdepends: vec![],
+            extra: vec![],
+            files: None,
+        };
+        let mut version = None;
+        for text in parts {
+            e.merge_sections(text, &mut version)?;
+        }
+        e.validate(version)
     }
 }
 

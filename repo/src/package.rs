@@ -345,7 +345,7 @@ pub fn read_package_with(path: &Path, opts: &ReadOptions) -> Result<PackageInfo,
         let dec = compression
             .decoder(BufReader::with_capacity(64 * 1024, chained))
             .map_err(|e| corrupt(e.to_string()))?;
-        let mut ar = tar::Archive::new(dec);
+        let mut ar = tar::Archive::new(BufReader::with_capacity(64 * 1024, dec));
         let entries = ar.entries().map_err(|e| corrupt(e.to_string()))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| corrupt(e.to_string()))?;
