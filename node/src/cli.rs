@@ -65,6 +65,33 @@ pub enum Command {
         json: bool,
         dir: PathBuf,
     },
+    /// Create a mesh: a policy signed by the root key.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Run a node: verify and store events, build, publish, serve the repository over HTTP.
+    Node(NodeArgs),
+    /// Submit and inspect queue entries on a node.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Summary of a node: identity, policy, events, queue, published generations.
+    Status {
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One node with fresh keys builds examples/ and serves a signed repository on 127.0.0.1.
+    Demo {
+        /// Exit 0 once the repository is published instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit_after_publish: bool,
+        /// HTTP address [default: 127.0.0.1:0, a free port].
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http: String,
+        /// Keep the demo's files here instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Show what a .SRCINFO, .PKGINFO, .BUILDINFO, package file or repository database says.
     Inspect {
         path: PathBuf,
@@ -74,6 +101,146 @@ pub enum Command {
         /// Verify PATH.sig with this OpenPGP public key (armored or binary).
         #[arg(long, value_name = "FILE")]
         pubkey: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Write a signed mesh policy; the root key is maintainer and publisher unless others are named.
+    Init {
+        /// The mesh root key (it names the mesh and signs its policies).
+        #[arg(long)]
+        key: PathBuf,
+        /// Repository name (repeatable).
+        #[arg(long = "repo", required = true)]
+        repos: Vec<String>,
+        /// Architecture of every repository (repeatable) [default: this machine's].
+        #[arg(long = "arch")]
+        arches: Vec<String>,
+        /// Maintainer public key (repeatable): may enqueue, cancel, remove.
+        #[arg(long = "maintainer", value_name = "PUBKEY")]
+        maintainers: Vec<String>,
+        /// Publisher public key (repeatable): may publish repository generations.
+        #[arg(long = "publisher", value_name = "PUBKEY")]
+        publishers: Vec<String>,
+        /// Builder public key (repeatable) whose reports count [default: any node].
+        #[arg(long = "builder", value_name = "PUBKEY")]
+        builders: Vec<String>,
+        /// Matching build reports from distinct builders needed to publish.
+        #[arg(long, default_value_t = 1)]
+        quorum: u32,
+        /// Claim lease, seconds.
+        #[arg(long, default_value_t = 600)]
+        lease_secs: u32,
+        /// Default build timeout, seconds.
+        #[arg(long, default_value_t = 3600)]
+        build_timeout_secs: u32,
+        /// Policy counter: a node replaces its policy only with a higher one.
+        #[arg(long = "policy-version", default_value_t = 1)]
+        policy_version: u64,
+        /// Where to write the signed policy (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The signed mesh policy (needed at first start; a newer one replaces the stored one).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Node key [default: DATA_DIR/node.key, created at first start].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// A publisher key: this node publishes the repositories.
+    #[arg(long)]
+    pub publisher_key: Option<PathBuf>,
+    /// Data directory [default: $XDG_DATA_HOME/pacmesh].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// libp2p listen multiaddr (repeatable; used by the mesh).
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// HTTP address; 127.0.0.1:0 picks a free port and prints it.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Bootstrap peer multiaddr (repeatable; used by the mesh).
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Capability tag (repeatable), e.g. bigmem.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Do not use mDNS on the local network.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// AUR base URL.
+    #[arg(long)]
+    pub aur_url: Option<String>,
+    /// Do not build (serve and publish only).
+    #[arg(long)]
+    pub no_build: bool,
+    /// TOML config file (see examples/node.toml); flags override it.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Sign a queue entry with a maintainer key and submit it to a node.
+    Add {
+        /// Maintainer key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        /// A local PKGBUILD folder (uploaded to the node as a snapshot).
+        #[arg(long, group = "src", value_name = "PATH")]
+        dir: Option<PathBuf>,
+        /// A git repository holding a PKGBUILD.
+        #[arg(long, group = "src", value_name = "URL")]
+        git: Option<String>,
+        /// Branch, tag or commit of --git [default: the default branch].
+        #[arg(long = "ref", requires = "git")]
+        rev: Option<String>,
+        /// Folder of --git holding the PKGBUILD.
+        #[arg(long, requires = "git")]
+        subdir: Option<String>,
+        /// An AUR package base.
+        #[arg(long, group = "src", value_name = "NAME")]
+        aur: Option<String>,
+        /// A packages tree (one folder per package base).
+        #[arg(long, group = "src", value_name = "GITURL")]
+        tree: Option<String>,
+        /// Requirement a builder must meet (repeatable): arch=aarch64, mem>=16G, tag=bigmem...
+        #[arg(long)]
+        needs: Vec<String>,
+        /// Target repository [default: the mesh's only one].
+        #[arg(long)]
+        repo: Option<String>,
+        /// Architecture to build for (repeatable) [default: all of the repository's].
+        #[arg(long = "arch")]
+        arches: Vec<String>,
+        /// SOURCE_DATE_EPOCH for the build.
+        #[arg(long)]
+        source_date_epoch: Option<u64>,
+        /// Build timeout in seconds [default: the policy's].
+        #[arg(long)]
+        timeout: Option<u32>,
+    },
+    /// List the queue.
+    Ls {
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a queued entry (full id or a unique prefix).
+    Cancel {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        entry: String,
     },
 }
 
@@ -190,6 +357,36 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Key(k) => key_command(k),
         Command::Repo(r) => repo_command(r),
+        Command::Mesh(MeshCommand::Init {
+            key, repos, arches, maintainers, publishers, builders, quorum, lease_secs, build_timeout_secs, policy_version, out,
+        }) => {
+            let p = crate::mesh_cli::mesh_init(&crate::mesh_cli::MeshInit {
+                root_key: key, repos, arches, maintainers, publishers, builders, quorum, lease_secs,
+                build_timeout_secs, policy_version, out: out.clone(),
+            })?;
+            println!("wrote {} (mesh {}, policy version {})", out.display(), p.root, p.policy_version);
+            Ok(())
+        }
+        Command::Node(args) => {
+            let cfg = crate::config::Config::resolve(crate::config::Flags {
+                config: args.config, data_dir: args.data_dir, policy: args.policy, key: args.key,
+                publisher_key: args.publisher_key, http: args.http, listen: args.listen, bootstrap: args.bootstrap,
+                no_mdns: args.no_mdns, tags: args.tags, aur_url: args.aur_url, no_build: args.no_build,
+            })?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::daemon::run(cfg, async { let _ = tokio::signal::ctrl_c().await; }, |_| {}))
+        }
+        Command::Queue(q) => queue_command(q),
+        Command::Status { node, json } => {
+            let s = crate::client::Client::new(&node).get_json("/api/v1/status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", crate::mesh_cli::render_status(&s));
+            }
+            Ok(())
+        }
+        Command::Demo { exit_after_publish, http, dir } => crate::demo::run(exit_after_publish, &http, dir),
         Command::Build { profile, base_root, dep_repo, timeout, source_date_epoch, out, data_dir, key, quiet, json, dir } => {
             crate::build_cmd::run(crate::build_cmd::BuildRequest {
                 dir, out, profile, base_root, dep_repos: dep_repo, timeout, source_date_epoch, data_dir, key, quiet, json,
@@ -292,6 +489,38 @@ fn repo_command(cmd: RepoCommand) -> Result<()> {
                 println!("removed {} {}", e.name, e.version);
             }
             println!("wrote {}", report.written.db.display());
+        }
+    }
+    Ok(())
+}
+
+fn queue_command(cmd: QueueCommand) -> Result<()> {
+    use crate::mesh_cli::{AddSource, QueueAdd};
+    match cmd {
+        QueueCommand::Add { key, node, dir, git, rev, subdir, aur, tree, needs, repo, arches, source_date_epoch, timeout } => {
+            let source = match (dir, git, aur, tree) {
+                (Some(d), ..) => AddSource::Dir(d),
+                (_, Some(url), ..) => AddSource::Git { url, rev, subdir },
+                (_, _, Some(a), _) => AddSource::Aur(a),
+                (.., Some(t)) => AddSource::Tree(t),
+                _ => anyhow::bail!("say what to build: --dir PATH, --git URL, --aur NAME or --tree GITURL"),
+            };
+            let id = crate::mesh_cli::queue_add(&QueueAdd {
+                key, node, source, repo, arches, needs, source_date_epoch, timeout_secs: timeout,
+            })?;
+            println!("{id}");
+        }
+        QueueCommand::Ls { node, json } => {
+            let q = crate::client::Client::new(&node).get_json("/api/v1/queue")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&q)?);
+            } else {
+                print!("{}", crate::mesh_cli::render_queue(&q));
+            }
+        }
+        QueueCommand::Cancel { key, node, entry } => {
+            let id = crate::mesh_cli::queue_cancel(&key, &node, &entry)?;
+            println!("cancelled (event {id})");
         }
     }
     Ok(())

@@ -2,9 +2,20 @@
 
 pub mod build_cmd;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod http;
+pub mod mesh_cli;
+pub mod views;
 pub mod core;
+pub mod executor;
+pub mod generation;
 pub mod ingest;
 pub mod inspect;
 pub mod keys;
+pub mod publisher;
+pub mod source;
 pub mod state;
 pub mod store;

@@ -1,0 +1,204 @@
+//! Node configuration: a TOML file (every key optional) resolved with command-line flags into
+//! [`Config`]. Precedence: flag, then file, then default. `examples/node.toml` documents every
+//! key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::keys::default_data_dir;
+
+/// The file as written by the operator: everything optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub publisher_key: Option<PathBuf>,
+    pub http: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub bootstrap: Option<Vec<String>>,
+    pub mdns: Option<bool>,
+    pub tags: Option<Vec<String>>,
+    pub aur_url: Option<String>,
+    #[serde(default)]
+    pub build: BuildSection,
+    #[serde(default)]
+    pub publish: PublishSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// Build at all (a mirror-only node sets false).
+    pub enabled: Option<bool>,
+    pub profile: Option<String>,
+    pub base_root: Option<PathBuf>,
+    pub slots: Option<u32>,
+    pub timeout_secs: Option<u64>,
+    pub log_cap_bytes: Option<usize>,
+    pub arch: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSection {
+    pub keep_generations: Option<usize>,
+    pub uid: Option<String>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub policy: Option<PathBuf>,
+    pub key: PathBuf,
+    pub publisher_key: Option<PathBuf>,
+    pub http: SocketAddr,
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub mdns: bool,
+    pub tags: Vec<String>,
+    pub aur_url: String,
+    pub build_enabled: bool,
+    pub profile: String,
+    pub base_root: Option<PathBuf>,
+    pub slots: u32,
+    pub timeout_secs: u64,
+    pub log_cap_bytes: usize,
+    pub arch: String,
+    pub keep_generations: usize,
+    pub publish_uid: Option<String>,
+}
+
+/// The default HTTP address of a node, and the default `--node` URL of client commands.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7878";
+pub const DEFAULT_NODE_URL: &str = "http://127.0.0.1:7878";
+pub const DEFAULT_AUR_URL: &str = "https://aur.archlinux.org";
+
+/// Flags given on the command line (`None`/empty: not given).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub publisher_key: Option<PathBuf>,
+    pub http: Option<String>,
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub no_mdns: bool,
+    pub tags: Vec<String>,
+    pub aur_url: Option<String>,
+    pub no_build: bool,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}
+
+/// Machine architecture as pacman names it.
+pub fn host_arch() -> String {
+    match std::env::consts::ARCH {
+        "x86" => "i686".into(),
+        other => other.into(),
+    }
+}
+
+impl Config {
+    /// Flags over file over defaults; relative paths in the file are relative to the file.
+    pub fn resolve(flags: Flags) -> Result<Config> {
+        let (file, base) = match &flags.config {
+            Some(p) => (ConfigFile::load(p)?, p.parent().map(Path::to_path_buf).unwrap_or_default()),
+            None => (ConfigFile::default(), PathBuf::new()),
+        };
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let data_dir = flags.data_dir.or(file.data_dir.map(rel)).unwrap_or_else(default_data_dir);
+        let key = flags.key.or(file.key.map(rel)).unwrap_or_else(|| data_dir.join("node.key"));
+        let http_s = flags.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into());
+        let http: SocketAddr = http_s
+            .parse()
+            .with_context(|| format!("http address {http_s:?} is not IP:PORT"))?;
+        let profile = file.build.profile.unwrap_or_else(|| "host".into());
+        if profile != "host" && profile != "chroot" {
+            bail!("build.profile {profile:?}: use host or chroot");
+        }
+        if profile == "chroot" && file.build.base_root.is_none() {
+            bail!("build.profile = \"chroot\" needs build.base_root");
+        }
+        let slots = file.build.slots.unwrap_or(1);
+        if slots == 0 {
+            bail!("build.slots must be at least 1 (set build.enabled = false to not build)");
+        }
+        Ok(Config {
+            policy: flags.policy.or(file.policy.map(rel)),
+            publisher_key: flags.publisher_key.or(file.publisher_key.map(rel)),
+            http,
+            listen: if flags.listen.is_empty() { file.listen.unwrap_or_default() } else { flags.listen },
+            bootstrap: if flags.bootstrap.is_empty() { file.bootstrap.unwrap_or_default() } else { flags.bootstrap },
+            mdns: !flags.no_mdns && file.mdns.unwrap_or(true),
+            tags: if flags.tags.is_empty() { file.tags.unwrap_or_default() } else { flags.tags },
+            aur_url: flags.aur_url.or(file.aur_url).unwrap_or_else(|| DEFAULT_AUR_URL.into()),
+            build_enabled: !flags.no_build && file.build.enabled.unwrap_or(true),
+            profile,
+            base_root: file.build.base_root.map(rel),
+            slots,
+            timeout_secs: file.build.timeout_secs.unwrap_or(3600),
+            log_cap_bytes: file.build.log_cap_bytes.unwrap_or(16 << 20),
+            arch: file.build.arch.unwrap_or_else(host_arch),
+            keep_generations: file.publish.keep_generations.unwrap_or(10).max(1),
+            publish_uid: file.publish.uid,
+            data_dir,
+            key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_paths_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            "data_dir = \"state\"\nhttp = \"127.0.0.1:9000\"\ntags = [\"bigmem\"]\n[build]\nslots = 2\n[publish]\nkeep_generations = 3\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("state"));
+        assert_eq!(c.key, dir.path().join("state/node.key"));
+        assert_eq!(c.http.port(), 9000);
+        assert_eq!((c.slots, c.keep_generations), (2, 3));
+        assert_eq!(c.tags, vec!["bigmem"]);
+        let c = Config::resolve(Flags {
+            config: Some(cfg),
+            http: Some("127.0.0.1:0".into()),
+            tags: vec!["x".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.http.port(), 0);
+        assert_eq!(c.tags, vec!["x"]);
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, "htp = \"x\"\n").unwrap();
+        let err = format!("{:#}", Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).unwrap_err());
+        assert!(err.contains("node.toml") && err.contains("htp"), "{err}");
+        std::fs::write(&cfg, "[build]\nslots = 0\n").unwrap();
+        assert!(Config::resolve(Flags { config: Some(cfg), ..Default::default() }).is_err());
+    }
+}

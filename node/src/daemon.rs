@@ -1,0 +1,179 @@
+//! `pacmesh node`: open the stores, start the HTTP server, the executor and the publisher, and
+//! run until the shutdown future resolves.
+//!
+//! Supervision: every subsystem runs in one `JoinSet`; an unexpected exit of any of them stops
+//! the node with that error. Shutdown tells the executor to abandon a running build (its sandbox
+//! dies with it, its work dir is removed, no report is sent; its lease lapses or this node
+//! re-claims it at the next start) and flushes the stores.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use pacmesh_protocol::{Capabilities, Limits, MeshPolicy, Name, PublicKey, Signed};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::ingest::{Ingest, IngestConfig};
+use crate::keys::NodeKey;
+use crate::store::{DbConfig, FsStore, open_db};
+
+/// What a started node tells its caller (tests, `demo`).
+#[derive(Clone)]
+pub struct Started {
+    pub http: SocketAddr,
+    pub core: Arc<Core>,
+}
+
+/// Loads the node key, creating it on first start.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<NodeKey> {
+    if path.exists() {
+        return NodeKey::load(path);
+    }
+    let key = NodeKey::generate()?;
+    key.save_new(path)?;
+    tracing::info!(path = %path.display(), "generated a new node key");
+    Ok(key)
+}
+
+/// Opens everything and returns the core plus the policy bytes offered.
+pub fn open(cfg: &Config) -> Result<Arc<Core>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let key = load_or_create_key(&cfg.key)?;
+    let publisher_key = cfg.publisher_key.as_deref().map(NodeKey::load).transpose()?;
+    let limits = Limits::default();
+    let offered = cfg
+        .policy
+        .as_deref()
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read policy {}", p.display())))
+        .transpose()?;
+    let db = open_db(&cfg.data_dir.join("db"), &DbConfig::default())
+        .with_context(|| format!("cannot open the store in {} (is another node running on it?)", cfg.data_dir.display()))?;
+    let root = match &offered {
+        Some(bytes) => policy_root(bytes, &limits)?,
+        None => stored_root(&db)?,
+    };
+    let (ingest, report) = Ingest::open(&db, root, offered.as_deref(), IngestConfig { limits, ..Default::default() })
+        .context("cannot open the event store")?;
+    if let Some(why) = &report.offered_policy_ignored {
+        tracing::warn!("the --policy file was not used: {why}");
+    }
+    tracing::info!(events = report.events, policy_version = report.policy_version, elapsed = ?report.elapsed, "event store open");
+    let (blobs, repair) = FsStore::open(&cfg.data_dir.join("blobs"), &db).context("cannot open the content store")?;
+    tracing::debug!(?repair, "content store open");
+    Ok(Core::new(key, publisher_key, ingest, Arc::new(blobs), cfg.data_dir.clone()))
+}
+
+/// The root named by a policy file: its signer (the policy must also say so, checked on open).
+fn policy_root(bytes: &[u8], limits: &Limits) -> Result<PublicKey> {
+    let signed = Signed::<MeshPolicy>::from_bytes(bytes, limits).context("the policy file is not a signed mesh policy")?;
+    Ok(signed.signer)
+}
+
+fn stored_root(db: &sled::Db) -> Result<PublicKey> {
+    let events = crate::store::EventStore::open(db)?;
+    match events.meta("root")? {
+        Some(b) => Ok(PublicKey::from_slice(&b).context("stored mesh root is damaged")?),
+        None => bail!("this data dir has no mesh yet: start the node with --policy FILE (pacmesh mesh init makes one)"),
+    }
+}
+
+/// This machine's capabilities, for claiming.
+pub fn capabilities(cfg: &Config) -> Capabilities {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    let disk_free_bytes = disk_free(&cfg.data_dir).unwrap_or(0);
+    Capabilities {
+        arch: Name::new(cfg.arch.clone()).unwrap_or_else(|_| Name::new("x86_64").expect("valid")),
+        microarch: 0,
+        cores,
+        memory_bytes,
+        disk_free_bytes,
+        tags: cfg.tags.iter().filter_map(|t| Name::new(t.clone()).ok()).collect(),
+        profile: Name::new(cfg.profile.clone()).unwrap_or_else(|_| Name::new("host").expect("valid")),
+        load: 0,
+        slots: cfg.slots,
+        busy: 0,
+    }
+}
+
+fn disk_free(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Runs a node until `shutdown` resolves. `on_start` is called once the HTTP server listens.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_start: impl FnOnce(&Started),
+) -> Result<()> {
+    let core = open(&cfg)?;
+    let c = core.clone();
+    tokio::task::spawn_blocking(move || crate::generation::ensure_current(&c))
+        .await?
+        .context("restoring the served repositories")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks: JoinSet<Result<&'static str>> = JoinSet::new();
+    let (http, server) = crate::http::bind(core.clone(), cfg.http).await?;
+    {
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                r = server => r.map(|()| "http").context("HTTP server"),
+                _ = stop.wait_for(|s| *s) => Ok("http"),
+            }
+        });
+    }
+    if cfg.build_enabled {
+        pacmesh_sandbox::preflight().context("this node cannot build (set build.enabled = false for a non-building node)")?;
+        let ecfg = crate::executor::ExecutorConfig::from_config(&cfg, capabilities(&cfg), &core);
+        let (c, s) = (core.clone(), stop_rx.clone());
+        tasks.spawn(async move { crate::executor::run(c, ecfg, s).await.map(|()| "executor") });
+    }
+    if core.publisher_key.is_some() {
+        let pcfg = crate::publisher::PublisherConfig { keep: cfg.keep_generations, uid: cfg.publish_uid.clone() };
+        let (c, s) = (core.clone(), stop_rx.clone());
+        tasks.spawn(async move { crate::publisher::run(c, pcfg, s).await.map(|()| "publisher") });
+    }
+    let started = Started { http, core: core.clone() };
+    println!("pacmesh: node {} ({})", core.key.peer_id(), core.public);
+    println!("pacmesh: http listening on http://{http}");
+    tracing::info!(%http, "node started");
+    on_start(&started);
+
+    let result = tokio::select! {
+        () = shutdown => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(name)) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a node task panicked: {e}")),
+        },
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+        tracing::warn!("tasks did not stop within 20 s; exiting anyway");
+    }
+    if let Err(e) = core.ingest().events().flush() {
+        tracing::warn!("flushing the event store: {e}");
+    }
+    result
+}

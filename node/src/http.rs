@@ -1,0 +1,177 @@
+//! The node's HTTP server: the pacman repository, a JSON API, health.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /health` | `ok` |
+//! | `GET /NAME/os/ARCH/FILE` | the served generation of a repository (what pacman fetches) |
+//! | `GET /api/v1/status` | node identity, policy, counters, queue summary, state digest, generations |
+//! | `GET /api/v1/queue` | every queue entry with its status |
+//! | `GET /api/v1/entries/ID` | one entry: source, claims, reports |
+//! | `GET /api/v1/authors/KEY/head` | an author's highest contiguous sequence number and its event id |
+//! | `GET /api/v1/policy` | the signed mesh policy (CBOR) |
+//! | `POST /api/v1/events` | a `Signed<Event>` (CBOR); 200 accepted/duplicate, 4xx with the reason |
+//! | `PUT /api/v1/blobs` | upload a blob (a source snapshot); answers its blake3 |
+//! | `GET /api/v1/blobs/HASH` | a blob (build logs, packages, snapshots), verified on read |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use pacmesh_protocol::{Hash, PublicKey, Timestamp};
+use serde_json::{Value, json};
+
+use crate::core::Core;
+use crate::ingest::IngestOutcome;
+use crate::store::BlobStore;
+use crate::views;
+
+/// Largest uploaded blob (a PKGBUILD folder snapshot).
+pub const MAX_UPLOAD: usize = 64 << 20;
+
+/// Binds `addr` and returns the bound address (port 0 picks one) and the server future.
+pub async fn bind(
+    core: Arc<Core>,
+    addr: SocketAddr,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let app = router(core);
+    Ok((local, async move { axum::serve(listener, app).await }))
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    let events_limit = {
+        let l = core.ingest().limits().clone();
+        l.max_event_bytes.max(l.max_manifest_bytes) + 1024
+    };
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/queue", get(queue))
+        .route("/api/v1/entries/{id}", get(entry))
+        .route("/api/v1/authors/{key}/head", get(author_head))
+        .route("/api/v1/policy", get(policy))
+        .route("/api/v1/events", post(submit_event).layer(DefaultBodyLimit::max(events_limit)))
+        .route("/api/v1/blobs", put(upload_blob).layer(DefaultBodyLimit::max(MAX_UPLOAD)))
+        .route("/api/v1/blobs/{hash}", get(get_blob))
+        .route("/{repo}/os/{arch}/{file}", get(repo_file))
+        .with_state(core)
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+async fn status(State(core): State<Arc<Core>>) -> axum::Json<Value> {
+    axum::Json(views::status(&core, Timestamp::now()))
+}
+
+async fn queue(State(core): State<Arc<Core>>) -> axum::Json<Value> {
+    axum::Json(views::queue(&core.ingest(), Timestamp::now()))
+}
+
+async fn entry(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<Hash>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not an entry id (64 hex digits)"));
+    };
+    let ingest = core.ingest();
+    match ingest.state().entry(&id) {
+        Some(e) => axum::Json(views::entry(&ingest, e, Timestamp::now(), true)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no entry {id}")),
+    }
+}
+
+async fn author_head(State(core): State<Arc<Core>>, Path(key): Path<String>) -> Response {
+    let Ok(author) = key.parse::<PublicKey>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{key:?} is not a public key (64 hex digits)"));
+    };
+    let ingest = core.ingest();
+    let seq = ingest.events().head(&author);
+    let id = match ingest.events().slot(&author, seq) {
+        Ok(slot) => slot.map(|s| s.id.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    axum::Json(json!({ "author": author.to_string(), "seq": seq, "id": id })).into_response()
+}
+
+async fn policy(State(core): State<Arc<Core>>) -> Response {
+    let bytes = core.ingest().signed_policy().to_bytes();
+    ([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response()
+}
+
+async fn submit_event(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let c = core.clone();
+    let outcome = match tokio::task::spawn_blocking(move || c.ingest_bytes(&body)).await {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match outcome {
+        IngestOutcome::Accepted { id } => {
+            axum::Json(json!({ "result": "accepted", "id": id.to_string() })).into_response()
+        }
+        IngestOutcome::Duplicate { id } => {
+            axum::Json(json!({ "result": "duplicate", "id": id.to_string() })).into_response()
+        }
+        IngestOutcome::Rejected { reason } => {
+            tracing::info!(reason = %reason, label = reason.label(), "event rejected");
+            let code = if reason.is_peer_fault() { StatusCode::BAD_REQUEST } else { StatusCode::CONFLICT };
+            (code, axum::Json(json!({ "error": reason.to_string(), "reason": reason.label() })))
+                .into_response()
+        }
+    }
+}
+
+async fn upload_blob(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let c = core.clone();
+    match tokio::task::spawn_blocking(move || c.blobs.import_bytes(&body)).await {
+        Ok(Ok(hash)) => axum::Json(json!({ "blake3": hash.to_string() })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_blob(State(core): State<Arc<Core>>, Path(hash): Path<String>) -> Response {
+    let Ok(hash) = hash.parse::<Hash>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{hash:?} is not a blake3 hash"));
+    };
+    let c = core.clone();
+    match tokio::task::spawn_blocking(move || c.blobs.read(&hash)).await {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A file of the served generation. Names are checked (no path separators, no dot files), and
+/// the `current` link is resolved once per request, so one response is one generation's file.
+async fn repo_file(
+    State(core): State<Arc<Core>>,
+    Path((repo, arch, file)): Path<(String, String, String)>,
+) -> Response {
+    let ok_name = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains(['/', '\\', '\0']);
+    if !ok_name(&repo) || !ok_name(&arch) || !ok_name(&file) {
+        return error(StatusCode::NOT_FOUND, "no such file");
+    }
+    let path = crate::generation::served_dir(&core.data_dir, &repo, &arch).join(&file);
+    let f = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return error(StatusCode::NOT_FOUND, format!("{repo}/os/{arch}/{file}: not published")),
+    };
+    let len = match f.metadata().await {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return error(StatusCode::NOT_FOUND, "no such file"),
+    };
+    let stream = tokio_util::io::ReaderStream::new(f);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
