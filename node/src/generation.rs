@@ -395,15 +395,7 @@ fn prune_locked(
     keep: usize,
 ) -> Result<Vec<u64>> {
     let gen_root = repo_dir(data_dir, repo, arch).join("gen");
-    if let Ok(rd) = fs::read_dir(&gen_root) {
-        for e in rd.flatten() {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.starts_with(".tmp-") || n.starts_with(".trash-") {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-    }
+    clean_leftovers(&gen_root);
     let gens = list_generations(data_dir, repo, arch)?;
     let served = served_generation(data_dir, repo, arch);
     let keep = keep.max(1);
@@ -446,6 +438,20 @@ fn prune_locked(
     Ok(removed)
 }
 
+/// Removes `.tmp-*` and `.trash-*` directories under `gen/` (interrupted
+/// builds and prunes). Call with [`INSTALL_LOCK`] held.
+fn clean_leftovers(gen_root: &Path) {
+    if let Ok(rd) = fs::read_dir(gen_root) {
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(".tmp-") || n.starts_with(".trash-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Materialises `m`, switches `current` to it (unless a newer generation is
 /// served already) and, with `keep`, prunes to that many generations.
 pub fn install(
@@ -455,6 +461,7 @@ pub fn install(
     keep: Option<usize>,
 ) -> Result<PathBuf> {
     let _guard = INSTALL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    clean_leftovers(&repo_dir(data_dir, &m.repo, &m.arch).join("gen"));
     let dir = materialise(blobs, data_dir, m)?;
     let served = served_generation(data_dir, &m.repo, &m.arch);
     if served.is_none_or(|s| s <= m.generation) {

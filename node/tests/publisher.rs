@@ -1,0 +1,602 @@
+//! The publisher and repository generations with real parts: a sled event
+//! store, an `FsStore`, a signed policy, synthetic packages as blobs.
+//!
+//! `cargo test -p pacmesh-node --test publisher`
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacmesh_node::core::Core;
+use pacmesh_node::generation::{
+    self, ensure_current, generation_dir, list_generations, pin_tag, served_dir, served_generation,
+};
+use pacmesh_node::ingest::{Ingest, IngestConfig};
+use pacmesh_node::keys::NodeKey;
+use pacmesh_node::publisher::{PublisherConfig, publish_once};
+use pacmesh_node::store::{BlobStore, DbConfig, FsStore, MemStore, open_db};
+use pacmesh_protocol::{
+    Artifact, BuilderPolicy, EventBody, FileName, Hash, MeshPolicy, Name, PublicKey, QueueEntry,
+    RepoManifest, RepoPolicy, Sha256, Signed, SigningKey, Source, Timestamp,
+};
+use pacmesh_repo::db::Database;
+use pacmesh_repo::package::testutil::SyntheticPackage;
+use pacmesh_repo::sign::{OpenPgpKey, verify_detached};
+
+const ROOT: u8 = 1;
+const MAINT: u8 = 2;
+const NODE: u8 = 3;
+const PUBLISHER: u8 = 4;
+const BUILDER2: u8 = 5;
+const REPO: &str = "mesh";
+const ARCH: &str = "x86_64";
+
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_seed(&[n; 32])
+}
+fn pk(n: u8) -> PublicKey {
+    PublicKey::from(&SigningKey::from_bytes(&[n; 32]))
+}
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn policy(quorum: u32) -> Vec<u8> {
+    let p = MeshPolicy {
+        version: 1,
+        root: pk(ROOT),
+        policy_version: 1,
+        time: Timestamp::from_millis(1_767_225_600_000),
+        repos: vec![RepoPolicy {
+            name: name(REPO),
+            arches: vec![name(ARCH), name("aarch64")],
+        }],
+        maintainers: vec![pk(ROOT), pk(MAINT)],
+        publishers: vec![pk(PUBLISHER)],
+        builders: BuilderPolicy::Keys(vec![pk(NODE), pk(BUILDER2)]),
+        quorum,
+        lease_secs: 600,
+        build_timeout_secs: 3600,
+    };
+    Signed::sign(&SigningKey::from_bytes(&[ROOT; 32]), &p)
+        .unwrap()
+        .to_bytes()
+}
+
+/// A node on `dir`: sled + FsStore + Ingest, the node key builds, the
+/// publisher key publishes.
+fn open_node(dir: &Path, quorum: u32) -> Arc<Core> {
+    let db = open_db(&dir.join("db"), &DbConfig::default()).unwrap();
+    let (ingest, _) = Ingest::open(
+        &db,
+        pk(ROOT),
+        Some(&policy(quorum)),
+        IngestConfig::default(),
+    )
+    .unwrap();
+    let (blobs, _) = FsStore::open(dir, &db).unwrap();
+    Core::new(
+        key(NODE),
+        Some(key(PUBLISHER)),
+        ingest,
+        Arc::new(blobs),
+        dir.to_path_buf(),
+    )
+}
+
+fn pgp() -> OpenPgpKey {
+    OpenPgpKey::from_ed25519_secret(&[PUBLISHER; 32], "test <t@pacmesh.invalid>").unwrap()
+}
+
+fn cfg() -> PublisherConfig {
+    PublisherConfig::default()
+}
+
+fn pkg(name: &str, version: &str) -> SyntheticPackage {
+    SyntheticPackage::new(name, version)
+}
+
+/// A split package: `pkgbase = base`.
+fn split(base: &str, name: &str, version: &str) -> SyntheticPackage {
+    let mut p = SyntheticPackage::new(name, version);
+    p.lines[0] = ("pkgbase".into(), base.into());
+    p
+}
+
+fn artifact(core: &Core, p: &SyntheticPackage) -> Artifact {
+    artifact_named(core, p, &p.file_name())
+}
+
+fn artifact_named(core: &Core, p: &SyntheticPackage, file: &str) -> Artifact {
+    let bytes = p.archive_bytes();
+    let blake3 = core.blobs.import_bytes(&bytes).unwrap();
+    Artifact {
+        file_name: FileName::new(file).unwrap(),
+        blake3,
+        sha256: Sha256::digest(&bytes),
+        size: bytes.len() as u64,
+    }
+}
+
+fn enqueue(core: &Core, pkgbase: &str) -> Hash {
+    let body = EventBody::Enqueue(QueueEntry::new(
+        name(REPO),
+        Source::Aur {
+            pkgbase: name(pkgbase),
+        },
+    ));
+    core.submit_as(&key(MAINT), body).unwrap()
+}
+
+fn report(core: &Core, by: u8, entry: Hash, attempt: u32, artifacts: Vec<Artifact>) {
+    let log = core.blobs.import_bytes(b"build log\n").unwrap();
+    let body = EventBody::Built {
+        entry,
+        attempt,
+        artifacts,
+        log,
+        source_commit: None,
+    };
+    core.submit_as(&key(by), body).unwrap();
+}
+
+/// Enqueue + a build by the node of `pkgs`; returns the entry id.
+fn enqueue_built(core: &Core, pkgbase: &str, pkgs: &[SyntheticPackage]) -> Hash {
+    let entry = enqueue(core, pkgbase);
+    let arts = pkgs.iter().map(|p| artifact(core, p)).collect();
+    report(core, NODE, entry, 1, arts);
+    entry
+}
+
+fn remove(core: &Core, pkgbase: &str) {
+    let body = EventBody::Remove {
+        pkgbase: name(pkgbase),
+        repo: name(REPO),
+    };
+    core.submit_as(&key(MAINT), body).unwrap();
+}
+
+fn served(core: &Core) -> PathBuf {
+    served_dir(&core.data_dir, REPO, ARCH)
+}
+
+/// The database served, as (name, version) pairs.
+fn served_db(core: &Core) -> BTreeSet<(String, String)> {
+    let db = Database::load(&served(core).join(format!("{REPO}.db"))).unwrap();
+    db.entries
+        .values()
+        .map(|e| (e.name.clone(), e.version.to_string()))
+        .collect()
+}
+
+/// Every file and link of a directory, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every `X.sig` in `dir` verifies over `X` with the publisher's OpenPGP
+/// key; every package has one; the database entries match the files.
+fn check_signed_dir(dir: &Path, m: &RepoManifest) {
+    let public = pgp().public_key_bytes();
+    let mut sigs = 0;
+    for f in listing(dir) {
+        if let Some(data) = f.strip_suffix(".sig") {
+            let sig = fs::read(dir.join(&f)).unwrap();
+            let data = fs::read(dir.join(data)).unwrap();
+            verify_detached(&public, &data, &sig).unwrap_or_else(|e| panic!("{f}: {e}"));
+            sigs += 1;
+        }
+    }
+    // packages + db + db link + files + files link
+    assert_eq!(sigs, m.packages.len() + 4, "{:?}", listing(dir));
+    let db = Database::load(&dir.join(format!("{REPO}.db.tar.zst"))).unwrap();
+    let mut in_db: Vec<&str> = db.entries.values().map(|e| e.filename.as_str()).collect();
+    in_db.sort();
+    let mut in_m: Vec<&str> = m.packages.iter().map(|p| p.file_name.as_str()).collect();
+    in_m.sort();
+    assert_eq!(in_db, in_m);
+    for e in db.entries.values() {
+        assert!(e.pgpsig.is_some(), "{} has no %PGPSIG%", e.name);
+        assert!(e.files.is_some(), "{} has no file list", e.name);
+    }
+}
+
+fn status_label(core: &Core, entry: &Hash) -> String {
+    let ingest = core.ingest();
+    let s = ingest.state();
+    let e = s.entry(entry).unwrap();
+    s.status(e, Timestamp::now()).label().to_string()
+}
+
+fn set(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Makes sure the next event's time is later than everything before it.
+fn tick() {
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+#[test]
+fn generations_versions_removal_and_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    assert!(
+        publish_once(&core, &cfg()).unwrap().is_empty(),
+        "empty queue"
+    );
+
+    let hello = enqueue_built(&core, "hello", &[pkg("hello", "1.0-1")]);
+    let multi = enqueue_built(
+        &core,
+        "multi",
+        &[
+            split("multi", "multi-a", "2.0-1"),
+            split("multi", "multi-b", "2.0-1"),
+        ],
+    );
+    let mut anyp = pkg("docs", "1-1");
+    anyp.arch = "any".into();
+    enqueue_built(&core, "docs", &[anyp]);
+    // A .PKGINFO for aarch64 under an x86_64 file name: skipped for x86_64.
+    let mut liar = pkg("liar", "1-1");
+    liar.arch = "aarch64".into();
+    let liar_entry = enqueue(&core, "liar");
+    let a = artifact_named(&core, &liar, "liar-1-1-x86_64.pkg.tar.zst");
+    report(&core, NODE, liar_entry, 1, vec![a]);
+
+    let ms = publish_once(&core, &cfg()).unwrap();
+    // x86_64 gets hello, multi-a, multi-b, docs; aarch64 gets docs (any).
+    assert_eq!(ms.len(), 2, "{ms:#?}");
+    let m1 = ms.iter().find(|m| m.arch == ARCH).unwrap();
+    let arm = ms.iter().find(|m| m.arch == "aarch64").unwrap();
+    assert_eq!((m1.generation, m1.previous), (1, None));
+    assert_eq!(m1.publisher, pk(PUBLISHER));
+    assert_eq!(m1.packages.len(), 4);
+    assert_eq!(arm.packages.len(), 1);
+    assert_eq!(arm.packages[0].pkgname, "docs");
+    assert_eq!(served_generation(&core.data_dir, REPO, ARCH), Some(1));
+    assert_eq!(
+        fs::read_link(served(&core)).unwrap(),
+        PathBuf::from("gen/1")
+    );
+    assert_eq!(
+        served_db(&core),
+        set(&[
+            ("docs", "1-1"),
+            ("hello", "1.0-1"),
+            ("multi-a", "2.0-1"),
+            ("multi-b", "2.0-1")
+        ])
+    );
+    check_signed_dir(&served(&core), m1);
+    check_signed_dir(&served_dir(&core.data_dir, REPO, "aarch64"), arm);
+    assert!(
+        served(&core)
+            .join("hello-1.0-1-x86_64.pkg.tar.zst")
+            .is_file()
+    );
+    assert_eq!(
+        fs::read_link(served(&core).join(format!("{REPO}.db"))).unwrap(),
+        PathBuf::from(format!("{REPO}.db.tar.zst"))
+    );
+    assert_eq!(status_label(&core, &hello), "published");
+    assert_eq!(status_label(&core, &multi), "published");
+    let g1_event = {
+        let ingest = core.ingest();
+        let g = ingest
+            .state()
+            .latest_generation(&name(REPO), &name(ARCH))
+            .unwrap();
+        assert_eq!(
+            *g.manifest, *m1,
+            "the accepted manifest is the one returned"
+        );
+        g.event
+    };
+
+    // Nothing new: no generation.
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+
+    // A newer hello replaces the older; generation 1 stays on disk.
+    tick();
+    let hello11 = enqueue_built(&core, "hello", &[pkg("hello", "1.1-1")]);
+    let ms = publish_once(&core, &cfg()).unwrap();
+    assert_eq!(ms.len(), 1);
+    let m2 = &ms[0];
+    assert_eq!((m2.generation, m2.previous), (2, Some(g1_event)));
+    assert_eq!(served_generation(&core.data_dir, REPO, ARCH), Some(2));
+    assert!(served_db(&core).contains(&("hello".into(), "1.1-1".into())));
+    assert!(!served_db(&core).contains(&("hello".into(), "1.0-1".into())));
+    assert!(
+        !served(&core)
+            .join("hello-1.0-1-x86_64.pkg.tar.zst")
+            .exists()
+    );
+    check_signed_dir(&served(&core), m2);
+    let g1 = generation_dir(&core.data_dir, REPO, ARCH, 1);
+    assert!(
+        g1.join("hello-1.0-1-x86_64.pkg.tar.zst").is_file(),
+        "history kept"
+    );
+    assert_eq!(
+        list_generations(&core.data_dir, REPO, ARCH).unwrap(),
+        vec![1, 2]
+    );
+
+    // A downgrade and a same-version rebuild with other bytes are refused.
+    tick();
+    enqueue_built(&core, "hello", &[pkg("hello", "0.9-1")]);
+    let mut other = pkg("hello", "1.1-1");
+    other.builddate += 1;
+    enqueue_built(&core, "hello", &[other]);
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+
+    // Published once: a rebuild of the published entry (identical bytes,
+    // e.g. after a crash) adds nothing.
+    report(
+        &core,
+        NODE,
+        hello11,
+        2,
+        vec![artifact(&core, &pkg("hello", "1.1-1"))],
+    );
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+
+    // Removing the split pkgbase drops both of its packages (x86_64 only
+    // had them).
+    tick();
+    remove(&core, "multi");
+    let ms = publish_once(&core, &cfg()).unwrap();
+    assert_eq!(ms.len(), 1, "{ms:#?}");
+    assert_eq!(ms[0].generation, 3);
+    assert_eq!(
+        served_db(&core),
+        set(&[("docs", "1-1"), ("hello", "1.1-1")])
+    );
+    assert!(
+        !served(&core)
+            .join("multi-a-2.0-1-x86_64.pkg.tar.zst")
+            .exists()
+    );
+    check_signed_dir(&served(&core), &ms[0]);
+    assert!(
+        publish_once(&core, &cfg()).unwrap().is_empty(),
+        "removal applied once"
+    );
+
+    // Enqueued again after the removal: published again (same bytes).
+    tick();
+    enqueue_built(&core, "multi", &[split("multi", "multi-a", "2.0-1")]);
+    let ms = publish_once(&core, &cfg()).unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].generation, 4);
+    assert!(served_db(&core).contains(&("multi-a".into(), "2.0-1".into())));
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    assert_eq!(
+        list_generations(&core.data_dir, REPO, ARCH).unwrap(),
+        vec![1, 2, 3, 4]
+    );
+    // Generation pins hold every blob of a kept generation.
+    let m4 = &ms[0];
+    assert!(
+        core.blobs
+            .pins(&m4.db)
+            .unwrap()
+            .contains(&pin_tag(REPO, ARCH, 4))
+    );
+}
+
+#[test]
+fn restart_keeps_serving_and_ensure_current_repairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (listing1, m1) = {
+        let core = open_node(dir, 1);
+        enqueue_built(&core, "hello", &[pkg("hello", "1.0-1")]);
+        let ms = publish_once(&core, &cfg()).unwrap();
+        assert_eq!(ms.len(), 1);
+        (listing(&served(&core)), ms[0].clone())
+    };
+    // Restart: the same generation is served, nothing to repair or publish.
+    let core = open_node(dir, 1);
+    assert_eq!(listing(&served(&core)), listing1);
+    assert!(ensure_current(&core).unwrap().is_empty());
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    check_signed_dir(&served(&core), &m1);
+
+    // A lost `current` link is put back.
+    fs::remove_file(served(&core)).unwrap();
+    assert_eq!(
+        ensure_current(&core).unwrap(),
+        vec![(name(REPO), name(ARCH), 1)]
+    );
+    assert_eq!(listing(&served(&core)), listing1);
+
+    // A lost generation directory is rebuilt from the blobs.
+    fs::remove_dir_all(generation_dir(dir, REPO, ARCH, 1)).unwrap();
+    assert_eq!(served_generation(dir, REPO, ARCH), None);
+    assert_eq!(ensure_current(&core).unwrap().len(), 1);
+    assert_eq!(listing(&served(&core)), listing1);
+    check_signed_dir(&served(&core), &m1);
+
+    // Killed after the publish event, before the switch: generation 2 is
+    // accepted but gen/2 is missing and `current` still points to gen/1.
+    tick();
+    enqueue_built(&core, "hello", &[pkg("hello", "1.1-1")]);
+    let m2 = publish_once(&core, &cfg()).unwrap().remove(0);
+    fs::remove_dir_all(generation_dir(dir, REPO, ARCH, 2)).unwrap();
+    let link = served(&core);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("gen/1", &link).unwrap();
+    // A half-built generation left behind by the crash.
+    fs::create_dir_all(dir.join("repos/mesh/x86_64/gen/.tmp-2-crash")).unwrap();
+    drop(core);
+    let core = open_node(dir, 1);
+    assert_eq!(
+        served_generation(dir, REPO, ARCH),
+        Some(1),
+        "old one still served"
+    );
+    assert_eq!(
+        ensure_current(&core).unwrap(),
+        vec![(name(REPO), name(ARCH), 2)]
+    );
+    assert_eq!(served_generation(dir, REPO, ARCH), Some(2));
+    check_signed_dir(&served(&core), &m2);
+    assert!(ensure_current(&core).unwrap().is_empty());
+    // And the rebuilt state publishes nothing twice.
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+}
+
+#[test]
+fn keep_prunes_old_generations_and_unpins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    let cfg = PublisherConfig {
+        keep: 2,
+        ..PublisherConfig::default()
+    };
+    let mut manifests = Vec::new();
+    for v in ["1.0-1", "1.1-1", "1.2-1", "1.3-1"] {
+        tick();
+        enqueue_built(&core, "hello", &[pkg("hello", v)]);
+        let mut ms = publish_once(&core, &cfg).unwrap();
+        assert_eq!(ms.len(), 1);
+        manifests.push(ms.remove(0));
+    }
+    assert_eq!(
+        list_generations(&core.data_dir, REPO, ARCH).unwrap(),
+        vec![3, 4]
+    );
+    assert_eq!(served_generation(&core.data_dir, REPO, ARCH), Some(4));
+    let m1 = &manifests[0];
+    for h in generation::manifest_blobs(m1) {
+        assert!(
+            !core
+                .blobs
+                .pins(&h)
+                .unwrap()
+                .contains(&pin_tag(REPO, ARCH, 1)),
+            "generation 1 pins released"
+        );
+    }
+    // Blobs of generation 1 not pinned by anything else can be collected;
+    // the served generation's cannot.
+    core.blobs.gc(Duration::ZERO).unwrap();
+    assert!(!core.blobs.has(&m1.db).unwrap());
+    let m4 = &manifests[3];
+    for h in generation::manifest_blobs(m4) {
+        assert!(core.blobs.has(&h).unwrap());
+    }
+    // keep = 0 is treated as 1; the served generation always stays.
+    generation::prune(&*core.blobs, &core.data_dir, REPO, ARCH, 0).unwrap();
+    assert_eq!(
+        list_generations(&core.data_dir, REPO, ARCH).unwrap(),
+        vec![4]
+    );
+}
+
+#[test]
+fn quorum_needs_matching_reports_from_distinct_builders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 2);
+    let entry = enqueue(&core, "hello");
+    let p = pkg("hello", "1.0-1");
+    let a = artifact(&core, &p);
+    report(&core, NODE, entry, 1, vec![a.clone()]);
+    // The same builder twice does not count twice.
+    report(&core, NODE, entry, 2, vec![a.clone()]);
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    // Another builder with other bytes: no agreement.
+    let mut q = p.clone();
+    q.builddate += 1;
+    report(&core, BUILDER2, entry, 1, vec![artifact(&core, &q)]);
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    // Matching bytes from a second builder: published.
+    report(&core, BUILDER2, entry, 2, vec![a.clone()]);
+    let ms = publish_once(&core, &cfg()).unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].packages[0].blake3, a.blake3);
+}
+
+#[test]
+fn materialise_refuses_wrong_content_and_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    enqueue_built(&core, "hello", &[pkg("hello", "1.0-1")]);
+    let m1 = publish_once(&core, &cfg()).unwrap().remove(0);
+    let before = listing(&served(&core));
+
+    // Generation 2 from a manifest whose SHA-256 lies, on a copy of the
+    // blobs in memory.
+    let mem = MemStore::new();
+    for h in generation::manifest_blobs(&m1) {
+        mem.import_bytes(&core.blobs.read(&h).unwrap()).unwrap();
+    }
+    let mut bad = m1.clone();
+    bad.generation = 2;
+    bad.previous = Some(Hash::new(b"x"));
+    bad.packages[0].sha256 = Sha256::digest(b"something else");
+    let err = generation::install(&mem, &core.data_dir, &bad, None).unwrap_err();
+    assert!(format!("{err:#}").contains("SHA-256"), "{err:#}");
+    // A missing blob.
+    let mut missing = bad.clone();
+    missing.packages[0].sha256 = m1.packages[0].sha256;
+    missing.packages[0].sig = Hash::new(b"not stored");
+    assert!(generation::install(&mem, &core.data_dir, &missing, None).is_err());
+    // Nothing half-built, the old generation still served.
+    assert_eq!(served_generation(&core.data_dir, REPO, ARCH), Some(1));
+    assert_eq!(listing(&served(&core)), before);
+    assert_eq!(
+        list_generations(&core.data_dir, REPO, ARCH).unwrap(),
+        vec![1]
+    );
+    let gen_root = core.data_dir.join("repos/mesh/x86_64/gen");
+    assert_eq!(listing(&gen_root), vec!["1".to_string()]);
+    // The good one (from the memory store) installs and is served.
+    let mut good = m1.clone();
+    good.generation = 2;
+    good.previous = Some(Hash::new(b"x"));
+    generation::install(&mem, &core.data_dir, &good, Some(10)).unwrap();
+    assert_eq!(served_generation(&core.data_dir, REPO, ARCH), Some(2));
+}
+
+#[test]
+fn run_publishes_on_state_changes_and_stops_on_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(pacmesh_node::publisher::run(core.clone(), cfg(), stop_rx));
+        let c = core.clone();
+        tokio::task::spawn_blocking(move || {
+            enqueue_built(&c, "hello", &[pkg("hello", "1.0-1")]);
+        })
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while served_generation(&core.data_dir, REPO, ARCH) != Some(1) {
+            assert!(tokio::time::Instant::now() < deadline, "not published");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
+    });
+    assert_eq!(served_db(&core), set(&[("hello", "1.0-1")]));
+}
