@@ -600,3 +600,192 @@ fn run_publishes_on_state_changes_and_stops_on_shutdown() {
     });
     assert_eq!(served_db(&core), set(&[("hello", "1.0-1")]));
 }
+
+// ---- real pacman -------------------------------------------------------------
+
+mod pacman {
+    use super::*;
+    use std::process::{Command, Output, Stdio};
+    use std::time::Instant;
+
+    fn have(tool: &str) -> bool {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn is_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    }
+
+    fn machine() -> String {
+        Command::new("uname")
+            .arg("-m")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Runs with a clean environment and a deadline; panics on failure.
+    fn run(cmd: &mut Command, timeout: Duration) -> Output {
+        for var in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "GNUPGHOME",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("LC_ALL", "C").env("LANG", "C");
+        let desc = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("timed out: {desc}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{desc}: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    struct KillAgents(PathBuf);
+    impl Drop for KillAgents {
+        fn drop(&mut self) {
+            let _ = Command::new("gpgconf")
+                .arg("--homedir")
+                .arg(&self.0)
+                .args(["--kill", "all"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    fn pacman(conf: &Path, root: &Path, gpgdir: &Path, args: &[&str]) -> Output {
+        run(
+            Command::new("pacman")
+                .arg("--root")
+                .arg(root)
+                .arg("--dbpath")
+                .arg(root.join("var/lib/pacman"))
+                .arg("--cachedir")
+                .arg(root.join("var/cache/pacman/pkg"))
+                .arg("--logfile")
+                .arg(root.join("var/log/pacman.log"))
+                .arg("--hookdir")
+                .arg(root.join("etc/pacman.d/hooks"))
+                .arg("--gpgdir")
+                .arg(gpgdir)
+                .arg("--config")
+                .arg(conf)
+                .args(["--noconfirm", "--noprogressbar", "--noscriptlet"])
+                .args(args),
+            Duration::from_secs(180),
+        )
+    }
+
+    /// pacman (`SigLevel = Required DatabaseRequired`) installs from the
+    /// served generation over `file://`, trusting only the publisher's
+    /// derived OpenPGP key, then upgrades after the next generation.
+    /// Needs root, pacman, pacman-key and gpg; otherwise passes with a notice.
+    #[test]
+    fn pacman_installs_and_upgrades_from_served_generations() {
+        if !(is_root() && have("pacman") && have("pacman-key") && have("gpg")) || machine() != ARCH
+        {
+            eprintln!("pacman e2e skipped: needs root, pacman, pacman-key, gpg on {ARCH}");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("node");
+        fs::create_dir(&data).unwrap();
+        let core = open_node(&data, 1);
+        let cfg = PublisherConfig {
+            keep: 10,
+            uid: Some("pacmesh test publisher <publisher@pacmesh.invalid>".into()),
+        };
+        enqueue_built(&core, "hello", &[pkg("hello", "1.0-1")]);
+        assert_eq!(publish_once(&core, &cfg).unwrap().len(), 1);
+
+        let gpgdir = tmp.path().join("gnupg");
+        let _agents = KillAgents(gpgdir.clone());
+        let conf = tmp.path().join("pacman.conf");
+        fs::write(
+            &conf,
+            format!(
+                "[options]\nArchitecture = auto\nSigLevel = Required DatabaseRequired\n\
+                 LocalFileSigLevel = Required\n\n[{REPO}]\nServer = file://{}\n",
+                served(&core).display()
+            ),
+        )
+        .unwrap();
+        let key =
+            OpenPgpKey::from_ed25519_secret(&[PUBLISHER; 32], cfg.uid.as_deref().unwrap()).unwrap();
+        let asc = tmp.path().join("publisher.asc");
+        fs::write(&asc, key.public_key_armored()).unwrap();
+        let pk = |args: &[&str]| {
+            run(
+                Command::new("pacman-key")
+                    .arg("--gpgdir")
+                    .arg(&gpgdir)
+                    .arg("--config")
+                    .arg(&conf)
+                    .args(args),
+                Duration::from_secs(600),
+            )
+        };
+        pk(&["--init"]);
+        pk(&["--add", asc.to_str().unwrap()]);
+        pk(&["--lsign-key", &key.fingerprint()]);
+
+        let root = tmp.path().join("root");
+        for d in [
+            "var/lib/pacman/sync",
+            "var/cache/pacman/pkg",
+            "var/log",
+            "etc/pacman.d/hooks",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        pacman(&conf, &root, &gpgdir, &["-Sy", "hello"]);
+        assert_eq!(
+            fs::read_to_string(root.join("usr/share/hello/README")).unwrap(),
+            "hello 1.0-1\n"
+        );
+
+        // Generation 2: pacman -Syu upgrades.
+        tick();
+        enqueue_built(&core, "hello", &[pkg("hello", "1.1-1")]);
+        assert_eq!(publish_once(&core, &cfg).unwrap()[0].generation, 2);
+        pacman(&conf, &root, &gpgdir, &["-Syu"]);
+        assert_eq!(
+            fs::read_to_string(root.join("usr/share/hello/README")).unwrap(),
+            "hello 1.1-1\n"
+        );
+    }
+}
