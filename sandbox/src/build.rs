@@ -47,6 +47,18 @@ pub const SANDBOX_SOURCES: &str = "/sources";
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin";
 const SRCINFO_CAP: usize = 4 << 20;
+/// Capabilities pacman keeps (as uid 0 in its own user namespace) while it
+/// installs dependencies into the chroot layer.
+const INSTALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+];
 
 /// A build phase (see the module docs for what each may do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,7 +369,13 @@ impl Builder {
         }
         b.unshare_user().disable_userns();
         if as_root {
-            b.uid(0).gid(0);
+            // pacman needs to own files, chroot for scriptlets, and nothing
+            // else; in particular no CAP_SYS_ADMIN, which could unmount the
+            // read-only /proc/sys cover.
+            b.uid(0).gid(0).cap_drop("ALL");
+            for cap in INSTALL_CAPS {
+                b.cap_add(cap);
+            }
         } else {
             b.uid(crate::BUILD_UID).gid(crate::BUILD_GID);
         }

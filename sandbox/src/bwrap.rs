@@ -193,6 +193,17 @@ impl BwrapCommand {
         self.flag1("--hostname", name)
     }
 
+    /// `--cap-drop CAP` (`ALL` for every capability); only honoured for
+    /// uid 0 in the sandbox.
+    pub fn cap_drop(&mut self, cap: &str) -> &mut Self {
+        self.flag1("--cap-drop", cap)
+    }
+
+    /// `--cap-add CAP`, e.g. `CAP_CHOWN`.
+    pub fn cap_add(&mut self, cap: &str) -> &mut Self {
+        self.flag1("--cap-add", cap)
+    }
+
     // ---- process --------------------------------------------------------------
 
     /// `--die-with-parent`: the sandboxed process gets SIGKILL when bwrap's parent dies.
@@ -397,6 +408,8 @@ mod tests {
             .ro_bind_try("/opt", "/opt")
             .tmpfs_sized("/tmp", 1 << 20)
             .chmod(0o755, "/build")
+            .cap_drop("ALL")
+            .cap_add("CAP_CHOWN")
             .remount_ro("/")
             .command(["true"])
             .args(["x"]);
@@ -423,6 +436,10 @@ mod tests {
                 "--chmod",
                 "755",
                 "/build",
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "CAP_CHOWN",
                 "--remount-ro",
                 "/",
                 "--",
