@@ -139,13 +139,25 @@ fn measure_child(dir: &Path) -> (Duration, f64) {
     (Duration::from_nanos(nanos), kib / 1024.0)
 }
 
-/// user + sys CPU time of this process (from `/proc/self/stat`, 10 ms ticks).
+/// user + sys CPU time of this process (all threads), or of its waited-for
+/// children.
+fn rusage(who: libc::c_int) -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
+    assert_eq!(rc, 0);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn cpu_time() -> Duration {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+    rusage(libc::RUSAGE_SELF)
+}
+
+fn children_cpu() -> Duration {
+    rusage(libc::RUSAGE_CHILDREN)
 }
 
 /// `PACMESH_BENCH_BREAKDOWN=N`: time each phase of "add one package to an
@@ -245,6 +257,9 @@ fn breakdown(n: usize) {
 struct Row {
     n: usize,
     write_pm: Duration,
+    write_pm_cpu: Duration,
+    add_pm_cpu: Duration,
+    write_ra_cpu: Option<Duration>,
     write_ra: Option<Duration>,
     add_pm: Duration,
     add_ra: Option<Duration>,
@@ -298,14 +313,21 @@ fn main() {
 
         // Full write, pacmesh.
         let mut t = Vec::new();
+        let mut c = Vec::new();
         for _ in 0..runs {
             clean_db(pkgdir.path(), "bench");
-            let s = Instant::now();
+            let (s, c0) = (Instant::now(), cpu_time());
             repo_add(&db, &pkgs, &AddOptions::default(), None).unwrap();
             t.push(s.elapsed());
+            c.push(cpu_time() - c0);
         }
         let write_pm = median(t);
-        let db_kib = std::fs::metadata(&db).unwrap().len() / 1024;
+        let write_pm_cpu = median(c);
+        let db_kib = (std::fs::metadata(&db).unwrap().len()
+            + std::fs::metadata(pkgdir.path().join("bench.files.tar.zst"))
+                .unwrap()
+                .len())
+            / 1024;
 
         // Load only.
         let load = median(
@@ -326,24 +348,30 @@ fn main() {
             std::fs::copy(pkgdir.path().join(f), base.path().join(f)).unwrap();
         }
         let mut t = Vec::new();
+        let mut c = Vec::new();
         for x in &extra {
             for f in ["bench.db.tar.zst", "bench.files.tar.zst"] {
                 std::fs::copy(base.path().join(f), pkgdir.path().join(f)).unwrap();
             }
-            let s = Instant::now();
+            let (s, c0) = (Instant::now(), cpu_time());
             repo_add(&db, std::slice::from_ref(x), &AddOptions::default(), None).unwrap();
             t.push(s.elapsed());
+            c.push(cpu_time() - c0);
         }
         let add_pm = median(t);
+        let add_pm_cpu = median(c);
 
         // repo-add, same inputs.
         let mut write_ra = None;
+        let mut write_ra_cpu = None;
         let mut add_ra = None;
         if repo_add_ok {
             if n <= ra_max {
                 clean_db(pkgdir.path(), "bench");
                 eprintln!("  repo-add full write of {n} packages...");
+                let c0 = children_cpu();
                 write_ra = Some(repo_add_cli(&db, &pkgs));
+                write_ra_cpu = Some(children_cpu() - c0);
             }
             if n <= ra_one_max {
                 // Start from pacmesh's N-package database (equivalent
@@ -363,6 +391,9 @@ fn main() {
         let row = Row {
             n,
             write_pm,
+            write_pm_cpu,
+            add_pm_cpu,
+            write_ra_cpu,
             write_ra,
             add_pm,
             add_ra,
@@ -397,7 +428,7 @@ fn main() {
 
     println!();
     println!(
-        "| N | pacmesh write | repo-add write | speed-up | pacmesh add 1 | repo-add add 1 | speed-up | pacmesh load | peak RSS (write) | db size |"
+        "| N | pacmesh write (wall / CPU) | repo-add write (wall / CPU) | speed-up (wall) | pacmesh add 1 (wall / CPU) | repo-add add 1 | speed-up | pacmesh load | peak RSS (write) | db + files size |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let ratio = |a: Option<Duration>, b: Duration| {
@@ -405,13 +436,19 @@ fn main() {
             .unwrap_or("-".into())
     };
     for r in &rows {
+        let ra_write = match (r.write_ra, r.write_ra_cpu) {
+            (Some(w), Some(c)) => format!("{} / {}", secs(w), secs(c)),
+            _ => "-".into(),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB | {} KiB |",
+            "| {} | {} / {} | {} | {} | {} / {} | {} | {} | {} | {:.1} MiB | {} KiB |",
             r.n,
             secs(r.write_pm),
-            r.write_ra.map(secs).unwrap_or("-".into()),
+            secs(r.write_pm_cpu),
+            ra_write,
             ratio(r.write_ra, r.write_pm),
             secs(r.add_pm),
+            secs(r.add_pm_cpu),
             r.add_ra.map(secs).unwrap_or("-".into()),
             ratio(r.add_ra, r.add_pm),
             secs(r.load),
@@ -421,10 +458,22 @@ fn main() {
     }
     if let Some((n, d, rss)) = mem {
         println!(
-            "| {n} (memory run) | {} | - | - | - | - | - | - | {rss:.1} MiB | - |",
+            "| {n} (memory run, child process) | {} | - | - | - | - | - | - | {rss:.1} MiB | - |",
             secs(d)
         );
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!();
+    println!(
+        "{} cores; load average at the end: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!();
     println!(
         "targets: 2000-package write < 1 s; add one to 2000 < 50 ms; peak RSS < 100 MB at 5000"
