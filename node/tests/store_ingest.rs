@@ -878,3 +878,60 @@ fn anti_entropy_between_two_stores_converges() {
     let resp = a_node.sync_response(&b_node.sync_request(100)).unwrap();
     assert!(resp.complete && resp.events.is_empty());
 }
+
+/// An event kind from a newer pacmesh: stored and forwarded (it keeps the
+/// author's chain intact), counted, never acted on; strangers may not send one.
+#[test]
+fn unknown_event_kinds_are_kept_but_not_acted_on() {
+    use ed25519_dalek::Signer;
+
+    fn unknown_kind(who: u8, seq: u64, prev: Option<Hash>) -> (Hash, Vec<u8>) {
+        let ev = Event::new(
+            pk(who),
+            seq,
+            prev,
+            Timestamp::from_millis(T0),
+            EventBody::Cancel {
+                entry: Hash::new(b"x"),
+            },
+        );
+        let mut payload = Signed::sign(&sk(who), &ev).unwrap().payload;
+        // Same length, so the CBOR stays well-formed: "cancel" -> "cancal".
+        let at = payload.windows(6).position(|w| w == b"cancel").unwrap();
+        payload[at..at + 6].copy_from_slice(b"cancal");
+        let sig = sk(who).sign(&signing_message("event", &payload)).to_bytes();
+        let s = Signed::<Event>::from_parts(payload, pk(who), sig);
+        (s.id(), s.to_bytes())
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), Some(&default_policy()));
+    let (id, bytes) = unknown_kind(BUILDER, 1, None);
+    let decoded = Signed::<Event>::from_bytes(&bytes, &Limits::default())
+        .unwrap()
+        .verify_and_decode(&Limits::default())
+        .unwrap();
+    assert!(matches!(decoded.body, EventBody::Unknown { .. }));
+    assert_eq!(accepted(node.ingest(&bytes)), id);
+    assert_eq!(node.state().unknown_kinds(), 1);
+    assert_eq!(node.state().entries().count(), 0);
+    assert_eq!(node.state().orphans().count(), 0);
+    assert_eq!(node.events().head(&pk(BUILDER)), 1);
+    let (_, stranger) = unknown_kind(STRANGER, 1, None);
+    refused(&mut node, &stranger, "not_allowed");
+    // The stored bytes are what a peer gets in a sync response.
+    let resp = node
+        .sync_response(&pacmesh_protocol::SyncRequest {
+            version: 1,
+            heads: vec![],
+            max_events: 10,
+        })
+        .unwrap();
+    assert_eq!(resp.events.len(), 1);
+    assert_eq!(resp.events[0].to_bytes(), bytes);
+    let digest = node.state().digest();
+    drop(node);
+    let node = open(dir.path(), None);
+    assert_eq!(node.state().unknown_kinds(), 1);
+    assert_eq!(node.state().digest(), digest);
+}
