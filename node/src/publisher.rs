@@ -124,9 +124,47 @@ struct Plan {
     blob_times: HashMap<Hash, Timestamp>,
 }
 
+impl Plan {
+    /// BLAKE3 over everything the step's decision depends on.
+    fn fingerprint(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"pacmesh/publisher-plan/v1\0");
+        if let Some(g) = &self.latest {
+            h.update(g.event.as_bytes());
+        }
+        let mut removals: Vec<_> = self.removals.iter().collect();
+        removals.sort();
+        for (base, t) in removals {
+            h.update(base.as_bytes());
+            h.update(b"\0");
+            h.update(&t.as_millis().to_be_bytes());
+        }
+        h.update(b"candidates\0");
+        for c in &self.candidates {
+            h.update(c.entry.as_bytes());
+            h.update(&c.enqueued.as_millis().to_be_bytes());
+            for a in &c.artifacts {
+                h.update(a.blake3.as_bytes());
+                h.update(a.file_name.as_bytes());
+                h.update(b"\0");
+            }
+        }
+        Hash::from(h.finalize())
+    }
+}
+
 /// Splits `NAME-VER-REL-ARCH.pkg.tar.EXT` into (name, `VER-REL`, arch).
 fn parse_file_name(f: &str) -> Option<(&str, String, &str)> {
-    let stem = &f[..f.rfind(".pkg.tar")?];
+    let at = f.rfind(".pkg.tar")?;
+    let ext = &f[at + ".pkg.tar".len()..];
+    if ![
+        "", ".zst", ".xz", ".gz", ".bz2", ".lz4", ".lzo", ".lrz", ".lz", ".Z",
+    ]
+    .contains(&ext)
+    {
+        return None;
+    }
+    let stem = &f[..at];
     let mut it = stem.rsplitn(4, '-');
     let arch = it.next()?;
     let rel = it.next()?;
@@ -239,7 +277,15 @@ fn gather(state: &QueueState, policy: &MeshPolicy, repo: &Name, arch: &Name) -> 
 pub struct Publisher {
     cfg: PublisherConfig,
     pgp: Option<OpenPgpKey>,
-    facts: HashMap<Hash, PkgFacts>,
+    /// Per artifact blob: its `.PKGINFO` facts, or why it can never be
+    /// published (unreadable, file name disagrees with `.PKGINFO`).
+    facts: HashMap<Hash, Result<PkgFacts, String>>,
+    /// Per (repo, arch): the fingerprint of the last plan that changed
+    /// nothing (the decision is a function of the plan, so it is skipped
+    /// until the plan changes).
+    settled: HashMap<(Name, Name), Hash>,
+    /// The last step skipped an artifact whose blob is not (yet) here.
+    retry_soon: bool,
     logged: HashSet<String>,
 }
 
@@ -258,8 +304,17 @@ impl Publisher {
             cfg,
             pgp: None,
             facts: HashMap::new(),
+            settled: HashMap::new(),
+            retry_soon: false,
             logged: HashSet::new(),
         }
+    }
+
+    /// Whether the last step skipped artifacts whose blobs are not in the
+    /// store yet (replication may bring them without a new event): the run
+    /// loop then tries again after a short delay.
+    pub fn wants_retry(&self) -> bool {
+        self.retry_soon
     }
 
     fn once(&mut self, key: String, f: impl FnOnce()) {
@@ -303,6 +358,7 @@ impl Publisher {
         };
         let mut out = Vec::new();
         let mut first_err = None;
+        self.retry_soon = false;
         for (repo, arch) in targets {
             match self.step_repo(core, publisher, &repo, &arch) {
                 Ok(Some(m)) => out.push(m),
@@ -337,6 +393,12 @@ impl Publisher {
         if plan.candidates.is_empty() && !latest_removable {
             return Ok(None);
         }
+        let key = (repo.clone(), arch.clone());
+        let fingerprint = plan.fingerprint();
+        if self.settled.get(&key) == Some(&fingerprint) {
+            return Ok(None);
+        }
+        let mut transient = false;
         let blobs: &dyn BlobStore = &*core.blobs;
 
         // The previous generation: database and packages by file name.
@@ -403,20 +465,32 @@ impl Publisher {
                     continue;
                 }
                 let facts = match self.facts.get(&a.blake3) {
-                    Some(f) => f.clone(),
-                    None => {
-                        let (path, info) = stage(blobs, staging.path(), a)?;
-                        let p = &info.pkginfo;
-                        let f = PkgFacts {
-                            pkgname: p.pkgname.clone(),
-                            version: p.pkgver.to_string(),
-                            pkgbase: p.pkgbase.clone().unwrap_or_else(|| p.pkgname.clone()),
-                            arch: p.arch.clone().unwrap_or_default(),
-                        };
-                        self.facts.insert(a.blake3, f.clone());
-                        staged.insert(a.blake3, (path, info));
-                        f
-                    }
+                    Some(Ok(f)) => f.clone(),
+                    Some(Err(_)) => continue,
+                    None => match stage(blobs, staging.path(), a) {
+                        Err(e) => {
+                            // Not here yet or unreadable from the store: try
+                            // again later.
+                            transient = true;
+                            self.retry_soon = true;
+                            self.once(format!("missing:{}", a.blake3), || {
+                                tracing::warn!(%repo, %arch, file = %a.file_name, entry = %c.entry.fmt_short(), "artifact not available: {e:#}");
+                            });
+                            continue;
+                        }
+                        Ok((path, Err(why))) => {
+                            tracing::warn!(%repo, %arch, file = %a.file_name, blob = %a.blake3.fmt_short(), entry = %c.entry.fmt_short(), "artifact can never be published: {why}");
+                            self.facts.insert(a.blake3, Err(why));
+                            let _ = fs::remove_file(path);
+                            continue;
+                        }
+                        Ok((path, Ok(info))) => {
+                            let f = facts_of(&info);
+                            self.facts.insert(a.blake3, Ok(f.clone()));
+                            staged.insert(a.blake3, (path, info));
+                            f
+                        }
+                    },
                 };
                 if !arch_fits(&facts.arch, arch) {
                     self.once(format!("arch:{arch}:{}", a.blake3), || {
@@ -441,7 +515,16 @@ impl Publisher {
                 }
                 let (path, mut info) = match staged.remove(&a.blake3) {
                     Some(s) => s,
-                    None => stage(blobs, staging.path(), a)?,
+                    None => match stage(blobs, staging.path(), a) {
+                        Ok((path, Ok(info))) => (path, info),
+                        Ok((_, Err(why))) => bail!("{}: {why}", a.file_name),
+                        Err(e) => {
+                            transient = true;
+                            self.retry_soon = true;
+                            tracing::warn!(%repo, %arch, file = %a.file_name, "artifact not available: {e:#}");
+                            continue;
+                        }
+                    },
                 };
                 let pgp = self.pgp.as_ref().expect("derived in step");
                 let f = File::open(&path)
@@ -494,6 +577,9 @@ impl Publisher {
         }
         drop(staging);
         if changes.is_empty() {
+            if !transient {
+                self.settled.insert(key, fingerprint);
+            }
             return Ok(None);
         }
 
@@ -643,16 +729,48 @@ fn load_previous(
 }
 
 /// Exports an artifact to `dir/FILE` (verified by the store) and reads it.
-fn stage(blobs: &dyn BlobStore, dir: &Path, a: &Artifact) -> Result<(PathBuf, PackageInfo)> {
+/// The outer error is about the store (missing or unreadable blob: may
+/// change); the inner one about the content (never changes for a hash):
+/// not a package, or its file name disagrees with its `.PKGINFO`.
+fn stage(
+    blobs: &dyn BlobStore,
+    dir: &Path,
+    a: &Artifact,
+) -> Result<(PathBuf, Result<PackageInfo, String>)> {
     let path = dir.join(a.file_name.as_str());
     blobs
         .export(&a.blake3, &path)
         .with_context(|| format!("Failed to export artifact {} ({})", a.file_name, a.blake3))?;
     let mut opts = ReadOptions::default();
     opts.read_signature = false;
-    let info = read_package_with(&path, &opts)
-        .with_context(|| format!("Failed to read package {}", a.file_name))?;
-    Ok((path, info))
+    let info = match read_package_with(&path, &opts) {
+        Ok(info) => info,
+        Err(e) => return Ok((path, Err(format!("not a readable package: {e}")))),
+    };
+    let p = &info.pkginfo;
+    let version = p.pkgver.to_string();
+    let pkg_arch = p.arch.as_deref().unwrap_or("");
+    if parse_file_name(&a.file_name) != Some((p.pkgname.as_str(), version.clone(), pkg_arch)) {
+        let why = format!(
+            "file name does not match its .PKGINFO ({}-{version}-{pkg_arch}.pkg.tar.*)",
+            p.pkgname
+        );
+        return Ok((path, Err(why)));
+    }
+    if let Err(e) = Name::new(p.pkgname.clone()) {
+        return Ok((path, Err(format!("package name: {e}"))));
+    }
+    Ok((path, Ok(info)))
+}
+
+fn facts_of(info: &PackageInfo) -> PkgFacts {
+    let p = &info.pkginfo;
+    PkgFacts {
+        pkgname: p.pkgname.clone(),
+        version: p.pkgver.to_string(),
+        pkgbase: p.pkgbase.clone().unwrap_or_else(|| p.pkgname.clone()),
+        arch: p.arch.clone().unwrap_or_default(),
+    }
 }
 
 /// The publisher task: a step at start and after every state change (with
@@ -689,10 +807,15 @@ pub async fn run(
         })
         .await
         .map_err(|e| anyhow!("publisher step panicked: {e}"))?;
+        let mut retry_soon = false;
         match r {
             Ok(_) => {
                 backoff = None;
                 repair = false;
+                retry_soon = publisher
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .wants_retry();
             }
             Err(e) => {
                 let next = backoff.map_or(Duration::from_secs(1), |b| {
@@ -703,7 +826,11 @@ pub async fn run(
                 repair = true;
             }
         }
-        let retry = backoff.unwrap_or(Duration::from_secs(3600));
+        let retry = match (backoff, retry_soon) {
+            (Some(b), _) => Some(b),
+            (None, true) => Some(Duration::from_secs(10)),
+            (None, false) => None,
+        };
         tokio::select! {
             // The wait's output (a watch guard) is not Send: drop it inside.
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return Ok(()),
@@ -713,7 +840,7 @@ pub async fn run(
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            () = tokio::time::sleep(retry), if backoff.is_some() => {}
+            () = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
         }
     }
 }

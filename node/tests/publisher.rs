@@ -231,10 +231,10 @@ fn tick() {
 fn generations_versions_removal_and_history() {
     let tmp = tempfile::tempdir().unwrap();
     let core = open_node(tmp.path(), 1);
-    assert!(
-        publish_once(&core, &cfg()).unwrap().is_empty(),
-        "empty queue"
-    );
+    // One publisher for the whole test, so its caches are exercised too.
+    let mut publisher = pacmesh_node::publisher::Publisher::new(cfg());
+    let mut step = || publisher.step(&core);
+    assert!(step().unwrap().is_empty(), "empty queue");
 
     let hello = enqueue_built(&core, "hello", &[pkg("hello", "1.0-1")]);
     let multi = enqueue_built(
@@ -255,7 +255,7 @@ fn generations_versions_removal_and_history() {
     let a = artifact_named(&core, &liar, "liar-1-1-x86_64.pkg.tar.zst");
     report(&core, NODE, liar_entry, 1, vec![a]);
 
-    let ms = publish_once(&core, &cfg()).unwrap();
+    let ms = step().unwrap();
     // x86_64 gets hello, multi-a, multi-b, docs; aarch64 gets docs (any).
     assert_eq!(ms.len(), 2, "{ms:#?}");
     let m1 = ms.iter().find(|m| m.arch == ARCH).unwrap();
@@ -306,12 +306,12 @@ fn generations_versions_removal_and_history() {
     };
 
     // Nothing new: no generation.
-    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    assert!(step().unwrap().is_empty());
 
     // A newer hello replaces the older; generation 1 stays on disk.
     tick();
     let hello11 = enqueue_built(&core, "hello", &[pkg("hello", "1.1-1")]);
-    let ms = publish_once(&core, &cfg()).unwrap();
+    let ms = step().unwrap();
     assert_eq!(ms.len(), 1);
     let m2 = &ms[0];
     assert_eq!((m2.generation, m2.previous), (2, Some(g1_event)));
@@ -340,7 +340,7 @@ fn generations_versions_removal_and_history() {
     let mut other = pkg("hello", "1.1-1");
     other.builddate += 1;
     enqueue_built(&core, "hello", &[other]);
-    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    assert!(step().unwrap().is_empty());
 
     // Published once: a rebuild of the published entry (identical bytes,
     // e.g. after a crash) adds nothing.
@@ -351,13 +351,13 @@ fn generations_versions_removal_and_history() {
         2,
         vec![artifact(&core, &pkg("hello", "1.1-1"))],
     );
-    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    assert!(step().unwrap().is_empty());
 
     // Removing the split pkgbase drops both of its packages (x86_64 only
     // had them).
     tick();
     remove(&core, "multi");
-    let ms = publish_once(&core, &cfg()).unwrap();
+    let ms = step().unwrap();
     assert_eq!(ms.len(), 1, "{ms:#?}");
     assert_eq!(ms[0].generation, 3);
     assert_eq!(
@@ -370,19 +370,16 @@ fn generations_versions_removal_and_history() {
             .exists()
     );
     check_signed_dir(&served(&core), &ms[0]);
-    assert!(
-        publish_once(&core, &cfg()).unwrap().is_empty(),
-        "removal applied once"
-    );
+    assert!(step().unwrap().is_empty(), "removal applied once");
 
     // Enqueued again after the removal: published again (same bytes).
     tick();
     enqueue_built(&core, "multi", &[split("multi", "multi-a", "2.0-1")]);
-    let ms = publish_once(&core, &cfg()).unwrap();
+    let ms = step().unwrap();
     assert_eq!(ms.len(), 1);
     assert_eq!(ms[0].generation, 4);
     assert!(served_db(&core).contains(&("multi-a".into(), "2.0-1".into())));
-    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+    assert!(step().unwrap().is_empty());
     assert_eq!(
         list_generations(&core.data_dir, REPO, ARCH).unwrap(),
         vec![1, 2, 3, 4]
@@ -788,4 +785,56 @@ mod pacman {
             "hello 1.1-1\n"
         );
     }
+}
+
+#[test]
+fn bad_or_missing_artifacts_do_not_block_others() {
+    use pacmesh_node::publisher::Publisher;
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    // Not a package.
+    let junk = enqueue(&core, "junk");
+    let bytes = b"not a package at all".to_vec();
+    let a = Artifact {
+        file_name: FileName::new("junk-1-1-x86_64.pkg.tar.zst").unwrap(),
+        blake3: core.blobs.import_bytes(&bytes).unwrap(),
+        sha256: Sha256::digest(&bytes),
+        size: bytes.len() as u64,
+    };
+    report(&core, NODE, junk, 1, vec![a]);
+    // A real package whose blob has not arrived yet.
+    let ghost = pkg("ghost", "1-1");
+    let ghost_bytes = ghost.archive_bytes();
+    let ghost_entry = enqueue(&core, "ghost");
+    let ga = Artifact {
+        file_name: FileName::new(ghost.file_name()).unwrap(),
+        blake3: Hash::new(&ghost_bytes),
+        sha256: Sha256::digest(&ghost_bytes),
+        size: ghost_bytes.len() as u64,
+    };
+    report(&core, NODE, ghost_entry, 1, vec![ga]);
+    // A package under a file name that is not its own.
+    let renamed = enqueue(&core, "renamed");
+    let ra = artifact_named(&core, &pkg("renamed", "1-1"), "mesh.db.tar.zst");
+    report(&core, NODE, renamed, 1, vec![ra]);
+    enqueue_built(&core, "hello", &[pkg("hello", "1.0-1")]);
+
+    let mut p = Publisher::new(cfg());
+    let ms = p.step(&core).unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(served_db(&core), set(&[("hello", "1.0-1")]));
+    assert!(p.wants_retry(), "the missing blob is retried");
+    assert!(p.step(&core).unwrap().is_empty());
+
+    // The blob arrives (replication, no new event): the next step publishes it.
+    core.blobs.import_bytes(&ghost_bytes).unwrap();
+    let ms = p.step(&core).unwrap();
+    assert_eq!(ms.len(), 1);
+    assert!(!p.wants_retry());
+    assert_eq!(
+        served_db(&core),
+        set(&[("ghost", "1-1"), ("hello", "1.0-1")])
+    );
+    assert!(p.step(&core).unwrap().is_empty());
+    assert_eq!(status_label(&core, &junk), "built");
 }
