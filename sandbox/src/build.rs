@@ -47,6 +47,27 @@ pub const SANDBOX_SOURCES: &str = "/sources";
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin";
 const SRCINFO_CAP: usize = 4 << 20;
+
+/// Phase 1 fast path: what `makepkg --printsrcinfo` does, minus
+/// `lint_pkgbuild` (hundreds of `grep` processes; the build phase's makepkg
+/// lints anyway), using makepkg's own library functions, so the output is
+/// byte-identical (checked against the corpus by the tests). Exit 90 means
+/// this makepkg's library does not have the functions; any failure falls
+/// back to `makepkg --printsrcinfo`, whose errors are the canonical ones.
+/// A constant script: nothing is interpolated into it.
+pub const FAST_SRCINFO_SCRIPT: &str = r#"shopt -s extglob
+LIBRARY=${LIBRARY:-/usr/share/makepkg}
+for lib in "$LIBRARY"/*.sh; do source "$lib" || exit 90; done
+declare -F load_makepkg_config source_safe write_srcinfo_content >/dev/null || exit 90
+startdir=$(pwd -P)
+BUILDFILE=$startdir/PKGBUILD
+IGNOREARCH=1
+load_makepkg_config || exit 90
+[[ $(<"$BUILDFILE") = *$'\r'* ]] && exit 1
+source_safe "$BUILDFILE" || exit 1
+pkgbase=${pkgbase:-${pkgname[0]}}
+write_srcinfo_content
+"#;
 /// Capabilities pacman keeps (as uid 0 in its own user namespace) while it
 /// installs dependencies into the chroot layer.
 const INSTALL_CAPS: &[&str] = &[
@@ -125,6 +146,10 @@ pub struct BuildConfig {
     /// parents must be traversable (`o+x`) by it. Not supported with the
     /// chroot profile yet.
     pub run_as: Option<(u32, u32)>,
+    /// Phase 1 through [`FAST_SRCINFO_SCRIPT`] (makepkg's own functions
+    /// without the lint pass; same output), falling back to `makepkg
+    /// --printsrcinfo`. Default true.
+    pub fast_srcinfo: bool,
 }
 
 impl BuildConfig {
@@ -145,6 +170,7 @@ impl BuildConfig {
             bwrap: "bwrap".into(),
             keep_work_dir: false,
             run_as: None,
+            fast_srcinfo: true,
         }
     }
 }
@@ -474,6 +500,16 @@ impl Builder {
 
     /// Build the PKGBUILD folder `dir`; log lines go to `log_sink` as they come.
     pub fn build(&self, dir: &Path, log_sink: &mut dyn FnMut(&str)) -> BuildResult {
+        self.run(dir, log_sink, false)
+    }
+
+    /// Phase 1 only: the `.SRCINFO` of `dir`, generated in the offline
+    /// sandbox (`srcinfo_text`/`srcinfo` of the result; no artifacts).
+    pub fn print_srcinfo(&self, dir: &Path, log_sink: &mut dyn FnMut(&str)) -> BuildResult {
+        self.run(dir, log_sink, true)
+    }
+
+    fn run(&self, dir: &Path, log_sink: &mut dyn FnMut(&str), only_srcinfo: bool) -> BuildResult {
         let start = Instant::now();
         let deadline = start + self.cfg.timeout;
         let mut log = LogCollector::new(self.cfg.log_cap, log_sink);
@@ -509,7 +545,7 @@ impl Builder {
             }
         };
         res.work_dir = ctx.dir.clone();
-        let r = self.phases(&ctx, &mut log, &mut res);
+        let r = self.phases(&ctx, &mut log, &mut res, only_srcinfo);
         if let Err((phase, outcome, msg)) = r {
             log.note(&format!(
                 "==> pacmesh: ERROR in phase {}: {msg} ({outcome})",
@@ -518,7 +554,7 @@ impl Builder {
             res.outcome = outcome;
             res.failed_phase = Some(phase);
             res.error = Some(format!("phase {}: {msg}", phase.name()));
-        } else {
+        } else if !only_srcinfo {
             log.note(&format!(
                 "==> pacmesh: built {} package(s) in {:.1}s",
                 res.artifacts.len(),
@@ -583,6 +619,7 @@ impl Builder {
         ctx: &Ctx,
         log: &mut LogCollector<'_>,
         res: &mut BuildResult,
+        only_srcinfo: bool,
     ) -> Result<(), (Phase, Outcome, String)> {
         let fail_run = |phase: Phase, outcome: Outcome, what: &str| -> (Phase, Outcome, String) {
             let msg = match &outcome {
@@ -601,9 +638,26 @@ impl Builder {
         // ---- phase 1: .SRCINFO, offline --------------------------------------
         let mut b = self.sandbox(ctx, false, false);
         self.env(&mut b, SANDBOX_STARTDIR);
-        b.command(["makepkg", "--printsrcinfo"]);
         b.remount_ro("/");
-        let st = self.run_phase(ctx, Phase::Srcinfo, &b, Some(SRCINFO_CAP), log);
+        let mut st = None;
+        if self.cfg.fast_srcinfo {
+            b.command(["bash", "-c", FAST_SRCINFO_SCRIPT, "pacmesh-srcinfo"]);
+            let fast = self.run_phase(ctx, Phase::Srcinfo, &b, Some(SRCINFO_CAP), log);
+            if fast.outcome.is_success() && !fast.stdout.as_deref().unwrap_or_default().is_empty() {
+                st = Some(fast);
+            } else if let Outcome::TimedOut | Outcome::SandboxError { .. } = fast.outcome {
+                st = Some(fast);
+            } else {
+                log.note("==> pacmesh: fast .SRCINFO path failed; running makepkg --printsrcinfo");
+            }
+        }
+        let st = match st {
+            Some(st) => st,
+            None => {
+                b.command(["makepkg", "--printsrcinfo"]);
+                self.run_phase(ctx, Phase::Srcinfo, &b, Some(SRCINFO_CAP), log)
+            }
+        };
         if !st.outcome.is_success() {
             return Err(fail_run(
                 Phase::Srcinfo,
@@ -638,6 +692,9 @@ impl Builder {
         ));
         res.srcinfo_text = Some(String::from_utf8_lossy(&text).into_owned());
         res.srcinfo = Some(srcinfo.clone());
+        if only_srcinfo {
+            return Ok(());
+        }
 
         // ---- phase 2: fetch sources, network shared ---------------------------
         let remote = srcinfo

@@ -1,0 +1,114 @@
+//! Phase 1's fast path (makepkg's own srcinfo functions without the lint
+//! pass) must print exactly what `makepkg --printsrcinfo` prints.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use common::*;
+use pacmesh_sandbox::Builder;
+
+fn compare(dirs: Vec<PathBuf>) {
+    let t = tempfile::tempdir().unwrap();
+    let mut fast_cfg = config(t.path());
+    fast_cfg.fast_srcinfo = true;
+    let mut slow_cfg = fast_cfg.clone();
+    slow_cfg.fast_srcinfo = false;
+    let (fast, slow) = (Builder::new(fast_cfg), Builder::new(slow_cfg));
+    let n = dirs.len();
+    let queue = Mutex::new(dirs);
+    let diffs = Mutex::new(Vec::new());
+    let fallbacks = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while let Some(dir) = queue.lock().unwrap().pop() {
+                    let a = fast.print_srcinfo(&dir, &mut |_| {});
+                    let b = slow.print_srcinfo(&dir, &mut |_| {});
+                    if a.log.contains("fast .SRCINFO path failed") {
+                        fallbacks.lock().unwrap().push(dir.display().to_string());
+                    }
+                    if a.outcome != b.outcome || a.srcinfo_text != b.srcinfo_text {
+                        diffs.lock().unwrap().push(format!(
+                            "{}: fast {:?} vs makepkg {:?}\n--- fast ---\n{}\n--- makepkg ---\n{}",
+                            dir.display(),
+                            a.outcome,
+                            b.outcome,
+                            a.srcinfo_text.unwrap_or_default(),
+                            b.srcinfo_text.unwrap_or_default()
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    let fallbacks = fallbacks.into_inner().unwrap();
+    eprintln!(
+        "{n} folders compared; fast path fell back to makepkg for {}: {fallbacks:?}",
+        fallbacks.len()
+    );
+    let diffs = diffs.into_inner().unwrap();
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n\n")
+    );
+}
+
+fn folders(root: PathBuf) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("PKGBUILD").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn fast_srcinfo_matches_makepkg_on_examples_fixtures_and_buildable_corpus() {
+    if !sandbox_ready("fast_srcinfo_matches_makepkg_on_examples_fixtures_and_buildable_corpus") {
+        return;
+    }
+    let mut dirs = folders(examples());
+    dirs.extend(
+        [
+            "chroot-dep-a",
+            "chroot-dep-b",
+            "hostile-syntax",
+            "hostile-fail",
+        ]
+        .map(fixture),
+    );
+    let corpus = manifest_dir().join("../../shared/corpus/buildable");
+    if corpus.is_dir() {
+        dirs.extend(folders(corpus));
+    } else {
+        eprintln!(
+            "NOTICE: {} absent; comparing examples and fixtures only",
+            corpus.display()
+        );
+    }
+    compare(dirs);
+}
+
+/// The 100 real PKGBUILDs of `shared/corpus/srcinfo` (several minutes):
+/// `cargo test -p pacmesh-sandbox --test srcinfo_fast -- --ignored`.
+#[test]
+#[ignore]
+fn fast_srcinfo_matches_makepkg_on_the_srcinfo_corpus() {
+    let corpus = manifest_dir().join("../../shared/corpus/srcinfo");
+    if !corpus.is_dir() {
+        eprintln!("SKIP: {} absent", corpus.display());
+        return;
+    }
+    if !sandbox_ready("fast_srcinfo_matches_makepkg_on_the_srcinfo_corpus") {
+        return;
+    }
+    compare(folders(corpus));
+}
