@@ -53,6 +53,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -61,7 +62,7 @@ use pacmesh_protocol::{
     Timestamp, matches,
 };
 use pacmesh_sandbox::{BuildConfig, BuildResult, Builder, ChrootConfig, Profile};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::core::Core;
@@ -108,6 +109,20 @@ pub struct ExecutorConfig {
     pub fail_unsupported: bool,
     /// The bubblewrap binary.
     pub bwrap: PathBuf,
+    /// Where build log lines go as they are produced (for live logs over HTTP); lossy for
+    /// slow receivers, like any broadcast channel. The stored log blob is complete.
+    pub live_log: Option<broadcast::Sender<LogLine>>,
+}
+
+/// One line of a running build's log (see [`ExecutorConfig::live_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// The entry being built.
+    pub entry: Hash,
+    /// The attempt.
+    pub attempt: u32,
+    /// The line, without its newline.
+    pub line: String,
 }
 
 impl ExecutorConfig {
@@ -132,6 +147,7 @@ impl ExecutorConfig {
             max_attempts: 3,
             fail_unsupported: true,
             bwrap: "bwrap".into(),
+            live_log: None,
         }
     }
 
@@ -202,6 +218,14 @@ pub async fn run(
     }
     let cfg = Arc::new(cfg);
     tracing::info!(arch = %cfg.arch, slots = cfg.slots, "executor started");
+    if !core
+        .ingest()
+        .policy()
+        .role_of(&core.public)
+        .contains(Roles::BUILDER)
+    {
+        tracing::warn!(node = %core.public, "the mesh policy does not list this node as a builder: it claims nothing until a policy does");
+    }
 
     let mut changed = core.subscribe();
     let mut tick = tokio::time::interval(cfg.tick);
@@ -415,7 +439,7 @@ fn pick(
             ));
         }
     }
-    candidates.sort_by(|a, b| (a.0, a.1.id).cmp(&(b.0, b.1.id)));
+    candidates.sort_by_key(|c| (c.0, c.1.id));
     for (_, p) in candidates {
         if let Source::Dir { snapshot, path } = &p.entry.source {
             match snapshot {
@@ -493,9 +517,11 @@ async fn job(
         })
     };
 
+    let cancel = Arc::new(AtomicBool::new(false));
     let work = {
         let (core, cfg, p, dir) = (core.clone(), cfg.clone(), p.clone(), job_dir.clone());
-        tokio::task::spawn_blocking(move || execute(&core, &cfg, &p, &dir))
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || execute(&core, &cfg, &p, &dir, &cancel))
     };
     tokio::pin!(work);
     let outcome = tokio::select! {
@@ -507,7 +533,9 @@ async fn job(
 
     let report = match outcome {
         None => {
-            // Kill the sandbox until the blocking build returns, then drop its result.
+            // Stop a git transfer, kill the sandbox until the blocking build returns, then
+            // drop its result.
+            cancel.store(true, Ordering::Relaxed);
             let deadline = Instant::now() + cfg.grace + Duration::from_secs(20);
             loop {
                 kill_job_processes(&job_dir);
@@ -584,7 +612,13 @@ async fn remove_dir(dir: &Path) {
 }
 
 /// Fetch, build, import (blocking). Returns the report to submit.
-fn execute(core: &Core, cfg: &ExecutorConfig, p: &Pick, job_dir: &Path) -> EventBody {
+fn execute(
+    core: &Core,
+    cfg: &ExecutorConfig,
+    p: &Pick,
+    job_dir: &Path,
+    cancel: &AtomicBool,
+) -> EventBody {
     let failed = |reason: String, log: Option<Hash>| EventBody::Failed {
         entry: p.id,
         attempt: p.attempt,
@@ -601,8 +635,8 @@ fn execute(core: &Core, cfg: &ExecutorConfig, p: &Pick, job_dir: &Path) -> Event
     if let Err(e) = std::fs::create_dir_all(job_dir) {
         return failed(format!("node error: cannot create the work dir: {e}"), None);
     }
-    let fetched = match source::fetch(&p.entry, &*core.blobs, &cfg.source, &job_dir.join("source"))
-    {
+    let dest = job_dir.join("source");
+    let fetched = match source::fetch(&p.entry, &*core.blobs, &cfg.source, &dest, cancel) {
         Ok(f) => f,
         Err(e) => {
             let what = match &e {
@@ -631,9 +665,19 @@ fn execute(core: &Core, cfg: &ExecutorConfig, p: &Pick, job_dir: &Path) -> Event
     bc.arch = cfg.arch.clone();
     bc.bwrap = cfg.bwrap.clone();
     tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, "building");
-    let id = p.id.fmt_short();
+    if cancel.load(Ordering::Relaxed) {
+        return failed("abandoned".into(), None);
+    }
+    let short = p.id.fmt_short();
     let result = Builder::new(bc).build(&fetched.dir, &mut |line: &str| {
-        tracing::trace!(entry = %id, "{line}");
+        tracing::trace!(entry = %short, "{line}");
+        if let Some(tx) = &cfg.live_log {
+            let _ = tx.send(LogLine {
+                entry: p.id,
+                attempt: p.attempt,
+                line: line.to_string(),
+            });
+        }
     });
     let body = report_of(core, p, &result, fetched.commit.clone());
     let _ = result.cleanup();
@@ -741,7 +785,9 @@ fn clip_reason(s: &str) -> String {
 /// bwrap's command line names the build's work dir.
 fn kill_job_processes(job_dir: &Path) {
     let me = std::process::id() as i32;
-    let needle = job_dir.as_os_str().as_encoded_bytes();
+    let mut needle = job_dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let needle = needle.as_slice();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return;
     };

@@ -38,7 +38,8 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 use pacmesh_protocol::{Hash, QueueEntry, Source};
 
@@ -136,6 +137,9 @@ pub enum SourceError {
         /// The revision.
         rev: String,
     },
+    /// The fetch was cancelled (shutdown).
+    #[error("cancelled")]
+    Cancelled,
     /// The content store failed.
     #[error("content store: {0}")]
     Blob(#[from] BlobError),
@@ -167,12 +171,14 @@ fn git_err(e: git2::Error) -> SourceError {
     SourceError::Git(e.message().to_string())
 }
 
-/// Fetches `entry`'s source into `dest` (created; must not exist or be empty).
+/// Fetches `entry`'s source into `dest` (created; must not exist or be empty). Setting
+/// `cancel` stops a git transfer in progress ([`SourceError::Cancelled`]).
 pub fn fetch(
     entry: &QueueEntry,
     blobs: &dyn BlobStore,
     cfg: &SourceConfig,
     dest: &Path,
+    cancel: &AtomicBool,
 ) -> Result<Fetched, SourceError> {
     match &entry.source {
         Source::Dir { path, snapshot } => {
@@ -195,7 +201,7 @@ pub fn fetch(
             })
         }
         Source::Git { url, rev, subdir } => {
-            git_checkout(cfg, url, rev.as_deref(), subdir.as_deref(), dest)
+            git_checkout(cfg, url, rev.as_deref(), subdir.as_deref(), dest, cancel)
         }
         other => Err(SourceError::Unsupported {
             kind: other.kind().to_string(),
@@ -598,16 +604,32 @@ pub fn mirror_path(git_cache: &Path, url: &str) -> PathBuf {
     git_cache.join(blake3::hash(url.as_bytes()).to_hex().as_str())
 }
 
+/// libgit2's network timeouts: 30 s to connect, 120 s without data.
+fn set_git_timeouts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: process-global libgit2 options, set once before this module's first
+        // transfer; the node makes no other use of libgit2 options.
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(30_000);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
+        }
+    });
+}
+
 /// Fetches `url` into its bare mirror (branches, tags and the remote `HEAD`), resolves `rev`
 /// (branch, tag, full or abbreviated commit id, `refs/...`; `None`: the remote's `HEAD`) to a
-/// commit, and writes that commit's tree — or its `subdir` — into `dest`.
+/// commit, and writes that commit's tree — or its `subdir` — into `dest`. Setting `cancel`
+/// stops the transfer.
 pub fn git_checkout(
     cfg: &SourceConfig,
     url: &str,
     rev: Option<&str>,
     subdir: Option<&str>,
     dest: &Path,
+    cancel: &AtomicBool,
 ) -> Result<Fetched, SourceError> {
+    set_git_timeouts();
     if url.starts_with('-') {
         return Err(SourceError::Refused(format!(
             "git url {url:?} starts with '-'"
@@ -630,8 +652,12 @@ pub fn git_checkout(
     };
     {
         let mut remote = repo.remote_anonymous(url).map_err(git_err)?;
+        let mut cb = git2::RemoteCallbacks::new();
+        cb.transfer_progress(|_| !cancel.load(Ordering::Relaxed));
+        cb.sideband_progress(|_| !cancel.load(Ordering::Relaxed));
         let mut fo = git2::FetchOptions::new();
-        fo.download_tags(git2::AutotagOption::None)
+        fo.remote_callbacks(cb)
+            .download_tags(git2::AutotagOption::None)
             .prune(git2::FetchPrune::On);
         remote
             .fetch(
@@ -643,7 +669,13 @@ pub fn git_checkout(
                 Some(&mut fo),
                 None,
             )
-            .map_err(|e| SourceError::Git(format!("fetching {url}: {}", e.message())))?;
+            .map_err(|e| {
+                if cancel.load(Ordering::Relaxed) {
+                    SourceError::Cancelled
+                } else {
+                    SourceError::Git(format!("fetching {url}: {}", e.message()))
+                }
+            })?;
     }
     let commit = resolve_rev(&repo, rev).map_err(|e| match e {
         Some(e) => e,
@@ -1076,7 +1108,14 @@ mod tests {
         let mut n = 0;
         let mut get = |rev: Option<&str>, sub: Option<&str>| {
             n += 1;
-            git_checkout(&cfg, &url, rev, sub, &t.path().join(format!("out{n}")))
+            git_checkout(
+                &cfg,
+                &url,
+                rev,
+                sub,
+                &t.path().join(format!("out{n}")),
+                &AtomicBool::new(false),
+            )
         };
         let f = get(None, None).unwrap();
         assert_eq!(f.commit.as_deref(), Some(c2.to_string().as_str()));
@@ -1130,9 +1169,35 @@ mod tests {
             ..SourceConfig::new(t.path().join("git"))
         };
         assert!(matches!(
-            git_checkout(&off, &url, None, None, &t.path().join("off")),
+            git_checkout(
+                &off,
+                &url,
+                None,
+                None,
+                &t.path().join("off"),
+                &AtomicBool::new(false)
+            ),
             Err(SourceError::LocalGitRefused(_))
         ));
+    }
+
+    #[test]
+    fn git_fetch_can_be_cancelled() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path().join("upstream");
+        let repo = git2::Repository::init(&up).unwrap();
+        commit_file(&repo, &[("PKGBUILD", "v1\n")], "one", 1_700_000_000);
+        let cfg = SourceConfig::new(t.path().join("git"));
+        let r = git_checkout(
+            &cfg,
+            &format!("file://{}", up.display()),
+            None,
+            None,
+            &t.path().join("out"),
+            &AtomicBool::new(true),
+        );
+        assert!(matches!(r, Err(SourceError::Cancelled)), "{r:?}");
+        assert!(!t.path().join("out").exists());
     }
 
     #[test]
@@ -1146,7 +1211,14 @@ mod tests {
                 pkgbase: pacmesh_protocol::Name::new("hello").unwrap(),
             },
         );
-        let e = fetch(&aur, &blobs, &cfg, &t.path().join("a")).unwrap_err();
+        let e = fetch(
+            &aur,
+            &blobs,
+            &cfg,
+            &t.path().join("a"),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
         assert!(
             e.to_string().contains("not supported by this node yet"),
             "{e}"
@@ -1158,7 +1230,14 @@ mod tests {
                 snapshot: Some(Hash::new(b"absent")),
             },
         );
-        let e = fetch(&dir, &blobs, &cfg, &t.path().join("b")).unwrap_err();
+        let e = fetch(
+            &dir,
+            &blobs,
+            &cfg,
+            &t.path().join("b"),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
         assert!(e.is_transient(), "{e}");
     }
 }

@@ -59,9 +59,19 @@ async fn dir_snapshot_is_built() {
     let env = Env::new();
     let src = env.dir_source(&example("pacmesh-hello"));
     let id = env.enqueue(env.entry(src));
-    let (tx, h) = env.start(env.config());
+    let mut cfg = env.config();
+    let (live_tx, mut live) = tokio::sync::broadcast::channel(4096);
+    cfg.live_log = Some(live_tx);
+    let (tx, h) = env.start(cfg);
     let (attempt, outcome) = env.wait_report(&id, 90).await;
     assert_eq!(attempt, 1);
+    // Live log lines came through the broadcast channel.
+    let mut lines = Vec::new();
+    while let Ok(l) = live.try_recv() {
+        assert_eq!((l.entry, l.attempt), (id, 1));
+        lines.push(l.line);
+    }
+    assert!(lines.iter().any(|l| l.contains("phase build")), "{lines:?}");
     let (arts, log, commit) = built(&outcome);
     assert_eq!(commit, None);
     assert_eq!(arts.len(), 1);
