@@ -510,7 +510,7 @@ fn restart_keeps_events_policy_state_counters_generations_and_blobs() {
         .unwrap();
         let (blobs, _) = FsStore::open(dir.path(), &db).unwrap();
         // Pins every blob an accepted event refers to.
-        let mut ingest_and_pin = |node: &mut Ingest, bytes: &[u8]| {
+        let ingest_and_pin = |node: &mut Ingest, bytes: &[u8]| {
             let id = accepted(node.ingest(bytes));
             let s = Signed::<Event>::from_bytes(bytes, &Limits::default()).unwrap();
             let ev = s.verify_and_decode(&Limits::default()).unwrap();
