@@ -935,3 +935,77 @@ fn unknown_event_kinds_are_kept_but_not_acted_on() {
     assert_eq!(node.state().unknown_kinds(), 1);
     assert_eq!(node.state().digest(), digest);
 }
+
+/// Thousands of mutations of valid events (bit flips, byte replacements,
+/// truncations, insertions, splices): never a panic, never a new event, the
+/// state never changes; the node still accepts a good event afterwards.
+#[test]
+fn mutated_events_never_change_the_state() {
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), Some(&default_policy()));
+    let mut a = Authors::default();
+    let (entry, e1) = a.event(MAINT, enqueue("hello"));
+    let (_, e2) = a.event(BUILDER, claim(entry, 1));
+    let f = EventBody::Failed {
+        entry,
+        attempt: 1,
+        reason: "makepkg exit 4".into(),
+        log: Some(Hash::new(b"log")),
+    };
+    let (_, e3) = a.event(BUILDER, f);
+    for e in [&e1, &e2, &e3] {
+        accepted(node.ingest(e));
+    }
+    let digest = node.state().digest();
+    let n = node.events().len();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let originals = [&e1, &e2, &e3];
+    for round in 0..3000 {
+        let mut m = originals[round % 3].clone();
+        match rng.below(5) {
+            0 => {
+                let i = rng.below(m.len());
+                m[i] ^= 1 << rng.below(8);
+            }
+            1 => {
+                let i = rng.below(m.len());
+                m[i] = rng.next() as u8;
+            }
+            2 => {
+                let cut = rng.below(m.len());
+                m.truncate(cut);
+            }
+            3 => {
+                let i = rng.below(m.len());
+                m.insert(i, rng.next() as u8);
+            }
+            _ => {
+                let other = originals[rng.below(3)];
+                let i = rng.below(m.len());
+                let j = rng.below(other.len());
+                m.truncate(i);
+                m.extend_from_slice(&other[j..]);
+            }
+        }
+        match node.ingest(&m) {
+            IngestOutcome::Accepted { id } => panic!("mutation {round} accepted as {id}"),
+            IngestOutcome::Duplicate { .. } | IngestOutcome::Rejected { .. } => {}
+        }
+    }
+    assert_eq!(node.state().digest(), digest);
+    assert_eq!(node.events().len(), n);
+    assert!(node.counters().rejected_total() > 2500);
+    accepted(node.ingest(&a.event(MAINT, enqueue("after")).1));
+}
