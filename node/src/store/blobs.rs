@@ -294,7 +294,8 @@ impl BlobStore for MemStore {
             });
         }
         let mut g = self.inner.lock().unwrap();
-        g.blobs.entry(hash).or_insert((data, Timestamp::now()));
+        // Present already: only `added` is refreshed (see FsStore).
+        g.blobs.entry(hash).or_insert((data, Timestamp::now())).1 = Timestamp::now();
         Ok(hash)
     }
 
@@ -567,7 +568,6 @@ impl BlobStore for FsStore {
         reader: &mut dyn Read,
         expected: Option<&Hash>,
     ) -> Result<Hash, BlobError> {
-        let _shared = self.gc_lock.read().unwrap();
         let tmp_dir = self.root.join("tmp");
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io_err(format!(
             "create a temporary file in {}",
@@ -587,7 +587,19 @@ impl BlobStore for FsStore {
                 actual: hash,
             });
         }
+        // From here to the index insert, a collection must not run: it could
+        // delete the blob this import found present. (Streaming above runs
+        // without the lock, so a slow sender never holds up `gc`.)
+        let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let now = encode_info(BlobInfo {
+            size,
+            added: Timestamp::now(),
+        });
         if self.index.contains_key(hash.as_bytes())? && self.path_of(&hash).exists() {
+            // Present already: refresh `added` so that the grace period of
+            // `gc` protects it until the caller pins it. Not flushed: only
+            // the running process relies on it.
+            self.index.insert(hash.as_bytes(), &now)?;
             return Ok(hash); // the temporary file is removed on drop
         }
         // Read-only: blobs are immutable, and an accidental write should
@@ -606,13 +618,7 @@ impl BlobStore for FsStore {
             source: e.error,
         })?;
         fsync_dir(parent)?;
-        self.index.insert(
-            hash.as_bytes(),
-            &encode_info(BlobInfo {
-                size,
-                added: Timestamp::now(),
-            }),
-        )?;
+        self.index.insert(hash.as_bytes(), &now)?;
         self.db.flush()?;
         Ok(hash)
     }
@@ -698,7 +704,7 @@ impl BlobStore for FsStore {
     }
 
     fn gc(&self, grace: Duration) -> Result<GcStats, BlobError> {
-        let _exclusive = self.gc_lock.write().unwrap();
+        let _exclusive = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
         let mut stats = GcStats::default();
         for kv in self.index.iter() {
@@ -833,6 +839,12 @@ mod tests {
             s.pin(&b, "event:2").unwrap();
             // Young blobs survive a collection with a grace period.
             let st = s.gc(Duration::from_secs(3600)).unwrap();
+            assert_eq!((st.removed, st.kept_young), (0, 1));
+            // A blob re-imported just before a collection survives it
+            // (its grace period restarts), so the importer can pin it.
+            std::thread::sleep(Duration::from_millis(30));
+            s.import_bytes(b"ccc").unwrap();
+            let st = s.gc(Duration::from_millis(20)).unwrap();
             assert_eq!((st.removed, st.kept_young), (0, 1));
             let st = s.gc(Duration::ZERO).unwrap();
             assert_eq!((st.removed, st.bytes), (1, 3));
