@@ -324,3 +324,61 @@ fn pkginfo_json_for_inspect() {
     assert_eq!(v["compression"], "Zstd");
     assert!(v["files"].as_array().unwrap().len() > 3);
 }
+
+mod properties {
+    use pacmesh_repo::desc::{DescEntry, parse_files};
+    use pacmesh_repo::pkginfo::PkgInfo;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        // Printable values without leading/trailing blanks or runs of
+        // whitespace (what the parsers produce).
+        "[a-zA-Z0-9.:<>=+_@/-]{1,12}( [a-zA-Z0-9.:<>=+_@/-]{1,12}){0,3}"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn pkginfo_parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = PkgInfo::parse(&data);
+        }
+
+        #[test]
+        fn desc_parse_never_panics(text in "(%[A-Z]{0,8}%?|[ -~]{0,20}|\n){0,40}") {
+            let _ = DescEntry::parse_desc(&text);
+            let _ = parse_files(&text);
+        }
+
+        #[test]
+        fn pkginfo_to_desc_roundtrip(
+            name in "[a-z0-9][a-z0-9@._+-]{0,20}",
+            epoch in proptest::option::of(1u32..5),
+            ver in "[0-9][0-9a-z.+_]{0,8}",
+            rel in 1u32..20,
+            desc in proptest::option::of(value()),
+            deps in proptest::collection::vec(value(), 0..5),
+            opt in proptest::collection::vec(value(), 0..5),
+            files in proptest::collection::btree_set("[a-z]{1,6}(/[a-z]{1,6}){0,3}/?", 0..10),
+        ) {
+            let full = match epoch { Some(e) => format!("{e}:{ver}-{rel}"), None => format!("{ver}-{rel}") };
+            let mut text = format!("pkgname = {name}\npkgver = {full}\n");
+            if let Some(d) = &desc { text.push_str(&format!("pkgdesc = {d}\n")); }
+            for d in &deps { text.push_str(&format!("depend = {d}\n")); }
+            for d in &opt { text.push_str(&format!("optdepend = {d}\n")); }
+            let p = PkgInfo::parse(text.as_bytes()).unwrap();
+            prop_assert_eq!(&p.depends, &deps);
+            prop_assert_eq!(p.pkgver.as_str(), full.as_str());
+            let mut e = DescEntry::parse_desc(&format!("%FILENAME%\nf.pkg.tar.zst\n\n%NAME%\n{name}\n\n%VERSION%\n{full}\n\n")).unwrap();
+            e.desc = p.pkgdesc.clone();
+            e.depends = p.depends.clone();
+            e.optdepends = p.optdepends.clone();
+            let files: Vec<String> = files.into_iter().collect();
+            e.files = Some(files.clone());
+            let back = DescEntry::parse_desc(&e.to_desc()).unwrap();
+            prop_assert_eq!(back.to_desc(), e.to_desc());
+            prop_assert_eq!(&back.depends, &deps);
+            prop_assert_eq!(parse_files(&e.to_files()).unwrap(), files);
+        }
+    }
+}
