@@ -838,3 +838,114 @@ fn bad_or_missing_artifacts_do_not_block_others() {
     assert!(p.step(&core).unwrap().is_empty());
     assert_eq!(status_label(&core, &junk), "built");
 }
+
+/// A child process publishes generation after generation and is killed with
+/// SIGKILL at a random moment, three times over the same data directory.
+/// After each kill: every generation the child reported is in the event log,
+/// `current` names a complete generation that was accepted (the repository
+/// served before the kill stays served), `ensure_current` brings the latest
+/// one up, and no two consecutive generations hold the same packages
+/// (published once).
+#[test]
+fn generations_survive_kill_9() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    if let Ok(dir) = std::env::var("PACMESH_PUBLISH_KILL9_DIR") {
+        let core = open_node(Path::new(&dir), 1);
+        let mut p = pacmesh_node::publisher::Publisher::new(cfg());
+        loop {
+            let n = core.ingest().state().entries().count() + 1;
+            enqueue_built(&core, "hello", &[pkg("hello", &format!("1.{n}-1"))]);
+            for m in p.step(&core).unwrap() {
+                println!("PUBLISHED {}", m.generation);
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = 0u64;
+    for round in 0..3u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "generations_survive_kill_9",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PACMESH_PUBLISH_KILL9_DIR", dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut reported = 0;
+        while reported < 3 {
+            let line = lines.next().expect("child ended early").unwrap();
+            if let Some((_, g)) = line.split_once("PUBLISHED ") {
+                seen = seen.max(g.parse().unwrap());
+                reported += 1;
+            }
+        }
+        // A pseudo-random moment inside a later step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        std::thread::sleep(Duration::from_micros((nanos ^ round * 7919) % 40_000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let core = open_node(dir.path(), 1);
+        let latest = {
+            let ingest = core.ingest();
+            let g = ingest
+                .state()
+                .latest_generation(&name(REPO), &name(ARCH))
+                .unwrap();
+            (*g.manifest).clone()
+        };
+        assert!(latest.generation >= seen, "reported generation {seen} lost");
+        // The served generation is complete and was accepted.
+        let served_g = served_generation(dir.path(), REPO, ARCH).expect("something is served");
+        let on_disk = generation::read_materialised(&served(&core)).unwrap();
+        assert_eq!(on_disk.generation, served_g);
+        {
+            let ingest = core.ingest();
+            let gens = ingest
+                .state()
+                .generations(&name(REPO), &name(ARCH))
+                .unwrap();
+            assert!(gens[&served_g].values().any(|m| **m == on_disk));
+            // Published once: consecutive generations differ.
+            let mut prev: Option<&RepoManifest> = None;
+            for by_id in gens.values() {
+                assert_eq!(by_id.len(), 1, "one manifest per generation");
+                let m = by_id.values().next().unwrap();
+                if let Some(p) = prev {
+                    assert_eq!(m.generation, p.generation + 1);
+                    assert_ne!(
+                        m.packages, p.packages,
+                        "generation {} adds nothing",
+                        m.generation
+                    );
+                }
+                prev = Some(m);
+            }
+        }
+        check_signed_dir(&served(&core), &on_disk);
+        let repaired = ensure_current(&core).unwrap();
+        eprintln!(
+            "round {round}: served {served_g}, latest {}, repaired {repaired:?}",
+            latest.generation
+        );
+        assert_eq!(
+            served_generation(dir.path(), REPO, ARCH),
+            Some(latest.generation)
+        );
+        check_signed_dir(&served(&core), &latest);
+        // Whatever the child had built but not published goes out once.
+        publish_once(&core, &cfg()).unwrap();
+        assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+        seen = served_generation(dir.path(), REPO, ARCH).unwrap();
+    }
+}
