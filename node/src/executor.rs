@@ -42,6 +42,17 @@
 //! waiting for the lease to lapse. The old attempt never gets a report; the new report
 //! fences both. Stale work dirs (`WORK_ROOT/job-*`) are removed at start-up.
 //!
+//! # Whose fault
+//!
+//! A problem of the entry — the PKGBUILD fails, times out, produces nothing; the source is
+//! hostile, missing its PKGBUILD, names no commit, or is of a kind this node cannot fetch —
+//! is reported at once as `failed`, with a one-line reason (what failed, and the last log
+//! lines) and the log blob. A problem of this node — the network during a git fetch, the
+//! disk, the content store, the sandbox's own set-up — ends the attempt without a report;
+//! the entry is claimed again after [`ExecutorConfig::retry_delay`], and the last allowed
+//! attempt ([`ExecutorConfig::max_attempts`]) reports it as failed ("node error …"), so that
+//! the queue does not wait in silence.
+//!
 //! # Shutdown
 //!
 //! When `shutdown` turns true the executor stops claiming and abandons running builds: the
@@ -105,6 +116,10 @@ pub struct ExecutorConfig {
     pub tick: Duration,
     /// Attempts by this node per entry (see the module docs).
     pub max_attempts: u32,
+    /// Wait after an attempt that ended with a problem of this node rather than of the entry
+    /// (network, disk, sandbox set-up): no report is made and the entry is claimed again
+    /// (attempt + 1) after this delay; the last allowed attempt reports it as failed.
+    pub retry_delay: Duration,
     /// Claim and fail entries whose source kind this node cannot fetch (see the module docs).
     pub fail_unsupported: bool,
     /// The bubblewrap binary.
@@ -145,6 +160,7 @@ impl ExecutorConfig {
             packager: "pacmesh <pacmesh@localhost>".into(),
             tick: Duration::from_secs(5),
             max_attempts: 3,
+            retry_delay: Duration::from_secs(60),
             fail_unsupported: true,
             bwrap: "bwrap".into(),
             live_log: None,
@@ -184,6 +200,7 @@ enum JobEnd {
     Built,
     Failed,
     Abandoned,
+    Retry,
     ReportRefused,
 }
 
@@ -277,8 +294,14 @@ pub async fn run(
                 };
                 if let Some(entry) = task_entry.remove(&id) {
                     running.remove(&entry);
-                    if end.is_none() {
-                        cooldown.insert(entry, Instant::now() + Duration::from_secs(60));
+                    match end {
+                        None => {
+                            cooldown.insert(entry, Instant::now() + Duration::from_secs(60));
+                        }
+                        Some(JobEnd::Retry) => {
+                            cooldown.insert(entry, Instant::now() + cfg.retry_delay);
+                        }
+                        _ => {}
                     }
                     tracing::debug!(entry = %entry.fmt_short(), ?end, "job done");
                 }
@@ -552,14 +575,26 @@ async fn job(
             tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, "build abandoned; no report");
             return JobEnd::Abandoned;
         }
-        Some(Ok(body)) => body,
-        Some(Err(e)) => {
-            // The blocking task panicked: report it as a failure of this attempt.
+        Some(Ok(Ok(body))) => body,
+        Some(r) => {
+            let fault = match r {
+                Ok(Err(fault)) => fault,
+                Err(panic) => NodeFault::new(format!("the build task panicked: {panic}"), None),
+                Ok(Ok(_)) => unreachable!(),
+            };
+            if p.attempt < cfg.max_attempts {
+                remove_dir(&job_dir).await;
+                tracing::warn!(entry = %p.id.fmt_short(), attempt = p.attempt, retry_in = ?cfg.retry_delay, "node-side problem, no report; trying again later: {}", fault.reason);
+                return JobEnd::Retry;
+            }
             EventBody::Failed {
                 entry: p.id,
                 attempt: p.attempt,
-                reason: clip_reason(&format!("node error: the build task panicked: {e}")),
-                log: None,
+                reason: clip_reason(&format!(
+                    "node error (attempt {} of {}, giving up): {}",
+                    p.attempt, cfg.max_attempts, fault.reason
+                )),
+                log: fault.log,
             }
         }
     };
@@ -618,12 +653,14 @@ fn execute(
     p: &Pick,
     job_dir: &Path,
     cancel: &AtomicBool,
-) -> EventBody {
-    let failed = |reason: String, log: Option<Hash>| EventBody::Failed {
-        entry: p.id,
-        attempt: p.attempt,
-        reason: clip_reason(&reason),
-        log,
+) -> Result<EventBody, NodeFault> {
+    let failed = |reason: String, log: Option<Hash>| {
+        Ok(EventBody::Failed {
+            entry: p.id,
+            attempt: p.attempt,
+            reason: clip_reason(&reason),
+            log,
+        })
     };
     let log_blob = |text: &str| match core.blobs.import_bytes(text.as_bytes()) {
         Ok(h) => Some(h),
@@ -633,7 +670,10 @@ fn execute(
         }
     };
     if let Err(e) = std::fs::create_dir_all(job_dir) {
-        return failed(format!("node error: cannot create the work dir: {e}"), None);
+        return Err(NodeFault::new(
+            format!("cannot create the work dir: {e}"),
+            None,
+        ));
     }
     let dest = job_dir.join("source");
     let fetched = match source::fetch(&p.entry, &*core.blobs, &cfg.source, &dest, cancel) {
@@ -646,9 +686,16 @@ fn execute(
             let line = format!("{what}{e}");
             let log = log_blob(&format!("==> pacmesh: {line}\n"));
             tracing::warn!(entry = %p.id.fmt_short(), "{line}");
+            if e.is_transient() {
+                return Err(NodeFault::new(line, log));
+            }
             return failed(line, log);
         }
     };
+    if !fetched.dir.join("PKGBUILD").is_file() {
+        let line = format!("the source ({}) has no PKGBUILD", describe(&p.entry.source));
+        return failed(line.clone(), log_blob(&format!("==> pacmesh: {line}\n")));
+    }
     let epoch = p
         .entry
         .source_date_epoch
@@ -666,7 +713,7 @@ fn execute(
     bc.bwrap = cfg.bwrap.clone();
     tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, "building");
     if cancel.load(Ordering::Relaxed) {
-        return failed("abandoned".into(), None);
+        return Err(NodeFault::new("abandoned".into(), None));
     }
     let short = p.id.fmt_short();
     let result = Builder::new(bc).build(&fetched.dir, &mut |line: &str| {
@@ -684,21 +731,70 @@ fn execute(
     body
 }
 
+/// A problem of this node rather than of the entry (disk, network, sandbox set-up): the
+/// attempt ends without a report and the entry is tried again after
+/// [`ExecutorConfig::retry_delay`]; the last allowed attempt reports it as failed.
+#[derive(Debug, Clone)]
+struct NodeFault {
+    reason: String,
+    log: Option<Hash>,
+}
+
+impl NodeFault {
+    fn new(reason: String, log: Option<Hash>) -> Self {
+        NodeFault { reason, log }
+    }
+}
+
+fn describe(s: &Source) -> String {
+    match s {
+        Source::Dir { path, .. } => format!("dir {path}"),
+        Source::Git {
+            url, rev, subdir, ..
+        } => {
+            let mut d = format!("git {url}");
+            if let Some(r) = rev {
+                d.push_str(&format!(" rev {r}"));
+            }
+            if let Some(sd) = subdir {
+                d.push_str(&format!(" subdir {sd}"));
+            }
+            d
+        }
+        other => other.kind().to_string(),
+    }
+}
+
 /// The `Built`/`Failed` body for a finished build, importing artifacts and log.
-fn report_of(core: &Core, p: &Pick, r: &BuildResult, commit: Option<String>) -> EventBody {
+fn report_of(
+    core: &Core,
+    p: &Pick,
+    r: &BuildResult,
+    commit: Option<String>,
+) -> Result<EventBody, NodeFault> {
     let log = core.blobs.import_bytes(r.log.as_bytes());
-    let failed = |reason: String, log: Option<Hash>| EventBody::Failed {
-        entry: p.id,
-        attempt: p.attempt,
-        reason: clip_reason(&reason),
-        log,
+    let failed = |reason: String, log: Option<Hash>| {
+        Ok(EventBody::Failed {
+            entry: p.id,
+            attempt: p.attempt,
+            reason: clip_reason(&reason),
+            log,
+        })
     };
+    if let pacmesh_sandbox::Outcome::SandboxError { .. } = &r.outcome {
+        return Err(NodeFault::new(failure_reason(r), log.ok()));
+    }
     if !r.outcome.is_success() {
         return failed(failure_reason(r), log.ok());
     }
     let log = match log {
         Ok(h) => h,
-        Err(e) => return failed(format!("node error: cannot store the build log: {e}"), None),
+        Err(e) => {
+            return Err(NodeFault::new(
+                format!("cannot store the build log: {e}"),
+                None,
+            ));
+        }
     };
     let mut artifacts = Vec::new();
     for a in &r.artifacts {
@@ -723,19 +819,19 @@ fn report_of(core: &Core, p: &Pick, r: &BuildResult, commit: Option<String>) -> 
         })();
         match art {
             Ok(x) => artifacts.push(x),
-            Err(e) => return failed(format!("node error: {e:#}"), Some(log)),
+            Err(e) => return Err(NodeFault::new(format!("{e:#}"), Some(log))),
         }
     }
     if artifacts.is_empty() {
         return failed("the build produced no package".into(), Some(log));
     }
-    EventBody::Built {
+    Ok(EventBody::Built {
         entry: p.id,
         attempt: p.attempt,
         artifacts,
         log,
         source_commit: commit,
-    }
+    })
 }
 
 /// One line: what failed and the last lines of the log.

@@ -129,6 +129,9 @@ pub enum SourceError {
     /// Fetching or reading the git repository failed.
     #[error("git: {0}")]
     Git(String),
+    /// The git transfer failed on the network (may work later).
+    #[error("git: {0}")]
+    Network(String),
     /// The revision does not name a commit.
     #[error("git rev {rev:?} names no commit in {url}")]
     NoSuchRev {
@@ -155,10 +158,16 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// Whether waiting may help (the snapshot may still arrive by replication); such an
-    /// entry is left for later instead of being reported as failed.
+    /// Whether trying again later may help: the snapshot may still arrive by replication,
+    /// the network may come back, the local disk may have room again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::SnapshotMissing(_))
+        matches!(
+            self,
+            SourceError::SnapshotMissing(_)
+                | SourceError::Network(_)
+                | SourceError::Io { .. }
+                | SourceError::Blob(_)
+        )
     }
 }
 
@@ -670,10 +679,14 @@ pub fn git_checkout(
                 None,
             )
             .map_err(|e| {
+                use git2::ErrorClass as C;
+                let msg = format!("fetching {url}: {}", e.message());
                 if cancel.load(Ordering::Relaxed) {
                     SourceError::Cancelled
+                } else if matches!(e.class(), C::Net | C::Http | C::Ssh | C::Ssl | C::Os) {
+                    SourceError::Network(msg)
                 } else {
-                    SourceError::Git(format!("fetching {url}: {}", e.message()))
+                    SourceError::Git(msg)
                 }
             })?;
     }

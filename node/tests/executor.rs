@@ -362,3 +362,27 @@ fn sandbox_running(env: &Env) -> bool {
             .unwrap_or(false)
     })
 }
+
+/// A problem of the node (here: no bwrap binary) ends attempts without a report and retries;
+/// the last allowed attempt reports `failed` with "node error". Runs without a sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_faults_are_retried_then_reported() {
+    let env = Env::new();
+    let id = env.enqueue(env.entry(env.dir_source(&example("pacmesh-hello"))));
+    let mut cfg = env.config();
+    cfg.bwrap = "/nonexistent/pacmesh-test-bwrap".into();
+    cfg.max_attempts = 2;
+    cfg.retry_delay = Duration::from_millis(300);
+    let (tx, h) = env.start(cfg);
+    let (attempt, o) = env.wait_report(&id, 30).await;
+    assert_eq!(attempt, 2, "attempt 1 ended without a report");
+    let (reason, _) = failed(&o);
+    assert!(
+        reason.contains("node error (attempt 2 of 2, giving up)"),
+        "{reason}"
+    );
+    stop(tx, h).await;
+    let rec = env.record(&id);
+    assert_eq!(rec.reports.len(), 1);
+    assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
+}
