@@ -134,9 +134,9 @@ pub enum DbError {
         /// Package name.
         name: String,
         /// Version in the database.
-        existing: Version,
+        existing: String,
         /// Version offered.
-        new: Version,
+        new: String,
     },
     /// The database has this very version, built differently.
     #[error(
@@ -146,7 +146,7 @@ pub enum DbError {
         /// Package name.
         name: String,
         /// The version.
-        version: Version,
+        version: String,
     },
     /// `remove` of a name that is not in the database.
     #[error("package {name} is not in the database")]
@@ -725,14 +725,14 @@ impl Database {
                     std::cmp::Ordering::Greater if !allow_downgrade => {
                         return Err(DbError::Downgrade {
                             name: entry.name,
-                            existing: old.version.clone(),
-                            new: entry.version,
+                            existing: old.version.to_string(),
+                            new: entry.version.to_string(),
                         });
                     }
                     std::cmp::Ordering::Equal if !allow_downgrade => {
                         return Err(DbError::SameVersion {
                             name: entry.name,
-                            version: entry.version,
+                            version: entry.version.to_string(),
                         });
                     }
                     _ => {}

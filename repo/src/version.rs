@@ -48,10 +48,8 @@ pub fn vercmp_bytes(a: &[u8], b: &[u8]) -> Ordering {
     let mut ret = rpmvercmp(e1, e2);
     if ret == Ordering::Equal {
         ret = rpmvercmp(v1, v2);
-        if ret == Ordering::Equal {
-            if let (Some(r1), Some(r2)) = (r1, r2) {
-                ret = rpmvercmp(r1, r2);
-            }
+        if let (Ordering::Equal, Some(r1), Some(r2)) = (ret, r1, r2) {
+            ret = rpmvercmp(r1, r2);
         }
     }
     ret
@@ -228,10 +226,8 @@ impl Version {
         if vend == vstart {
             return Err(VersionError::Empty);
         }
-        if let Some(d) = dash {
-            if d + 1 == s.len() {
-                return Err(VersionError::EmptyPkgrel(s.to_owned()));
-            }
+        if dash.is_some_and(|d| d + 1 == s.len()) {
+            return Err(VersionError::EmptyPkgrel(s.to_owned()));
         }
         Ok(Version {
             full: s.to_owned(),
