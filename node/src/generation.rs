@@ -45,7 +45,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use pacmesh_protocol::{Hash, Name, RepoManifest, Sha256};
 use sha2::Digest;
 
@@ -483,21 +483,33 @@ pub fn is_current(data_dir: &Path, m: &RepoManifest) -> bool {
 /// Start-up repair: for every (repo, arch) with an accepted `publish`, makes
 /// sure its latest generation is materialised and served (e.g. the node was
 /// killed between accepting its own `publish` and switching). Returns the
-/// (repo, arch, generation) it installed; a no-op returns an empty list. A
-/// generation that cannot be materialised (blobs missing) is logged and
-/// skipped; the error of the first failure is returned after the others
-/// were tried. Nothing is pruned here (the publisher prunes with its
-/// configured `keep` after each publish).
+/// (repo, arch, generation) it installed; a no-op returns an empty list.
+///
+/// Lenient: a generation that cannot be materialised (its blobs are not on
+/// this node, e.g. a builder that saw the `publish` but never fetched the
+/// packages) is logged and skipped, and the others are still tried; use
+/// [`try_ensure_current`] to get that failure as an error. Nothing is
+/// pruned here (the publisher prunes with its configured `keep`).
 pub fn ensure_current(core: &Core) -> Result<Vec<(Name, Name, u64)>> {
+    Ok(ensure_inner(core).0)
+}
+
+/// [`ensure_current`], failing with the first error after every (repo, arch)
+/// was tried.
+pub fn try_ensure_current(core: &Core) -> Result<Vec<(Name, Name, u64)>> {
+    match ensure_inner(core) {
+        (_, Some(e)) => Err(e),
+        (done, None) => Ok(done),
+    }
+}
+
+fn ensure_inner(core: &Core) -> (Vec<(Name, Name, u64)>, Option<anyhow::Error>) {
     let latest: Vec<_> = {
         let ingest = core.ingest();
         let state = ingest.state();
         state
             .published_repos()
-            .cloned()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|(r, a)| state.latest_generation(&r, &a))
+            .filter_map(|(r, a)| state.latest_generation(r, a))
             .collect()
     };
     let mut done = Vec::new();
@@ -515,8 +527,5 @@ pub fn ensure_current(core: &Core) -> Result<Vec<(Name, Name, u64)>> {
             }
         }
     }
-    match first_err {
-        Some(e) => Err(anyhow!(e)),
-        None => Ok(done),
-    }
+    (done, first_err)
 }

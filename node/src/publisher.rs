@@ -776,7 +776,7 @@ fn facts_of(info: &PackageInfo) -> PkgFacts {
 /// The publisher task: a step at start and after every state change (with
 /// a short delay to batch bursts), until `shutdown` becomes true. Step
 /// errors are logged and retried with backoff (up to a minute); the served
-/// generations are repaired ([`generation::ensure_current`]) at start and
+/// generations are repaired ([`generation::try_ensure_current`]) at start and
 /// after an error. A node without a publisher key idles until shutdown.
 pub async fn run(
     core: Arc<Core>,
@@ -800,7 +800,7 @@ pub async fn run(
         let (c, p) = (core.clone(), publisher.clone());
         let r = tokio::task::spawn_blocking(move || -> Result<Vec<RepoManifest>> {
             if repair {
-                generation::ensure_current(&c)?;
+                generation::try_ensure_current(&c)?;
             }
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
             p.step(&c)
