@@ -348,6 +348,39 @@ fn clean_stale(work_root: &Path) -> usize {
     n
 }
 
+/// Why a running build of `e` by `me` is no longer wanted, if it is not: the entry was
+/// cancelled or published, enough other builders built it, or another builder's claim crossed
+/// ours and wins the rendezvous ranking ([`pacmesh_protocol::claim_winner`]; the other node
+/// computes the same and goes on).
+fn superseded(
+    state: &QueueState,
+    e: &EntryRecord,
+    me: &pacmesh_protocol::PublicKey,
+    now: Timestamp,
+    quorum: u32,
+) -> Option<String> {
+    if e.cancelled.is_some() {
+        return Some("entry cancelled".into());
+    }
+    if state.published(e).is_some() {
+        return Some("entry published".into());
+    }
+    let others = e.builders_built().iter().filter(|b| *b != me).count();
+    if others >= quorum.max(1) as usize {
+        return Some(format!("entry built by {others} other builder(s)"));
+    }
+    e.live_claims(now)
+        .find(|c| {
+            c.builder != *me && pacmesh_protocol::claim_winner(&e.id, me, &c.builder) == c.builder
+        })
+        .map(|c| {
+            format!(
+                "claim crossed with {}'s, which ranks first",
+                c.builder.fmt_short()
+            )
+        })
+}
+
 /// The attempts this node made on `e` so far (its highest attempt number).
 fn own_attempts(e: &EntryRecord, me: &pacmesh_protocol::PublicKey) -> u32 {
     let claimed = e.claims.get(me).map_or(0, |c| c.attempt);
@@ -507,27 +540,37 @@ async fn job(
         .work_root
         .join(format!("job-{}-{}", &p.id.to_hex()[..16], p.attempt));
 
-    // Heartbeat: renew the lease every lease/3; abandon when the entry is cancelled.
+    // Heartbeat: renew the lease every lease/3; abandon when the build is no longer wanted.
     let (hb_stop_tx, mut hb_stop) = watch::channel(false);
     let heartbeat = {
         let (core, p) = (core.clone(), p.clone());
+        let mut changed = core.subscribe();
         tokio::spawn(async move {
             let period = (p.lease / 3).max(Duration::from_millis(200));
+            let mut next = tokio::time::Instant::now() + period;
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {}
+                let renew = tokio::select! {
+                    _ = tokio::time::sleep_until(next) => true,
+                    r = changed.changed() => r.is_err(),
                     _ = hb_stop.wait_for(|s| *s) => return,
-                }
-                let cancelled = core
-                    .ingest()
-                    .state()
-                    .entry(&p.id)
-                    .is_some_and(|e| e.cancelled.is_some());
-                if cancelled {
-                    tracing::info!(entry = %p.id.fmt_short(), "entry cancelled: abandoning its build");
+                };
+                let why = {
+                    let ingest = core.ingest();
+                    let quorum = ingest.policy().quorum;
+                    let state = ingest.state();
+                    state
+                        .entry(&p.id)
+                        .and_then(|e| superseded(state, e, &core.public, Timestamp::now(), quorum))
+                };
+                if let Some(why) = why {
+                    tracing::info!(entry = %p.id.fmt_short(), "{why}: abandoning the build");
                     let _ = abandon_tx.send(true);
                     return;
                 }
+                if !renew {
+                    continue;
+                }
+                next = tokio::time::Instant::now() + period;
                 let (c, q) = (core.clone(), p.clone());
                 match tokio::task::spawn_blocking(move || claim(&c, &q, Timestamp::now())).await {
                     Ok(Ok(_)) => tracing::debug!(entry = %p.id.fmt_short(), "lease renewed"),

@@ -386,3 +386,66 @@ async fn node_faults_are_retried_then_reported() {
     assert_eq!(rec.reports.len(), 1);
     assert!(env.job_dirs().is_empty(), "{:?}", env.job_dirs());
 }
+
+/// A running build is abandoned without a report when another builder's claim crosses ours
+/// and ranks first, or when a maintainer cancels the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_builds_are_abandoned() {
+    if !can_build() {
+        return;
+    }
+    use pacmesh_node::keys::NodeKey;
+    let env = Env::new();
+    let slow = folder(
+        env.dir.path(),
+        "slow",
+        &[("PKGBUILD", &pkgbuild("pacmesh-slow", "sleep 17"))],
+    );
+    let crossed = env.enqueue(env.entry(env.dir_source(&slow)));
+    let (tx, h) = env.start(env.config());
+    env.wait(&crossed, 30, "our claim", |r| !r.claims.is_empty())
+        .await;
+    // Another builder whose claim wins the ranking for this entry.
+    let other = (10u8..=250)
+        .map(|n| NodeKey::from_seed(&[n; 32]))
+        .find(|k| {
+            let pk = pacmesh_protocol::PublicKey::from(k.signing_key());
+            pacmesh_protocol::claim_winner(&crossed, &env.core.public, &pk) == pk
+        })
+        .unwrap();
+    let t = std::time::Instant::now();
+    env.core
+        .submit_as(
+            &other,
+            EventBody::Claim {
+                entry: crossed,
+                attempt: 1,
+                lease_until: Timestamp::now().saturating_add(Duration::from_secs(600)),
+            },
+        )
+        .unwrap();
+    // The job dir goes when the build is abandoned.
+    while !env.job_dirs().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(8), "not abandoned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.record(&crossed).reports.is_empty());
+
+    // Cancel.
+    let cancelled = env.enqueue(env.entry(env.dir_source(&slow)));
+    env.wait(&cancelled, 30, "our claim", |r| !r.claims.is_empty())
+        .await;
+    let maint = NodeKey::from_seed(&[env::MAINT; 32]);
+    let t = std::time::Instant::now();
+    env.core
+        .submit_as(&maint, EventBody::Cancel { entry: cancelled })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while !env.job_dirs().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(8), "not abandoned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(tx, h).await;
+    assert!(env.record(&cancelled).reports.is_empty());
+    assert!(env.record(&crossed).reports.is_empty());
+}
