@@ -113,19 +113,12 @@ impl Core {
 /// id of the head event.
 pub fn sign_next(ingest: &Ingest, key: &NodeKey, body: EventBody) -> Result<Vec<u8>> {
     let author = PublicKey::from(key.signing_key());
-    let events = ingest.events();
-    let head = events.head(&author);
-    let prev = if head == 0 {
-        None
-    } else {
-        Some(
-            events
-                .slot(&author, head)
-                .context("reading own event log")?
-                .ok_or_else(|| anyhow!("own event {head} missing from the store"))?
-                .id,
-        )
+    // The highest stored event, not the contiguous head: signing after a gap of our own log
+    // must not reuse a sequence number that is already taken.
+    let (seq, prev) = match ingest.events().last(&author).context("reading own event log")? {
+        Some((seq, slot)) => (seq, Some(slot.id)),
+        None => (0, None),
     };
-    let ev = Event::new(author, head + 1, prev, Timestamp::now(), body);
+    let ev = Event::new(author, seq + 1, prev, Timestamp::now(), body);
     Ok(Signed::sign(key.signing_key(), &ev).context("encoding own event")?.to_bytes())
 }

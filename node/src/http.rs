@@ -7,7 +7,7 @@
 //! | `GET /api/v1/status` | node identity, policy, counters, queue summary, state digest, generations |
 //! | `GET /api/v1/queue` | every queue entry with its status |
 //! | `GET /api/v1/entries/ID` | one entry: source, claims, reports |
-//! | `GET /api/v1/authors/KEY/head` | an author's highest contiguous sequence number and its event id |
+//! | `GET /api/v1/authors/KEY/head` | an author's highest stored sequence number and its event id |
 //! | `GET /api/v1/policy` | the signed mesh policy (CBOR) |
 //! | `POST /api/v1/events` | a `Signed<Event>` (CBOR); 200 accepted/duplicate, 4xx with the reason |
 //! | `PUT /api/v1/blobs` | upload a blob (a source snapshot); answers its blake3 |
@@ -92,10 +92,10 @@ async fn author_head(State(core): State<Arc<Core>>, Path(key): Path<String>) -> 
     let Ok(author) = key.parse::<PublicKey>() else {
         return error(StatusCode::BAD_REQUEST, format!("{key:?} is not a public key (64 hex digits)"));
     };
-    let ingest = core.ingest();
-    let seq = ingest.events().head(&author);
-    let id = match ingest.events().slot(&author, seq) {
-        Ok(slot) => slot.map(|s| s.id.to_string()),
+    let last = core.ingest().events().last(&author);
+    let (seq, id) = match last {
+        Ok(Some((seq, slot))) => (seq, Some(slot.id.to_string())),
+        Ok(None) => (0, None),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     axum::Json(json!({ "author": author.to_string(), "seq": seq, "id": id })).into_response()
