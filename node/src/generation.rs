@@ -31,6 +31,16 @@
 //! that need a consistent database + signature pair should resolve `current`
 //! once (`read_link`) and read both files from that generation.
 //!
+//! # Verification and sharing
+//!
+//! Every file is checked on disk against the manifest after it is placed:
+//! BLAKE3, and for packages also size and SHA-256; any mismatch fails the
+//! materialisation and the served generation stays. A package (or package
+//! signature) already present under the same name in one of the three newest
+//! other generations is hard-linked from there instead of exported, and kept
+//! only if it checks out, so unchanged packages cost one read and kept
+//! generations share their disk space.
+//!
 //! # Blob pins
 //!
 //! Every blob a materialised generation holds is pinned in the store with
@@ -187,6 +197,40 @@ fn export_checked(
     blobs
         .export(hash, dest)
         .with_context(|| format!("Failed to export blob {} to {}", hash, dest.display()))?;
+    check_file(hash, dest, size, sha256)
+}
+
+/// Like [`export_checked`], but first tries to hard-link the file of the
+/// same name from one of the `donors` (other generation directories) and
+/// keeps the link only if its content checks out: an unchanged package costs
+/// one read instead of a copy, and kept generations share the disk space.
+fn place(
+    blobs: &dyn BlobStore,
+    hash: &Hash,
+    dest: &Path,
+    size: Option<u64>,
+    sha256: Option<&Sha256>,
+    donors: &[PathBuf],
+) -> Result<()> {
+    if let Some(name) = dest.file_name() {
+        for d in donors {
+            let src = d.join(name);
+            if !fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            if fs::hard_link(&src, dest).is_ok() {
+                if check_file(hash, dest, size, sha256).is_ok() {
+                    return Ok(());
+                }
+                let _ = fs::remove_file(dest);
+            }
+        }
+    }
+    export_checked(blobs, hash, dest, size, sha256)
+}
+
+/// Checks the file at `dest` against the manifest: BLAKE3, size, SHA-256.
+fn check_file(hash: &Hash, dest: &Path, size: Option<u64>, sha256: Option<&Sha256>) -> Result<()> {
     let mut f = File::open(dest).with_context(|| format!("Failed to open {}", dest.display()))?;
     let mut b3 = blake3::Hasher::new();
     let mut sha = sha2::Sha256::new();
@@ -300,17 +344,27 @@ pub fn materialise(blobs: &dyn BlobStore, data_dir: &Path, m: &RepoManifest) -> 
         .with_context(|| format!("Failed to create {}", gen_root.display()))?;
     let tmp = gen_root.join(format!(".tmp-{g}-{}", unique()));
     fs::create_dir(&tmp).with_context(|| format!("Failed to create {}", tmp.display()))?;
+    // Newest other generations first: where unchanged packages are found.
+    let donors: Vec<PathBuf> = list_generations(data_dir, repo, arch)?
+        .into_iter()
+        .rev()
+        .filter(|&d| d != g)
+        .take(3)
+        .map(|d| generation_dir(data_dir, repo, arch, d))
+        .collect();
     let built = (|| -> Result<()> {
         for p in &m.packages {
             let file = tmp.join(p.file_name.as_str());
-            export_checked(blobs, &p.blake3, &file, Some(p.size), Some(&p.sha256))?;
-            export_checked(
+            place(
                 blobs,
-                &p.sig,
-                &tmp.join(format!("{}.sig", p.file_name)),
-                None,
-                None,
+                &p.blake3,
+                &file,
+                Some(p.size),
+                Some(&p.sha256),
+                &donors,
             )?;
+            let sig = tmp.join(format!("{}.sig", p.file_name));
+            place(blobs, &p.sig, &sig, None, None, &donors)?;
         }
         let [db, db_link, files, files_link] = db_names(repo);
         export_checked(blobs, &m.db, &tmp.join(&db), None, None)?;

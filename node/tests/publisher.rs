@@ -329,6 +329,17 @@ fn generations_versions_removal_and_history() {
         g1.join("hello-1.0-1-x86_64.pkg.tar.zst").is_file(),
         "history kept"
     );
+    // An unchanged package is shared between generations (hard link).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let g2 = generation_dir(&core.data_dir, REPO, ARCH, 2);
+        let f = "docs-1-1-any.pkg.tar.zst";
+        let (a, b) = (
+            fs::metadata(g1.join(f)).unwrap(),
+            fs::metadata(g2.join(f)).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    }
     assert_eq!(
         list_generations(&core.data_dir, REPO, ARCH).unwrap(),
         vec![1, 2]
