@@ -230,6 +230,14 @@ async fn failures_are_reported_and_the_queue_goes_on() {
     let aur_id = env.enqueue(env.entry(Source::Aur {
         pkgbase: env::name("hello"),
     }));
+    let slow = folder(
+        env.dir.path(),
+        "slow",
+        &[("PKGBUILD", &pkgbuild("pacmesh-slow", "sleep 60"))],
+    );
+    let mut e = env.entry(env.dir_source(&slow));
+    e.timeout_secs = Some(3);
+    let slow_id = env.enqueue(e);
     let good_id = env.enqueue(env.entry(env.dir_source(&example("pacmesh-hello"))));
 
     let (tx, h) = env.start(env.config());
@@ -254,6 +262,13 @@ async fn failures_are_reported_and_the_queue_goes_on() {
     let (reason, _) = failed(&o);
     assert!(
         reason.contains("not supported by this node yet"),
+        "{reason}"
+    );
+
+    let (_, o) = env.wait_report(&slow_id, 30).await;
+    let (reason, _) = failed(&o);
+    assert!(
+        reason.contains("timeout") && reason.contains("timed out"),
         "{reason}"
     );
 
