@@ -139,6 +139,12 @@ impl Plan {
             h.update(b"\0");
             h.update(&t.as_millis().to_be_bytes());
         }
+        let mut times: Vec<_> = self.blob_times.iter().collect();
+        times.sort();
+        for (b, t) in times {
+            h.update(b.as_bytes());
+            h.update(&t.as_millis().to_be_bytes());
+        }
         h.update(b"candidates\0");
         for c in &self.candidates {
             h.update(c.entry.as_bytes());
