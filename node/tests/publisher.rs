@@ -989,3 +989,27 @@ fn ensure_current_without_blobs_is_lenient() {
     assert_eq!(ensure_current(&b).unwrap().len(), 1);
     check_signed_dir(&served(&b), &m);
 }
+
+/// Timing of a first generation of 300 packages and of the next one adding
+/// one package (`--ignored --nocapture`; figures depend on the profile).
+#[test]
+#[ignore]
+fn timing_300_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    for i in 0..300 {
+        enqueue_built(&core, &format!("p{i}"), &[pkg(&format!("p{i}"), "1.0-1")]);
+    }
+    let mut p = pacmesh_node::publisher::Publisher::new(cfg());
+    let t = std::time::Instant::now();
+    assert_eq!(p.step(&core).unwrap()[0].packages.len(), 300);
+    let first = t.elapsed();
+    enqueue_built(&core, "extra", &[pkg("extra", "1.0-1")]);
+    let t = std::time::Instant::now();
+    assert_eq!(p.step(&core).unwrap()[0].packages.len(), 301);
+    let next = t.elapsed();
+    let t = std::time::Instant::now();
+    assert!(p.step(&core).unwrap().is_empty());
+    let idle = t.elapsed();
+    eprintln!("300 packages: first generation {first:?}, +1 package {next:?}, idle step {idle:?}");
+}
