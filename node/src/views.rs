@@ -79,7 +79,7 @@ pub fn entry(ingest: &Ingest, e: &EntryRecord, now: Timestamp, detail: bool) -> 
             .values()
             .map(|c| json!({
                 "builder": c.builder.to_string(), "attempt": c.attempt,
-                "lease_until": c.lease_until.0, "event": c.event.to_string(),
+                "lease_until": c.lease_until.0, "event": c.event.to_string(), "time": c.time.0,
             }))
             .collect();
         v["reports"] = e
