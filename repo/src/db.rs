@@ -865,8 +865,8 @@ impl Database {
         let files_sig = sign(&paths.files, &files_bytes)?;
 
         let mut tx = Staging::new(&paths.dir);
-        for (bytes, dest) in extra {
-            tx.file(&bytes, &dest)?;
+        for (bytes, dest) in &extra {
+            tx.file(bytes, dest)?;
         }
         for (bytes, sig, file, link) in [
             (&files_bytes, &files_sig, &paths.files, &paths.files_link),
@@ -926,19 +926,20 @@ pub struct WriteReport {
     pub files_size: u64,
 }
 
-enum Step {
+enum Step<'a> {
+    Pending(&'a [u8], PathBuf),
     Rename(tempfile::TempPath, PathBuf),
     Remove(PathBuf),
 }
 
 /// Temporary files in the target directory, renamed into place in order by
 /// [`Staging::commit`]; dropped (and deleted) on any earlier error.
-struct Staging {
+struct Staging<'a> {
     dir: PathBuf,
-    steps: Vec<Step>,
+    steps: Vec<Step<'a>>,
 }
 
-impl Staging {
+impl<'a> Staging<'a> {
     fn new(dir: &Path) -> Self {
         Staging {
             dir: dir.to_owned(),
@@ -946,7 +947,14 @@ impl Staging {
         }
     }
 
-    fn file(&mut self, data: &[u8], dest: &Path) -> Result<(), DbError> {
+    /// Queue `data` for `dest`; the temporary files are written (and
+    /// fsynced, in parallel) by [`Self::commit`] before any rename.
+    fn file(&mut self, data: &'a [u8], dest: &Path) -> Result<(), DbError> {
+        self.steps.push(Step::Pending(data, dest.to_owned()));
+        Ok(())
+    }
+
+    fn write_temp(&self, data: &[u8], dest: &Path) -> Result<tempfile::TempPath, DbError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = dest
             .parent()
@@ -962,9 +970,24 @@ impl Staging {
             .map_err(io_err(tmp.path()))?;
         tmp.write_all(data).map_err(io_err(tmp.path()))?;
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-        self.steps
-            .push(Step::Rename(tmp.into_temp_path(), dest.to_owned()));
-        Ok(())
+        Ok(tmp.into_temp_path())
+    }
+
+    /// Write every queued file to its temporary name, concurrently (the
+    /// fsyncs overlap). On error, the temporary files are removed on drop.
+    fn stage_all(&mut self) -> Result<(), DbError> {
+        use rayon::prelude::*;
+        let mut steps = std::mem::take(&mut self.steps);
+        let this = &*self;
+        let res = steps.par_iter_mut().try_for_each(|step| {
+            if let Step::Pending(data, dest) = step {
+                let tmp = this.write_temp(data, dest)?;
+                *step = Step::Rename(tmp, dest.clone());
+            }
+            Ok::<(), DbError>(())
+        });
+        self.steps = steps;
+        res
     }
 
     fn symlink(&mut self, target: &Path, link: &Path) -> Result<(), DbError> {
@@ -993,9 +1016,11 @@ impl Staging {
         }
     }
 
-    fn commit(self) -> Result<(), DbError> {
+    fn commit(mut self) -> Result<(), DbError> {
+        self.stage_all()?;
         for step in self.steps {
             match step {
+                Step::Pending(..) => unreachable!("staged above"),
                 Step::Rename(tmp, dest) => {
                     tmp.persist(&dest).map_err(|e| DbError::Io {
                         path: dest.clone(),
