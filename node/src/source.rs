@@ -652,14 +652,14 @@ pub fn git_checkout(
     let mirror = mirror_path(&cfg.git_cache, url);
     let lock = mirror_lock(&mirror);
     let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-    let repo = match git2::Repository::open_bare(&mirror) {
-        Ok(r) => r,
+    let (repo, fresh) = match git2::Repository::open_bare(&mirror) {
+        Ok(r) => (r, false),
         Err(_) => {
             let _ = fs::remove_dir_all(&mirror);
-            git2::Repository::init_bare(&mirror).map_err(git_err)?
+            (git2::Repository::init_bare(&mirror).map_err(git_err)?, true)
         }
     };
-    {
+    let fetched = {
         let mut remote = repo.remote_anonymous(url).map_err(git_err)?;
         let mut cb = git2::RemoteCallbacks::new();
         cb.transfer_progress(|_| !cancel.load(Ordering::Relaxed));
@@ -683,12 +683,22 @@ pub fn git_checkout(
                 let msg = format!("fetching {url}: {}", e.message());
                 if cancel.load(Ordering::Relaxed) {
                     SourceError::Cancelled
-                } else if matches!(e.class(), C::Net | C::Http | C::Ssh | C::Ssl | C::Os) {
+                } else if !is_local_url(url)
+                    && matches!(e.class(), C::Net | C::Http | C::Ssh | C::Ssl | C::Os)
+                {
                     SourceError::Network(msg)
                 } else {
                     SourceError::Git(msg)
                 }
-            })?;
+            })
+    };
+    if let Err(e) = fetched {
+        if fresh {
+            // Nothing worth keeping (a typo'd URL must not leave a mirror behind).
+            drop(repo);
+            let _ = fs::remove_dir_all(&mirror);
+        }
+        return Err(e);
     }
     let commit = resolve_rev(&repo, rev).map_err(|e| match e {
         Some(e) => e,
@@ -1154,6 +1164,20 @@ mod tests {
             get(Some("nope"), None),
             Err(SourceError::NoSuchRev { .. })
         ));
+        // A local repository that does not exist is not a network problem: no retry.
+        let missing = git_checkout(
+            &cfg,
+            &t.path().join("no-such-repo").display().to_string(),
+            None,
+            None,
+            &t.path().join("missing"),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(missing, SourceError::Git(_)) && !missing.is_transient(),
+            "{missing:?}"
+        );
         assert!(matches!(
             get(Some("deadbeef"), None),
             Err(SourceError::NoSuchRev { .. })
