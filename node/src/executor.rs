@@ -28,7 +28,9 @@
 //!   take it. (A `failed` report is final for the entry anyway — builds are deterministic —
 //!   until a maintainer enqueues it again.)
 //!
-//! Entries are taken oldest enqueue first.
+//! Entries are taken oldest enqueue first. With [`ExecutorConfig::claim_delay`] set (by the
+//! layer that knows the other builders), an entry is claimed only after its rank-proportional
+//! delay has passed since it became claimable, and only if nobody claimed it meanwhile.
 //!
 //! # Attempts, leases, restarts
 //!
@@ -124,9 +126,27 @@ pub struct ExecutorConfig {
     pub fail_unsupported: bool,
     /// The bubblewrap binary.
     pub bwrap: PathBuf,
+    /// The rank-proportional wait before claiming an entry that became claimable (see
+    /// [`ClaimDelay`]); `None`: claim at once (a node alone in its mesh).
+    pub claim_delay: Option<ClaimDelay>,
     /// Where build log lines go as they are produced (for live logs over HTTP); lossy for
     /// slow receivers, like any broadcast channel. The stored log blob is complete.
     pub live_log: Option<broadcast::Sender<LogLine>>,
+}
+
+/// How long to wait, once an entry is claimable, before claiming it: the design's
+/// rank-proportional delay (this node's position in the rendezvous ranking of the live
+/// eligible builders, [`pacmesh_protocol::rendezvous_rank`], times a step), so that the first
+/// ranked builder claims at once and the others only if no claim appeared meanwhile. Provided
+/// by the layer that knows the other builders' announcements. Not applied when re-taking this
+/// node's own orphaned claim.
+#[derive(Clone)]
+pub struct ClaimDelay(pub Arc<dyn Fn(&Hash) -> Duration + Send + Sync>);
+
+impl std::fmt::Debug for ClaimDelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClaimDelay(..)")
+    }
 }
 
 /// One line of a running build's log (see [`ExecutorConfig::live_log`]).
@@ -164,6 +184,7 @@ impl ExecutorConfig {
             fail_unsupported: true,
             bwrap: "bwrap".into(),
             live_log: None,
+            claim_delay: None,
         }
     }
 
@@ -250,16 +271,16 @@ pub async fn run(
     let mut jobs: JoinSet<JobEnd> = JoinSet::new();
     let mut running: HashMap<Hash, watch::Sender<bool>> = HashMap::new();
     let mut task_entry: HashMap<tokio::task::Id, Hash> = HashMap::new();
-    let mut cooldown: HashMap<Hash, Instant> = HashMap::new();
-    let mut noted: HashSet<Hash> = HashSet::new();
+    let mut book = Book::default();
 
     loop {
         if *shutdown.borrow() {
             break;
         }
-        cooldown.retain(|_, until| *until > Instant::now());
+        book.cooldown.retain(|_, until| *until > Instant::now());
+        book.wake = None;
         while running.len() < cfg.slots {
-            let Some(p) = pick(&core, &cfg, &running, &cooldown, &mut noted) else {
+            let Some(p) = pick(&core, &cfg, &running, &mut book) else {
                 break;
             };
             match claim(&core, &p, Timestamp::now()) {
@@ -272,7 +293,8 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(entry = %p.id.fmt_short(), "claim refused: {e:#}");
-                    cooldown.insert(p.id, Instant::now() + Duration::from_secs(60));
+                    book.cooldown
+                        .insert(p.id, Instant::now() + Duration::from_secs(60));
                 }
             }
         }
@@ -284,6 +306,7 @@ pub async fn run(
             }
             _ = changed.changed() => {}
             _ = tick.tick() => {}
+            _ = sleep_until(book.wake), if book.wake.is_some() => {}
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
                 let (id, end) = match done {
                     Ok((id, end)) => (id, Some(end)),
@@ -296,10 +319,11 @@ pub async fn run(
                     running.remove(&entry);
                     match end {
                         None => {
-                            cooldown.insert(entry, Instant::now() + Duration::from_secs(60));
+                            book.cooldown
+                                .insert(entry, Instant::now() + Duration::from_secs(60));
                         }
                         Some(JobEnd::Retry) => {
-                            cooldown.insert(entry, Instant::now() + cfg.retry_delay);
+                            book.cooldown.insert(entry, Instant::now() + cfg.retry_delay);
                         }
                         _ => {}
                     }
@@ -422,13 +446,38 @@ fn ineligible(
     None
 }
 
+/// The main loop's bookkeeping between picks.
+#[derive(Debug, Default)]
+struct Book {
+    /// Entries not to look at before the instant (refused claims, node-side retries).
+    cooldown: HashMap<Hash, Instant>,
+    /// Entries whose skip was logged once.
+    noted: HashSet<Hash>,
+    /// Since when an entry has been claimable (for [`ExecutorConfig::claim_delay`]).
+    eligible_since: HashMap<Hash, Instant>,
+    /// The earliest instant a delayed entry becomes ours to claim.
+    wake: Option<Instant>,
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn pick(
     core: &Core,
     cfg: &ExecutorConfig,
     running: &HashMap<Hash, watch::Sender<bool>>,
-    cooldown: &HashMap<Hash, Instant>,
-    noted: &mut HashSet<Hash>,
+    book: &mut Book,
 ) -> Option<Pick> {
+    let Book {
+        cooldown,
+        noted,
+        eligible_since,
+        wake,
+    } = book;
     let now = Timestamp::now();
     let me = core.public;
     let mut candidates: Vec<(Timestamp, Pick)> = Vec::new();
@@ -448,9 +497,11 @@ fn pick(
         .min(lease_cap)
         .max(Duration::from_secs(1));
         for e in state.entries() {
-            if cooldown.contains_key(&e.id)
-                || ineligible(state, e, &me, now, policy.quorum, running).is_some()
-            {
+            if cooldown.contains_key(&e.id) {
+                continue;
+            }
+            if ineligible(state, e, &me, now, policy.quorum, running).is_some() {
+                eligible_since.remove(&e.id);
                 continue;
             }
             let Some(enq) = &e.enqueued else { continue };
@@ -467,6 +518,17 @@ fn pick(
             }
             if !source::is_supported(&q.source) && !cfg.fail_unsupported {
                 continue;
+            }
+            let orphaned = e.live_claims(now).any(|c| c.builder == me);
+            if let Some(d) = &cfg.claim_delay
+                && !orphaned
+            {
+                let since = *eligible_since.entry(e.id).or_insert_with(Instant::now);
+                let at = since + (d.0)(&e.id);
+                if at > Instant::now() {
+                    *wake = Some(wake.map_or(at, |w| w.min(at)));
+                    continue;
+                }
             }
             let prev = own_attempts(e, &me);
             if prev >= cfg.max_attempts {

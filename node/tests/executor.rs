@@ -464,3 +464,30 @@ async fn superseded_builds_are_abandoned() {
     assert!(env.record(&cancelled).reports.is_empty());
     assert!(env.record(&crossed).reports.is_empty());
 }
+
+/// The rank-proportional claim delay is waited out before claiming (runs without a sandbox:
+/// only the claim is looked at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_delay_is_waited_out() {
+    let env = Env::new();
+    let id = env.enqueue(env.entry(env.dir_source(&example("pacmesh-hello"))));
+    let mut cfg = env.config();
+    cfg.bwrap = "/nonexistent/pacmesh-test-bwrap".into();
+    cfg.tick = Duration::from_secs(30); // the delay's own wake-up must do
+    let delay = Duration::from_millis(1500);
+    cfg.claim_delay = Some(pacmesh_node::executor::ClaimDelay(std::sync::Arc::new(
+        move |_| delay,
+    )));
+    let t = std::time::Instant::now();
+    let (tx, h) = env.start(cfg);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        env.record(&id).claims.is_empty(),
+        "claimed before the delay"
+    );
+    env.wait(&id, 10, "the claim", |r| !r.claims.is_empty())
+        .await;
+    let took = t.elapsed();
+    assert!(took >= delay && took < Duration::from_secs(5), "{took:?}");
+    stop(tx, h).await;
+}
