@@ -266,6 +266,7 @@ pub async fn run(
     }
 
     let mut changed = core.subscribe();
+    let mut watching = true;
     let mut tick = tokio::time::interval(cfg.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jobs: JoinSet<JobEnd> = JoinSet::new();
@@ -304,7 +305,7 @@ pub async fn run(
                     break;
                 }
             }
-            _ = changed.changed() => {}
+            r = changed.changed(), if watching => watching = r.is_ok(),
             _ = tick.tick() => {}
             _ = sleep_until(book.wake), if book.wake.is_some() => {}
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
@@ -610,10 +611,14 @@ async fn job(
         tokio::spawn(async move {
             let period = (p.lease / 3).max(Duration::from_millis(200));
             let mut next = tokio::time::Instant::now() + period;
+            let mut watching = true;
             loop {
                 let renew = tokio::select! {
                     _ = tokio::time::sleep_until(next) => true,
-                    r = changed.changed() => r.is_err(),
+                    r = changed.changed(), if watching => {
+                        watching = r.is_ok();
+                        false
+                    }
                     _ = hb_stop.wait_for(|s| *s) => return,
                 };
                 let why = {
