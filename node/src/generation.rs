@@ -23,8 +23,9 @@
 //!
 //! # Crash safety
 //!
-//! A generation is built in `gen/.tmp-G-xxxx`, every file `fsync`ed, the
-//! directory `fsync`ed, then renamed to `gen/G` (and `gen/` `fsync`ed): a
+//! A generation is built in `gen/.tmp-G-xxxx`, made durable (one
+//! `syncfs(2)` for all its files, then an `fsync` of the directory), then
+//! renamed to `gen/G` (and `gen/` `fsync`ed): a
 //! `gen/G` directory is always complete. The served generation changes by
 //! creating a temporary symlink and renaming it over `current`, so `current`
 //! always names a complete generation, the old one or the new one. Readers
@@ -194,10 +195,43 @@ fn export_checked(
     size: Option<u64>,
     sha256: Option<&Sha256>,
 ) -> Result<()> {
-    blobs
-        .export(hash, dest)
-        .with_context(|| format!("Failed to export blob {} to {}", hash, dest.display()))?;
+    copy_out(blobs, hash, dest)?;
     check_file(hash, dest, size, sha256)
+}
+
+/// Writes the (store-verified) content of `hash` to a new file `dest`, mode
+/// 0644, without `fsync` (callers make the whole directory durable at once
+/// with [`sync_fs`], or do not need durability).
+pub(crate) fn copy_out(blobs: &dyn BlobStore, hash: &Hash, dest: &Path) -> Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = blobs
+        .open(hash)
+        .with_context(|| format!("Failed to read blob {hash}"))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(dest)
+        .with_context(|| format!("Failed to create {}", dest.display()))?;
+    let n = io::copy(&mut src, &mut f)
+        .with_context(|| format!("Failed to write blob {hash} to {}", dest.display()))?;
+    // The umask may have narrowed the mode.
+    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .with_context(|| format!("Failed to chmod {}", dest.display()))?;
+    Ok(n)
+}
+
+/// Makes everything written to the file system holding `dir` durable: one
+/// `syncfs(2)` instead of an `fsync` per file.
+fn sync_fs(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).with_context(|| format!("Failed to open {}", dir.display()))?;
+    // SAFETY: a valid open file descriptor, owned by `d` for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("Failed to syncfs {}", dir.display()));
+    }
+    Ok(())
 }
 
 /// Like [`export_checked`], but first tries to hard-link the file of the
@@ -268,8 +302,7 @@ fn check_file(hash: &Hash, dest: &Path, size: Option<u64>, sha256: Option<&Sha25
             dest.display()
         );
     }
-    f.sync_all()
-        .with_context(|| format!("Failed to fsync {}", dest.display()))?;
+    // No fsync here: the caller syncs the whole directory once.
     Ok(())
 }
 
@@ -383,7 +416,8 @@ pub fn materialise(blobs: &dyn BlobStore, data_dir: &Path, m: &RepoManifest) -> 
         let json = serde_json::to_vec_pretty(m).context("Failed to encode the manifest")?;
         let mpath = tmp.join(MANIFEST_FILE);
         fs::write(&mpath, json).with_context(|| format!("Failed to write {}", mpath.display()))?;
-        File::open(&mpath).and_then(|f| f.sync_all())?;
+        // Every file and the directory itself durable before the rename.
+        sync_fs(&tmp)?;
         fsync_dir(&tmp)?;
         Ok(())
     })();
@@ -395,7 +429,14 @@ pub fn materialise(blobs: &dyn BlobStore, data_dir: &Path, m: &RepoManifest) -> 
     }
     if final_dir.exists() {
         // Another manifest under the same number (two publishers raced):
-        // move it aside first; a directory cannot be renamed over a full one.
+        // move it aside first (a directory cannot be renamed over a full
+        // one) and release the pins only it needed.
+        if let Some(old) = read_materialised(&final_dir) {
+            let keep = manifest_blobs(m);
+            for h in manifest_blobs(&old).difference(&keep) {
+                let _ = blobs.unpin(h, &tag);
+            }
+        }
         let trash = gen_root.join(format!(".trash-{g}-{}", unique()));
         fs::rename(&final_dir, &trash)
             .with_context(|| format!("Failed to move {} aside", final_dir.display()))?;

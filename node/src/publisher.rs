@@ -743,9 +743,17 @@ fn stage(
     dir: &Path,
     a: &Artifact,
 ) -> Result<(PathBuf, Result<PackageInfo, String>)> {
-    let path = dir.join(a.file_name.as_str());
-    blobs
-        .export(&a.blake3, &path)
+    // One folder per blob: two artifacts may share a file name.
+    let sub = dir.join(a.blake3.to_hex());
+    match fs::create_dir(&sub) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("Failed to create {}", sub.display())),
+    }
+    let path = sub.join(a.file_name.as_str());
+    let _ = fs::remove_file(&path);
+    // A scratch copy: no fsync.
+    generation::copy_out(blobs, &a.blake3, &path)
         .with_context(|| format!("Failed to export artifact {} ({})", a.file_name, a.blake3))?;
     let mut opts = ReadOptions::default();
     opts.read_signature = false;

@@ -1013,3 +1013,23 @@ fn timing_300_packages() {
     let idle = t.elapsed();
     eprintln!("300 packages: first generation {first:?}, +1 package {next:?}, idle step {idle:?}");
 }
+
+/// Two different builds under one file name in the same step: the first (by
+/// enqueue time) is published, the other refused as the same version.
+#[test]
+fn same_file_name_twice_in_one_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = open_node(tmp.path(), 1);
+    let a = pkg("hello", "1.0-1");
+    let mut b = a.clone();
+    b.builddate += 1;
+    enqueue_built(&core, "hello", &[a.clone()]);
+    tick();
+    enqueue_built(&core, "hello", &[b]);
+    let ms = publish_once(&core, &cfg()).unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].packages.len(), 1);
+    assert_eq!(ms[0].packages[0].sha256, Sha256::digest(a.archive_bytes()));
+    check_signed_dir(&served(&core), &ms[0]);
+    assert!(publish_once(&core, &cfg()).unwrap().is_empty());
+}
