@@ -1036,7 +1036,124 @@ fn kill_job_processes(job_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pacmesh_protocol::{Event, PublicKey, SigningKey};
     use pacmesh_sandbox::{Outcome, Phase};
+
+    fn key(n: u8) -> PublicKey {
+        PublicKey::from(&SigningKey::from_bytes(&[n; 32]))
+    }
+
+    /// Applies events with fake ids (the state does not check them).
+    struct Log {
+        state: QueueState,
+        n: u64,
+    }
+    impl Log {
+        fn apply(&mut self, author: u8, body: EventBody) -> Hash {
+            self.n += 1;
+            let prev = (self.n > 1).then(|| Hash::new(b"prev"));
+            let ev = Event::new(
+                key(author),
+                self.n,
+                prev,
+                Timestamp::from_millis(self.n),
+                body,
+            );
+            let id = Hash::new(format!("event {}", self.n));
+            assert!(self.state.apply(id, &ev));
+            id
+        }
+    }
+
+    #[test]
+    fn eligibility_orphans_crossed_claims_and_cancels() {
+        let (me, other, maint) = (3u8, 4u8, 2u8);
+        let now = Timestamp::from_millis(1_000);
+        let later = Timestamp::from_millis(600_000);
+        let mut log = Log {
+            state: QueueState::new(),
+            n: 0,
+        };
+        let entry = log.apply(
+            maint,
+            EventBody::Enqueue(QueueEntry::new(
+                pacmesh_protocol::Name::new("extra").unwrap(),
+                Source::Aur {
+                    pkgbase: pacmesh_protocol::Name::new("x").unwrap(),
+                },
+            )),
+        );
+        let running = HashMap::new();
+        let rec = |log: &Log| log.state.entry(&entry).unwrap().clone();
+        assert_eq!(
+            ineligible(&log.state, &rec(&log), &key(me), now, 1, &running),
+            None
+        );
+        assert_eq!(own_attempts(&rec(&log), &key(me)), 0);
+
+        // Our own live claim, left by a dead process: ours to take again, attempt 2.
+        log.apply(
+            me,
+            EventBody::Claim {
+                entry,
+                attempt: 1,
+                lease_until: later,
+            },
+        );
+        assert_eq!(
+            ineligible(&log.state, &rec(&log), &key(me), now, 1, &running),
+            None
+        );
+        assert_eq!(own_attempts(&rec(&log), &key(me)), 1);
+        // ... but not while a job of this process holds it.
+        let (tx, _rx) = watch::channel(false);
+        let busy = HashMap::from([(entry, tx)]);
+        assert_eq!(
+            ineligible(&log.state, &rec(&log), &key(me), now, 1, &busy),
+            Some("building")
+        );
+        assert_eq!(superseded(&log.state, &rec(&log), &key(me), now, 1), None);
+
+        // Another builder's live claim: not ours; while building, the ranking decides.
+        log.apply(
+            other,
+            EventBody::Claim {
+                entry,
+                attempt: 1,
+                lease_until: later,
+            },
+        );
+        assert_eq!(
+            ineligible(&log.state, &rec(&log), &key(me), now, 1, &running),
+            Some("claimed")
+        );
+        let winner = pacmesh_protocol::claim_winner(&entry, &key(me), &key(other));
+        assert_eq!(
+            superseded(&log.state, &rec(&log), &key(me), now, 1).is_some(),
+            winner == key(other)
+        );
+        assert_eq!(
+            superseded(&log.state, &rec(&log), &key(other), now, 1).is_some(),
+            winner == key(me)
+        );
+        // Lapsed leases count for nothing.
+        let after = Timestamp::from_millis(700_000);
+        assert_eq!(
+            ineligible(&log.state, &rec(&log), &key(me), after, 1, &running),
+            None
+        );
+
+        // A cancel ends everything.
+        log.apply(maint, EventBody::Cancel { entry });
+        assert_eq!(
+            ineligible(&log.state, &rec(&log), &key(me), now, 1, &running),
+            Some("done")
+        );
+        assert_eq!(
+            superseded(&log.state, &rec(&log), &key(me), now, 1).as_deref(),
+            Some("entry cancelled")
+        );
+    }
 
     fn result(log: &str, outcome: Outcome, error: Option<&str>) -> BuildResult {
         BuildResult {
