@@ -157,6 +157,40 @@ fn chroot_profile_installs_a_mesh_built_dependency_into_the_layer() {
     );
     assert!(!b.work_dir.join("layer").exists(), "layer not removed");
 
+    // The hardening holds in the chroot profile too.
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let hw = t.path().join("hostile-write");
+    std::fs::create_dir_all(&hw).unwrap();
+    let text = std::fs::read_to_string(fixture("hostile-write").join("PKGBUILD"))
+        .unwrap()
+        .replace("@OUTSIDE@", &outside.display().to_string())
+        .replace("@CACHE@", &cfg.source_cache.display().to_string());
+    std::fs::write(hw.join("PKGBUILD"), text).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let hn = t.path().join("hostile-net");
+    std::fs::create_dir_all(&hn).unwrap();
+    let text = std::fs::read_to_string(fixture("hostile-net").join("PKGBUILD"))
+        .unwrap()
+        .replace("@PORT@", &listener.local_addr().unwrap().port().to_string());
+    std::fs::write(hn.join("PKGBUILD"), text).unwrap();
+    cfg.profile = Profile::Chroot(ChrootConfig::new(&base));
+    let w = build(&cfg, &hw);
+    assert_success(&w);
+    assert!(!w.log.contains("WROTE"), "{}", w.log);
+    assert!(w.log.contains("DENIED core_pattern"), "{}", w.log);
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+    assert!(!base.join("usr/pacmesh-pwned").exists() && !base.join("etc/pacmesh-pwned").exists());
+    let n = build(&cfg, &hn);
+    assert_success(&n);
+    assert!(
+        n.log.contains("NET-BLOCKED build") && !n.log.contains("NET-CONNECTED"),
+        "{}",
+        n.log
+    );
+    assert!(listener.accept().is_err());
+
     // Without the repository, B fails in install-deps with a clear message.
     cfg.profile = Profile::Chroot(ChrootConfig::new(&base));
     let c = build(&cfg, &fixture("chroot-dep-b"));
