@@ -75,9 +75,26 @@ impl Core {
         let outcome = self.ingest().ingest(bytes);
         if let IngestOutcome::Accepted { id } = &outcome {
             tracing::debug!(event = %id.fmt_short(), "accepted");
+            self.pin_referenced(id, bytes);
             self.changed.send_modify(|n| *n += 1);
         }
         outcome
+    }
+
+    /// Pins every blob an accepted event refers to (snapshots, artifacts, logs, repository files)
+    /// as `event:<id>`, so garbage collection keeps what the log needs. The event was verified
+    /// by the ingest; it is only decoded again here.
+    fn pin_referenced(&self, id: &Hash, bytes: &[u8]) {
+        let limits = self.ingest().limits().clone();
+        let Ok(signed) = Signed::<Event>::from_bytes(bytes, &limits) else { return };
+        let Ok(ev) = pacmesh_protocol::Message::decode(&signed.payload, &limits) else { return };
+        let ev: Event = ev;
+        let tag = format!("event:{id}");
+        for h in crate::state::referenced_blobs(&ev.body) {
+            if let Err(e) = crate::store::BlobStore::pin(self.blobs.as_ref(), &h, &tag) {
+                tracing::warn!(blob = %h.fmt_short(), "cannot pin: {e}");
+            }
+        }
     }
 
     /// Signs `body` as this node and ingests it. Fails if the policy refuses it (e.g. this node
