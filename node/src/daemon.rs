@@ -21,6 +21,10 @@ use crate::ingest::{Ingest, IngestConfig};
 use crate::keys::NodeKey;
 use crate::store::{DbConfig, FsStore, open_db};
 
+/// How often unreferenced blobs are collected, and how old they must be.
+const GC_INTERVAL: Duration = Duration::from_secs(3600);
+const GC_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// What a started node tells its caller (tests, `demo`).
 #[derive(Clone)]
 pub struct Started {
@@ -151,6 +155,26 @@ pub async fn run(
         let pcfg = crate::publisher::PublisherConfig { keep: cfg.keep_generations, uid: cfg.publish_uid.clone() };
         let (c, s) = (core.clone(), stop_rx.clone());
         tasks.spawn(async move { crate::publisher::run(c, pcfg, s).await.map(|()| "publisher") });
+    }
+    {
+        // Blobs nothing pins (uploads never enqueued, generations pruned by the publisher) are
+        // collected once they are a day old.
+        let (c, mut stop) = (core.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(GC_INTERVAL);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return Ok("gc"),
+                }
+                let c = c.clone();
+                match tokio::task::spawn_blocking(move || crate::store::BlobStore::gc(c.blobs.as_ref(), GC_GRACE)).await? {
+                    Ok(stats) => tracing::info!(?stats, "content store collected"),
+                    Err(e) => tracing::warn!("content store collection failed: {e}"),
+                }
+            }
+        });
     }
     let started = Started { http, core: core.clone() };
     println!("pacmesh: node {} ({})", core.key.peer_id(), core.public);
