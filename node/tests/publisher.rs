@@ -1023,7 +1023,7 @@ fn same_file_name_twice_in_one_step() {
     let a = pkg("hello", "1.0-1");
     let mut b = a.clone();
     b.builddate += 1;
-    enqueue_built(&core, "hello", &[a.clone()]);
+    enqueue_built(&core, "hello", std::slice::from_ref(&a));
     tick();
     enqueue_built(&core, "hello", &[b]);
     let ms = publish_once(&core, &cfg()).unwrap();
