@@ -8,3 +8,7 @@ pub mod pkginfo;
 pub mod sign;
 pub mod srcinfo;
 pub mod version;
+
+/// Synthetic packages for tests and benchmarks (cargo feature `testutil`).
+#[cfg(feature = "testutil")]
+pub use package::testutil;
