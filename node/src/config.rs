@@ -41,6 +41,8 @@ pub struct BuildSection {
     pub timeout_secs: Option<u64>,
     pub log_cap_bytes: Option<usize>,
     pub arch: Option<String>,
+    /// "UID:GID" that starts the sandbox when the node runs as root (host profile).
+    pub run_as: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +72,7 @@ pub struct Config {
     pub timeout_secs: u64,
     pub log_cap_bytes: usize,
     pub arch: String,
+    pub run_as: Option<(u32, u32)>,
     pub keep_generations: usize,
     pub publish_uid: Option<String>,
 }
@@ -137,7 +140,24 @@ impl Config {
         if slots == 0 {
             bail!("build.slots must be at least 1 (set build.enabled = false to not build)");
         }
+        let run_as = match file.build.run_as.as_deref() {
+            None => None,
+            Some(spec) => {
+                let parsed = spec
+                    .split_once(':')
+                    .and_then(|(u, g)| Some((u.trim().parse::<u32>().ok()?, g.trim().parse::<u32>().ok()?)));
+                match parsed {
+                    Some((0, _)) | Some((_, 0)) => bail!("build.run_as {spec:?}: must not be root"),
+                    Some(ids) => Some(ids),
+                    None => bail!("build.run_as {spec:?}: expected \"UID:GID\", e.g. \"65534:65534\""),
+                }
+            }
+        };
+        if run_as.is_some() && profile == "chroot" {
+            bail!("build.run_as works with the host profile only");
+        }
         Ok(Config {
+            run_as,
             policy: flags.policy.or(file.policy.map(rel)),
             publisher_key: flags.publisher_key.or(file.publisher_key.map(rel)),
             http,
@@ -199,6 +219,11 @@ mod tests {
         let err = format!("{:#}", Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).unwrap_err());
         assert!(err.contains("node.toml") && err.contains("htp"), "{err}");
         std::fs::write(&cfg, "[build]\nslots = 0\n").unwrap();
-        assert!(Config::resolve(Flags { config: Some(cfg), ..Default::default() }).is_err());
+        assert!(Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).is_err());
+        std::fs::write(&cfg, "[build]\nrun_as = \"0:0\"\n").unwrap();
+        assert!(Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).is_err());
+        std::fs::write(&cfg, "[build]\nrun_as = \"65534:65534\"\n").unwrap();
+        let c = Config::resolve(Flags { config: Some(cfg), ..Default::default() }).unwrap();
+        assert_eq!(c.run_as, Some((65534, 65534)));
     }
 }

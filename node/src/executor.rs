@@ -125,6 +125,9 @@ pub struct ExecutorConfig {
     /// Claim and fail entries whose source kind this node cannot fetch (see the module docs).
     pub fail_unsupported: bool,
     /// The bubblewrap binary.
+    /// Host profile, node running as root: the unprivileged host `(uid, gid)` that starts
+    /// bwrap, so the build user is not host uid 0 (config `build.run_as`).
+    pub run_as: Option<(u32, u32)>,
     pub bwrap: PathBuf,
     /// The rank-proportional wait before claiming an entry that became claimable (see
     /// [`ClaimDelay`]); `None`: claim at once (a node alone in its mesh).
@@ -183,6 +186,7 @@ impl ExecutorConfig {
             retry_delay: Duration::from_secs(60),
             fail_unsupported: true,
             bwrap: "bwrap".into(),
+            run_as: None,
             live_log: None,
             claim_delay: None,
         }
@@ -210,6 +214,7 @@ impl ExecutorConfig {
         e.slots = cfg.slots.max(1) as usize;
         e.default_timeout = Duration::from_secs(cfg.timeout_secs.max(1));
         e.log_cap = cfg.log_cap_bytes;
+        e.run_as = cfg.run_as;
         e.packager = format!("pacmesh node <{}@pacmesh.invalid>", core.key.peer_id());
         e
     }
@@ -821,6 +826,7 @@ fn execute(
     bc.packager = cfg.packager.clone();
     bc.arch = cfg.arch.clone();
     bc.bwrap = cfg.bwrap.clone();
+    bc.run_as = cfg.run_as;
     tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, "building");
     if cancel.load(Ordering::Relaxed) {
         return Err(NodeFault::new("abandoned".into(), None));
