@@ -198,3 +198,35 @@ fn inspect_each_kind() {
     assert!(err.contains("not a .SRCINFO"), "{err}");
     fails(&["inspect", s(t.path())], 1);
 }
+
+#[test]
+fn build_prints_artifacts_and_is_reproducible() {
+    let have = |t: &str| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    };
+    if !have("bwrap") || !have("makepkg") {
+        eprintln!("SKIPPED: bwrap or makepkg missing");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/packages/pacmesh-split");
+    let data = t.path().join("data");
+    let mut outs = Vec::new();
+    for n in 0..2 {
+        let out = t.path().join(format!("out{n}"));
+        let printed = ok(&[
+            "build", "--quiet", "--data-dir", s(&data), "--out", s(&out), "--source-date-epoch", "1700000000",
+            s(&example),
+        ]);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), 2, "two split packages: {printed}");
+        for l in &lines {
+            let (hash, path) = l.split_once("  ").unwrap();
+            assert_eq!(hash, blake3::hash(&std::fs::read(path).unwrap()).to_hex().as_str());
+        }
+        outs.push(printed.replace(&format!("out{n}"), "out"));
+    }
+    assert_eq!(outs[0], outs[1], "same epoch, same bytes");
+    let err = fails(&["build", "--data-dir", s(&data), s(t.path())], 1);
+    assert!(err.contains("no PKGBUILD"), "{err}");
+}
