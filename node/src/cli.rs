@@ -158,13 +158,13 @@ pub struct NodeArgs {
     /// Data directory [default: $XDG_DATA_HOME/pacmesh].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// libp2p listen multiaddr (repeatable; used by the mesh).
+    /// libp2p listen multiaddr (repeatable; for the mesh, not in this version yet: ignored with a warning).
     #[arg(long)]
     pub listen: Vec<String>,
     /// HTTP address; 127.0.0.1:0 picks a free port and prints it.
     #[arg(long)]
     pub http: Option<String>,
-    /// Bootstrap peer multiaddr (repeatable; used by the mesh).
+    /// Bootstrap peer multiaddr (repeatable; for the mesh, not in this version yet: ignored with a warning).
     #[arg(long)]
     pub bootstrap: Vec<String>,
     /// Capability tag (repeatable), e.g. bigmem.

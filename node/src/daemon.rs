@@ -127,6 +127,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
     on_start: impl FnOnce(&Started),
 ) -> Result<()> {
+    if !cfg.listen.is_empty() || !cfg.bootstrap.is_empty() {
+        tracing::warn!("libp2p networking is not in this version yet: listen and bootstrap addresses are ignored");
+    }
     let core = open(&cfg)?;
     let c = core.clone();
     tokio::task::spawn_blocking(move || crate::generation::ensure_current(&c))

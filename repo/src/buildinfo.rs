@@ -488,31 +488,19 @@ impl BuildInfo {
     /// Read and parse from `reader` (a file, a tar entry...), reading at most one byte past
     /// [`MAX_BUILDINFO_SIZE`] so an oversized or endless input is refused without buffering it.
     pub fn from_reader(reader: impl std::io::Read) -> Result<BuildInfo, BuildInfoError> {
-        use std::io::Read as _;
-        let mut bytes = Vec::new();
-        reader
-            .take(MAX_BUILDINFO_SIZE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| BuildInfoError::Io(e.to_string()))?;
-        if bytes.len() > MAX_BUILDINFO_SIZE {
-            return Err(BuildInfoError::TooLarge {
-                size: bytes.len(),
-                max: MAX_BUILDINFO_SIZE,
-            });
+        match crate::text::read_capped(reader, MAX_BUILDINFO_SIZE) {
+            Ok(Ok(bytes)) => BuildInfo::from_bytes(&bytes),
+            Ok(Err(size)) => Err(BuildInfoError::TooLarge { size, max: MAX_BUILDINFO_SIZE }),
+            Err(e) => Err(BuildInfoError::Io(e.to_string())),
         }
-        BuildInfo::from_bytes(&bytes)
     }
 
     /// Parse raw bytes (checks the size limit and UTF-8 first).
     pub fn from_bytes(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
         check_size(bytes.len())?;
-        match std::str::from_utf8(bytes) {
+        match crate::text::utf8_or_line(bytes) {
             Ok(text) => BuildInfo::parse(text),
-            Err(e) => {
-                let valid = &bytes[..e.valid_up_to()];
-                let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-                Err(BuildInfoError::InvalidUtf8 { line })
-            }
+            Err(line) => Err(BuildInfoError::InvalidUtf8 { line }),
         }
     }
 

@@ -320,6 +320,7 @@ fn octal(field: &mut [u8], mut v: u64) {
 }
 
 impl TarWriter {
+    #[cfg(feature = "testutil")]
     pub(crate) fn new() -> Self {
         TarWriter { buf: Vec::new() }
     }

@@ -7,6 +7,7 @@ pub mod package;
 pub mod pkginfo;
 pub mod sign;
 pub mod srcinfo;
+mod text;
 pub mod version;
 
 /// Synthetic packages for tests and benchmarks (cargo feature `testutil`).

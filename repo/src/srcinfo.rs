@@ -720,31 +720,19 @@ impl SrcInfo {
     /// Read and parse from `reader` (a file, a tar entry...), reading at most one byte past
     /// [`MAX_SRCINFO_SIZE`] so an oversized or endless input is refused without buffering it.
     pub fn from_reader(reader: impl std::io::Read) -> Result<SrcInfo, SrcInfoError> {
-        use std::io::Read as _;
-        let mut bytes = Vec::new();
-        reader
-            .take(MAX_SRCINFO_SIZE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| SrcInfoError::Io(e.to_string()))?;
-        if bytes.len() > MAX_SRCINFO_SIZE {
-            return Err(SrcInfoError::TooLarge {
-                size: bytes.len(),
-                max: MAX_SRCINFO_SIZE,
-            });
+        match crate::text::read_capped(reader, MAX_SRCINFO_SIZE) {
+            Ok(Ok(bytes)) => SrcInfo::from_bytes(&bytes),
+            Ok(Err(size)) => Err(SrcInfoError::TooLarge { size, max: MAX_SRCINFO_SIZE }),
+            Err(e) => Err(SrcInfoError::Io(e.to_string())),
         }
-        SrcInfo::from_bytes(&bytes)
     }
 
     /// Parse raw bytes (checks the size limit and UTF-8 first).
     pub fn from_bytes(bytes: &[u8]) -> Result<SrcInfo, SrcInfoError> {
         check_size(bytes.len())?;
-        match std::str::from_utf8(bytes) {
+        match crate::text::utf8_or_line(bytes) {
             Ok(text) => SrcInfo::parse(text),
-            Err(e) => {
-                let valid = &bytes[..e.valid_up_to()];
-                let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-                Err(SrcInfoError::InvalidUtf8 { line })
-            }
+            Err(line) => Err(SrcInfoError::InvalidUtf8 { line }),
         }
     }
 
