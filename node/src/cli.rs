@@ -187,6 +187,7 @@ pub struct NodeArgs {
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Sign a queue entry with a maintainer key and submit it to a node.
+    #[command(group(clap::ArgGroup::new("src").required(true).args(["dir", "git", "aur", "tree"])))]
     Add {
         /// Maintainer key.
         #[arg(long)]
@@ -194,10 +195,10 @@ pub enum QueueCommand {
         #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
         node: String,
         /// A local PKGBUILD folder (uploaded to the node as a snapshot).
-        #[arg(long, group = "src", value_name = "PATH")]
+        #[arg(long, value_name = "PATH")]
         dir: Option<PathBuf>,
         /// A git repository holding a PKGBUILD.
-        #[arg(long, group = "src", value_name = "URL")]
+        #[arg(long, value_name = "URL")]
         git: Option<String>,
         /// Branch, tag or commit of --git [default: the default branch].
         #[arg(long = "ref", requires = "git")]
@@ -206,10 +207,10 @@ pub enum QueueCommand {
         #[arg(long, requires = "git")]
         subdir: Option<String>,
         /// An AUR package base.
-        #[arg(long, group = "src", value_name = "NAME")]
+        #[arg(long, value_name = "NAME")]
         aur: Option<String>,
         /// A packages tree (one folder per package base).
-        #[arg(long, group = "src", value_name = "GITURL")]
+        #[arg(long, value_name = "GITURL")]
         tree: Option<String>,
         /// Requirement a builder must meet (repeatable): arch=aarch64, mem>=16G, tag=bigmem...
         #[arg(long)]
@@ -374,7 +375,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 no_mdns: args.no_mdns, tags: args.tags, aur_url: args.aur_url, no_build: args.no_build,
             })?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(crate::daemon::run(cfg, async { let _ = tokio::signal::ctrl_c().await; }, |_| {}))
+            rt.block_on(crate::daemon::run(cfg, crate::daemon::stop_signal(), |_| {}))
         }
         Command::Queue(q) => queue_command(q),
         Command::Status { node, json } => {

@@ -86,7 +86,8 @@ impl Client {
                 Some(s) => Some(s.parse::<Hash>().context("the node sent a bad event id")?),
                 None => None,
             };
-            let ev = Event::new(author, seq + 1, prev, Timestamp::now(), body.clone());
+            let next = seq.checked_add(1).context("the node sent an impossible sequence number")?;
+            let ev = Event::new(author, next, prev, Timestamp::now(), body.clone());
             let signed = Signed::sign(key.signing_key(), &ev)?;
             match self.post_event(&signed.to_bytes()) {
                 Ok(v) => return v["id"].as_str().context("no event id in the answer")?.parse().context("event id"),

@@ -153,6 +153,11 @@ impl Config {
                 }
             }
         };
+        let tags = if flags.tags.is_empty() { file.tags.unwrap_or_default() } else { flags.tags };
+        let arch = file.build.arch.unwrap_or_else(host_arch);
+        for (what, v) in tags.iter().map(|t| ("tag", t)).chain([("build.arch", &arch)]) {
+            pacmesh_protocol::Name::new(v.clone()).map_err(|e| anyhow::anyhow!("{what} {v:?}: {e}"))?;
+        }
         if run_as.is_some() && profile == "chroot" {
             bail!("build.run_as works with the host profile only");
         }
@@ -164,7 +169,7 @@ impl Config {
             listen: if flags.listen.is_empty() { file.listen.unwrap_or_default() } else { flags.listen },
             bootstrap: if flags.bootstrap.is_empty() { file.bootstrap.unwrap_or_default() } else { flags.bootstrap },
             mdns: !flags.no_mdns && file.mdns.unwrap_or(true),
-            tags: if flags.tags.is_empty() { file.tags.unwrap_or_default() } else { flags.tags },
+            tags,
             aur_url: flags.aur_url.or(file.aur_url).unwrap_or_else(|| DEFAULT_AUR_URL.into()),
             build_enabled: !flags.no_build && file.build.enabled.unwrap_or(true),
             profile,
@@ -172,7 +177,7 @@ impl Config {
             slots,
             timeout_secs: file.build.timeout_secs.unwrap_or(3600),
             log_cap_bytes: file.build.log_cap_bytes.unwrap_or(16 << 20),
-            arch: file.build.arch.unwrap_or_else(host_arch),
+            arch,
             keep_generations: file.publish.keep_generations.unwrap_or(10).max(1),
             publish_uid: file.publish.uid,
             data_dir,

@@ -99,12 +99,12 @@ pub fn capabilities(cfg: &Config) -> Capabilities {
         .map_or(0, |kb| kb * 1024);
     let disk_free_bytes = disk_free(&cfg.data_dir).unwrap_or(0);
     Capabilities {
-        arch: Name::new(cfg.arch.clone()).unwrap_or_else(|_| Name::new("x86_64").expect("valid")),
+        arch: Name::new(cfg.arch.clone()).expect("validated by Config::resolve"),
         microarch: 0,
         cores,
         memory_bytes,
         disk_free_bytes,
-        tags: cfg.tags.iter().filter_map(|t| Name::new(t.clone()).ok()).collect(),
+        tags: cfg.tags.iter().map(|t| Name::new(t.clone()).expect("validated by Config::resolve")).collect(),
         profile: Name::new(cfg.profile.clone()).unwrap_or_else(|_| Name::new("host").expect("valid")),
         load: 0,
         slots: cfg.slots,
@@ -119,6 +119,22 @@ fn disk_free(path: &std::path::Path) -> Option<u64> {
     // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (how service managers stop a daemon).
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 /// Runs a node until `shutdown` resolves. `on_start` is called once the HTTP server listens.

@@ -52,7 +52,6 @@ pub fn run(exit_after_publish: bool, http: &str, dir: Option<PathBuf>) -> Result
             p
         }
     };
-    let keys = base.join("keys");
     let root = base.join("keys/root.key");
     let maintainer = base.join("keys/maintainer.key");
     let node_key = base.join("keys/node.key");
@@ -101,21 +100,44 @@ pub fn run(exit_after_publish: bool, http: &str, dir: Option<PathBuf>) -> Result
             let _ = started_tx.send(s.http);
         },
     ));
-    let addr = match started_rx.recv_timeout(Duration::from_secs(60)) {
+    let addr = match started_rx.recv_timeout(Duration::from_secs(120)) {
         Ok(a) => a,
-        Err(_) => {
-            // The node stopped before listening: report its error.
+        Err(why) => {
+            // Stopped before listening (report its error), or too slow (stop it).
+            let _ = stop_tx.send(());
             let err = rt.block_on(daemon).context("the demo node")?.err();
-            bail!("the demo node did not start: {}", err.map(|e| format!("{e:#}")).unwrap_or_default());
+            bail!(
+                "the demo node did not start ({why}): {}",
+                err.map(|e| format!("{e:#}")).unwrap_or_default()
+            );
         }
     };
+    // Whatever happens from here on, the node is stopped and joined (builds abandoned, stores
+    // flushed) before the demo returns.
+    let result = publish_and_serve(&rt, &base, &maintainer, &node, &folders, addr, exit_after_publish);
+    let _ = stop_tx.send(());
+    let stopped = rt.block_on(daemon).context("the demo node");
+    result?;
+    stopped??;
+    Ok(())
+}
+
+fn publish_and_serve(
+    rt: &tokio::runtime::Runtime,
+    base: &Path,
+    maintainer: &Path,
+    node: &NodeKey,
+    folders: &[PathBuf],
+    addr: std::net::SocketAddr,
+    exit_after_publish: bool,
+) -> Result<()> {
     let url = format!("http://{addr}");
     let client = Client::new(&url);
     println!("pacmesh demo: enqueueing {} example folders", folders.len());
     let mut ids = Vec::new();
-    for f in &folders {
+    for f in folders {
         let id = queue_add(&QueueAdd {
-            key: maintainer.clone(),
+            key: maintainer.to_path_buf(),
             node: url.clone(),
             source: AddSource::Dir(f.clone()),
             repo: Some(DEMO_REPO.into()),
@@ -126,12 +148,7 @@ pub fn run(exit_after_publish: bool, http: &str, dir: Option<PathBuf>) -> Result
         })?;
         ids.push(id.to_string());
     }
-    let result = wait_published(&client, &ids, Duration::from_secs(900));
-    if let Err(e) = result {
-        let _ = stop_tx.send(());
-        let _ = rt.block_on(daemon);
-        return Err(e);
-    }
+    wait_published(&client, &ids, Duration::from_secs(900))?;
     let asc = base.join("pacmesh-demo.asc");
     let pgp = pacmesh_repo::sign::OpenPgpKey::from_ed25519_secret(
         node.seed(),
@@ -150,15 +167,11 @@ pub fn run(exit_after_publish: bool, http: &str, dir: Option<PathBuf>) -> Result
     println!("  SigLevel = Required DatabaseRequired");
     println!("  Server = {url}/$repo/os/$arch");
     println!();
-    println!("Then: pacman -Sy pacmesh-hello   (files of this demo: {}; keys in {})", base.display(), keys.display());
+    println!("Then: pacman -Sy pacmesh-hello   (files of this demo: {})", base.display());
     if !exit_after_publish {
         println!("Serving until Ctrl-C.");
-        rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        rt.block_on(crate::daemon::stop_signal());
     }
-    let _ = stop_tx.send(());
-    rt.block_on(daemon).context("the demo node")??;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use pacmesh_protocol::{Hash, PublicKey, Timestamp};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::core::Core;
 use crate::ingest::IngestOutcome;
@@ -69,22 +69,41 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
-async fn status(State(core): State<Arc<Core>>) -> axum::Json<Value> {
-    axum::Json(views::status(&core, Timestamp::now()))
+/// Runs a read of the node's state off the async workers: the ingest lock may be held by a
+/// durable write.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn queue(State(core): State<Arc<Core>>) -> axum::Json<Value> {
-    axum::Json(views::queue(&core.ingest(), Timestamp::now()))
+async fn status(State(core): State<Arc<Core>>) -> Response {
+    match blocking(move || views::status(&core, Timestamp::now())).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn queue(State(core): State<Arc<Core>>) -> Response {
+    match blocking(move || views::queue(&core.ingest(), Timestamp::now())).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn entry(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<Hash>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not an entry id (64 hex digits)"));
     };
-    let ingest = core.ingest();
-    match ingest.state().entry(&id) {
-        Some(e) => axum::Json(views::entry(&ingest, e, Timestamp::now(), true)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no entry {id}")),
+    let found = blocking(move || {
+        let ingest = core.ingest();
+        ingest.state().entry(&id).map(|e| views::entry(&ingest, e, Timestamp::now(), true))
+    })
+    .await;
+    match found {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no entry {id}")),
+        Err(r) => r,
     }
 }
 
@@ -92,7 +111,10 @@ async fn author_head(State(core): State<Arc<Core>>, Path(key): Path<String>) -> 
     let Ok(author) = key.parse::<PublicKey>() else {
         return error(StatusCode::BAD_REQUEST, format!("{key:?} is not a public key (64 hex digits)"));
     };
-    let last = core.ingest().events().last(&author);
+    let last = match blocking(move || core.ingest().events().last(&author)).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let (seq, id) = match last {
         Ok(Some((seq, slot))) => (seq, Some(slot.id.to_string())),
         Ok(None) => (0, None),
@@ -121,7 +143,9 @@ async fn submit_event(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         }
         IngestOutcome::Rejected { reason } => {
             tracing::info!(reason = %reason, label = reason.label(), "event rejected");
-            let code = if reason.is_peer_fault() { StatusCode::BAD_REQUEST } else { StatusCode::CONFLICT };
+            // A storage failure on this node is not the client's fault: retry later.
+            let code =
+                if reason.is_peer_fault() { StatusCode::BAD_REQUEST } else { StatusCode::SERVICE_UNAVAILABLE };
             (code, axum::Json(json!({ "error": reason.to_string(), "reason": reason.label() })))
                 .into_response()
         }
@@ -141,12 +165,42 @@ async fn get_blob(State(core): State<Arc<Core>>, Path(hash): Path<String>) -> Re
     let Ok(hash) = hash.parse::<Hash>() else {
         return error(StatusCode::BAD_REQUEST, format!("{hash:?} is not a blake3 hash"));
     };
+    // Verified by hashing the file first (streaming, bounded memory), then streamed; the file
+    // is read-only and named by its hash, so what was verified is what is sent.
     let c = core.clone();
-    match tokio::task::spawn_blocking(move || c.blobs.read(&hash)).await {
-        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
-        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let checked = blocking(move || -> std::io::Result<Option<(std::path::PathBuf, u64)>> {
+        if !c.blobs.has(&hash).map_err(std::io::Error::other)? {
+            return Ok(None);
+        }
+        let path = c.blobs.path_of(&hash);
+        let mut f = std::fs::File::open(&path)?;
+        let mut h = blake3::Hasher::new();
+        let len = std::io::copy(&mut f, &mut h)?;
+        if Hash::from(h.finalize()) != hash {
+            return Err(std::io::Error::other(format!("blob {hash} is damaged on disk")));
+        }
+        Ok(Some((path, len)))
+    })
+    .await;
+    let (path, len) = match checked {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return error(StatusCode::NOT_FOUND, format!("no blob {hash}")),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => return r,
+    };
+    stream_file(&path, len).await
+}
+
+async fn stream_file(path: &std::path::Path, len: u64) -> Response {
+    let f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .body(Body::from_stream(tokio_util::io::ReaderStream::new(f)))
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// A file of the served generation. Names are checked (no path separators, no dot files), and
@@ -168,10 +222,9 @@ async fn repo_file(
         Ok(m) if m.is_file() => m.len(),
         _ => return error(StatusCode::NOT_FOUND, "no such file"),
     };
-    let stream = tokio_util::io::ReaderStream::new(f);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(tokio_util::io::ReaderStream::new(f)))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

@@ -73,6 +73,8 @@ pub fn mesh_init(p: &MeshInit) -> Result<MeshPolicy> {
         lease_secs: p.lease_secs,
         build_timeout_secs: p.build_timeout_secs,
     };
+    pacmesh_protocol::Message::validate(&policy, &pacmesh_protocol::Limits::default())
+        .context("the policy would be refused by nodes (check --lease-secs, --build-timeout-secs, names and key counts)")?;
     let signed = Signed::sign(root_key.signing_key(), &policy)?;
     write_new(&p.out, &signed.to_bytes())?;
     Ok(policy)
@@ -184,8 +186,9 @@ pub fn queue_cancel(key: &Path, node: &str, id: &str) -> Result<Hash> {
     client.submit(&key, EventBody::Cancel { entry })
 }
 
-fn short(s: &str) -> &str {
-    &s[..s.len().min(12)]
+/// The first 12 characters (ids and keys are hex; other text is cut at a character boundary).
+fn short(s: &str) -> String {
+    s.chars().take(12).collect()
 }
 
 /// `queue ls` as a table.
@@ -224,8 +227,8 @@ pub fn render_status(s: &Value) -> String {
         s["mesh"]["quorum"]
     ));
     out.push_str(&format!(
-        "events      {} stored, {} accepted, {} duplicate, rejected {}\n",
-        s["events"]["stored"], s["events"]["accepted"], s["events"]["duplicate"], s["events"]["rejected"]
+        "events      {} applied, {} accepted, {} duplicate, rejected {}\n",
+        s["events"]["applied"], s["events"]["accepted"], s["events"]["duplicate"], s["events"]["rejected"]
     ));
     let q: Vec<String> = s["queue"]
         .as_object()

@@ -157,7 +157,7 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
             "quorum": policy.quorum,
         },
         "events": {
-            "stored": ingest.events().len(),
+            "applied": state.applied_len(),
             "accepted": counters.accepted,
             "duplicate": counters.duplicate,
             "rejected": counters.rejected,

@@ -81,6 +81,8 @@ fn usage_errors_exit_2() {
     fails(&["repo", "add"], 2);
     fails(&["no-such-command"], 2);
     fails(&["build", "--profile", "vm", "x"], 2);
+    fails(&["queue", "add", "--key", "k"], 2);
+    fails(&["queue", "add", "--key", "k", "--dir", "a", "--aur", "b"], 2);
 }
 
 #[test]
