@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pacmesh_node::keys::NodeKey;
-use pacmesh_protocol::{Event, EventBody, Hash, Name, PublicKey, QueueEntry, Signed, Source, Timestamp};
+use pacmesh_protocol::{
+    Event, EventBody, Hash, Name, PublicKey, QueueEntry, Signed, Source, Timestamp,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pacmesh");
 
@@ -27,7 +29,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn pacmesh(args: &[&str]) -> String {
     let o = Command::new(BIN).args(args).output().expect("run pacmesh");
-    assert!(o.status.success(), "pacmesh {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "pacmesh {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -36,14 +42,27 @@ fn start(dir: &Path, policy: &Path, build: bool) -> (Child, String, Duration) {
     let data = dir.join("data");
     let key = dir.join("node.key");
     let mut args = vec![
-        "node", "--policy", policy.to_str().unwrap(), "--key", key.to_str().unwrap(), "--data-dir",
-        data.to_str().unwrap(), "--http", "127.0.0.1:0", "--no-mdns",
+        "node",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--no-mdns",
     ];
     if !build {
         args.push("--no-build");
     }
     let t0 = Instant::now();
-    let mut child = Command::new(BIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     let mut base = String::new();
     for line in out.lines().map_while(Result::ok) {
@@ -56,11 +75,17 @@ fn start(dir: &Path, policy: &Path, build: bool) -> (Child, String, Duration) {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 fn main() {
-    let n: u64 = std::env::var("PACMESH_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let n: u64 = std::env::var("PACMESH_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     for k in ["root.key", "maint.key", "node.key"] {
@@ -69,8 +94,18 @@ fn main() {
     let maint = NodeKey::load(&dir.join("maint.key")).unwrap();
     let policy = dir.join("policy.cbor");
     pacmesh(&[
-        "mesh", "init", "--key", dir.join("root.key").to_str().unwrap(), "--repo", "bench", "--arch", "x86_64",
-        "--maintainer", &maint.public_hex(), "--out", policy.to_str().unwrap(),
+        "mesh",
+        "init",
+        "--key",
+        dir.join("root.key").to_str().unwrap(),
+        "--repo",
+        "bench",
+        "--arch",
+        "x86_64",
+        "--maintainer",
+        &maint.public_hex(),
+        "--out",
+        policy.to_str().unwrap(),
     ]);
 
     // Idle node.
@@ -86,12 +121,25 @@ fn main() {
     for seq in 1..=n {
         let entry = QueueEntry::new(
             Name::new("bench").unwrap(),
-            Source::Git { url: format!("https://example.invalid/pkg-{seq}.git"), rev: None, subdir: None },
+            Source::Git {
+                url: format!("https://example.invalid/pkg-{seq}.git"),
+                rev: None,
+                subdir: None,
+            },
         );
-        let ev = Event::new(author, seq, prev, Timestamp::now(), EventBody::Enqueue(entry));
+        let ev = Event::new(
+            author,
+            seq,
+            prev,
+            Timestamp::now(),
+            EventBody::Enqueue(entry),
+        );
         let signed = Signed::sign(maint.signing_key(), &ev).unwrap();
         prev = Some(signed.id());
-        let r = a.post(&format!("{base}/api/v1/events")).send(&signed.to_bytes()[..]).unwrap();
+        let r = a
+            .post(&format!("{base}/api/v1/events"))
+            .send(&signed.to_bytes()[..])
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
     let ingest_time = t0.elapsed();
@@ -122,14 +170,24 @@ fn main() {
     let mut latencies = Vec::new();
     for _ in 0..5 {
         let out = pacmesh(&[
-            "queue", "add", "--key", t2.path().join("maint.key").to_str().unwrap(), "--node", &base, "--dir",
+            "queue",
+            "add",
+            "--key",
+            t2.path().join("maint.key").to_str().unwrap(),
+            "--node",
+            &base,
+            "--dir",
             pkg.to_str().unwrap(),
         ]);
         let id = out.trim().to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut r = a.get(&format!("{base}/api/v1/entries/{id}")).call().unwrap();
-            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+            let mut r = a
+                .get(&format!("{base}/api/v1/entries/{id}"))
+                .call()
+                .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
             if let Some(c) = v["claims"].as_array().and_then(|c| c.first()) {
                 let claimed = c["time"].as_u64().unwrap();
                 let enq = v["enqueued_at"].as_u64().unwrap();
@@ -150,10 +208,23 @@ fn main() {
     println!("| measure | pacmesh | target |");
     println!("| --- | --- | --- |");
     println!("| idle RSS | {:.1} MB | < 40 MB |", idle as f64 / 1024.0);
-    println!("| RSS after ingesting {n} events over HTTP | {:.1} MB | < 150 MB |", loaded as f64 / 1024.0);
-    println!("| RSS after restart with {n} events | {:.1} MB | < 150 MB |", restarted as f64 / 1024.0);
-    println!("| start-up with {n} events (spawn to HTTP listening) | {:.0} ms | < 1000 ms |", startup.as_secs_f64() * 1000.0);
-    println!("| ingest {n} events over HTTP, one request each | {:.2} s ({:.2} ms/event) | - |", ingest_time.as_secs_f64(), ingest_time.as_secs_f64() * 1000.0 / n as f64);
+    println!(
+        "| RSS after ingesting {n} events over HTTP | {:.1} MB | < 150 MB |",
+        loaded as f64 / 1024.0
+    );
+    println!(
+        "| RSS after restart with {n} events | {:.1} MB | < 150 MB |",
+        restarted as f64 / 1024.0
+    );
+    println!(
+        "| start-up with {n} events (spawn to HTTP listening) | {:.0} ms | < 1000 ms |",
+        startup.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| ingest {n} events over HTTP, one request each | {:.2} s ({:.2} ms/event) | - |",
+        ingest_time.as_secs_f64(),
+        ingest_time.as_secs_f64() * 1000.0 / n as f64
+    );
     println!(
         "| queue add -> claimed (enqueue event time to claim event time; median of {}, max) | {} ms, {} ms | < 100 ms |",
         latencies.len(),

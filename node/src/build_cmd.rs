@@ -34,17 +34,20 @@ pub fn run(req: BuildRequest) -> Result<()> {
     let profile = match req.profile.as_str() {
         "host" => Profile::Host,
         "chroot" => {
-            let base = req
-                .base_root
-                .clone()
-                .context("--profile chroot needs --base-root DIR (a root with pacman and makepkg)")?;
+            let base = req.base_root.clone().context(
+                "--profile chroot needs --base-root DIR (a root with pacman and makepkg)",
+            )?;
             let mut cfg = ChrootConfig::new(base);
             for spec in &req.dep_repos {
                 let (name, dir) = spec
                     .split_once('=')
                     .with_context(|| format!("--dep-repo {spec:?}: expected NAME=DIR"))?;
-                cfg.repos.push(PacmanRepo::local(name, std::fs::canonicalize(dir)
-                    .with_context(|| format!("--dep-repo {spec}: cannot open {dir}"))?, "Optional TrustAll"));
+                cfg.repos.push(PacmanRepo::local(
+                    name,
+                    std::fs::canonicalize(dir)
+                        .with_context(|| format!("--dep-repo {spec}: cannot open {dir}"))?,
+                    "Optional TrustAll",
+                ));
             }
             pacmesh_sandbox::preflight_chroot(&data_dir.join("work"))
                 .context("the chroot profile cannot run on this machine")?;
@@ -63,7 +66,8 @@ pub fn run(req: BuildRequest) -> Result<()> {
     cfg.packager = packager(req.key.as_deref());
     std::fs::create_dir_all(&cfg.work_root)
         .with_context(|| format!("cannot create {}", cfg.work_root.display()))?;
-    std::fs::create_dir_all(&req.out).with_context(|| format!("cannot create {}", req.out.display()))?;
+    std::fs::create_dir_all(&req.out)
+        .with_context(|| format!("cannot create {}", req.out.display()))?;
 
     let quiet = req.quiet;
     let result = Builder::new(cfg).build(&req.dir, &mut |line: &str| {
@@ -81,7 +85,11 @@ pub fn run(req: BuildRequest) -> Result<()> {
             "build of {} {}{}",
             req.dir.display(),
             result.outcome,
-            result.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            result
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         );
     }
     let mut placed = Vec::new();
@@ -94,14 +102,19 @@ pub fn run(req: BuildRequest) -> Result<()> {
     if req.json {
         let list: Vec<_> = placed
             .iter()
-            .map(|(p, a)| serde_json::json!({
-                "path": p, "file_name": a.file_name, "blake3": a.blake3, "sha256": a.sha256,
-                "size": a.size, "pkgname": a.pkgname, "pkgver": a.pkgver,
-            }))
+            .map(|(p, a)| {
+                serde_json::json!({
+                    "path": p, "file_name": a.file_name, "blake3": a.blake3, "sha256": a.sha256,
+                    "size": a.size, "pkgname": a.pkgname, "pkgver": a.pkgver,
+                })
+            })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "source_date_epoch": epoch, "artifacts": list,
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "source_date_epoch": epoch, "artifacts": list,
+            }))?
+        );
     } else {
         for (p, a) in &placed {
             println!("{}  {}", a.blake3, p.display());
@@ -114,15 +127,23 @@ pub fn run(req: BuildRequest) -> Result<()> {
 /// rebuilding an unchanged folder gives the same bytes.
 fn default_epoch(dir: &Path) -> Result<u64> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        return v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"));
+        return v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"));
     }
     let m = std::fs::metadata(dir.join("PKGBUILD"))?.modified()?;
-    Ok(m.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1))
+    Ok(m.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1)
+        .max(1))
 }
 
 /// `PACKAGER` names the node when its key is readable, a generic packager otherwise.
 fn packager(key: Option<&Path>) -> String {
-    let path = key.map(Path::to_path_buf).unwrap_or_else(crate::keys::default_key_path);
+    let path = key
+        .map(Path::to_path_buf)
+        .unwrap_or_else(crate::keys::default_key_path);
     match NodeKey::load(&path) {
         Ok(k) => format!("pacmesh node <{}@pacmesh.invalid>", k.peer_id()),
         Err(_) => "pacmesh <pacmesh@localhost>".into(),
@@ -133,9 +154,11 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let mut src = std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let mut src =
+        std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
     std::io::copy(&mut src, tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
-    tmp.persist(to).with_context(|| format!("cannot write {}", to.display()))?;
+    tmp.persist(to)
+        .with_context(|| format!("cannot write {}", to.display()))?;
     Ok(())
 }

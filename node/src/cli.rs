@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
 use pacmesh_repo::db::{self, AddOptions, AddOutcome, DetachedSigner};
 use pacmesh_repo::sign::OpenPgpKey;
-use clap::{Args, Parser, Subcommand};
 
 use crate::keys::{NodeKey, default_key_path};
 
@@ -293,7 +293,9 @@ pub struct OptKeyArg {
 
 impl OptKeyArg {
     fn signer(&self) -> Result<Option<OpenPgpKey>> {
-        let Some(path) = &self.key else { return Ok(None) };
+        let Some(path) = &self.key else {
+            return Ok(None);
+        };
         let key = NodeKey::load(path)?;
         let uid = self.uid.clone().unwrap_or_else(|| default_uid(&key));
         Ok(Some(OpenPgpKey::from_ed25519_secret(key.seed(), &uid)?))
@@ -359,23 +361,60 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key(k) => key_command(k),
         Command::Repo(r) => repo_command(r),
         Command::Mesh(MeshCommand::Init {
-            key, repos, arches, maintainers, publishers, builders, quorum, lease_secs, build_timeout_secs, policy_version, out,
+            key,
+            repos,
+            arches,
+            maintainers,
+            publishers,
+            builders,
+            quorum,
+            lease_secs,
+            build_timeout_secs,
+            policy_version,
+            out,
         }) => {
             let p = crate::mesh_cli::mesh_init(&crate::mesh_cli::MeshInit {
-                root_key: key, repos, arches, maintainers, publishers, builders, quorum, lease_secs,
-                build_timeout_secs, policy_version, out: out.clone(),
+                root_key: key,
+                repos,
+                arches,
+                maintainers,
+                publishers,
+                builders,
+                quorum,
+                lease_secs,
+                build_timeout_secs,
+                policy_version,
+                out: out.clone(),
             })?;
-            println!("wrote {} (mesh {}, policy version {})", out.display(), p.root, p.policy_version);
+            println!(
+                "wrote {} (mesh {}, policy version {})",
+                out.display(),
+                p.root,
+                p.policy_version
+            );
             Ok(())
         }
         Command::Node(args) => {
             let cfg = crate::config::Config::resolve(crate::config::Flags {
-                config: args.config, data_dir: args.data_dir, policy: args.policy, key: args.key,
-                publisher_key: args.publisher_key, http: args.http, listen: args.listen, bootstrap: args.bootstrap,
-                no_mdns: args.no_mdns, tags: args.tags, aur_url: args.aur_url, no_build: args.no_build,
+                config: args.config,
+                data_dir: args.data_dir,
+                policy: args.policy,
+                key: args.key,
+                publisher_key: args.publisher_key,
+                http: args.http,
+                listen: args.listen,
+                bootstrap: args.bootstrap,
+                no_mdns: args.no_mdns,
+                tags: args.tags,
+                aur_url: args.aur_url,
+                no_build: args.no_build,
             })?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(crate::daemon::run(cfg, crate::daemon::stop_signal(), |_| {}))
+            rt.block_on(crate::daemon::run(
+                cfg,
+                crate::daemon::stop_signal(),
+                |_| {},
+            ))
         }
         Command::Queue(q) => queue_command(q),
         Command::Status { node, json } => {
@@ -387,12 +426,36 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { exit_after_publish, http, dir } => crate::demo::run(exit_after_publish, &http, dir),
-        Command::Build { profile, base_root, dep_repo, timeout, source_date_epoch, out, data_dir, key, quiet, json, dir } => {
-            crate::build_cmd::run(crate::build_cmd::BuildRequest {
-                dir, out, profile, base_root, dep_repos: dep_repo, timeout, source_date_epoch, data_dir, key, quiet, json,
-            })
-        }
+        Command::Demo {
+            exit_after_publish,
+            http,
+            dir,
+        } => crate::demo::run(exit_after_publish, &http, dir),
+        Command::Build {
+            profile,
+            base_root,
+            dep_repo,
+            timeout,
+            source_date_epoch,
+            out,
+            data_dir,
+            key,
+            quiet,
+            json,
+            dir,
+        } => crate::build_cmd::run(crate::build_cmd::BuildRequest {
+            dir,
+            out,
+            profile,
+            base_root,
+            dep_repos: dep_repo,
+            timeout,
+            source_date_epoch,
+            data_dir,
+            key,
+            quiet,
+            json,
+        }),
         Command::Inspect { path, json, pubkey } => {
             let pubkey = pubkey
                 .map(|p| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())))
@@ -445,14 +508,26 @@ fn default_uid(key: &NodeKey) -> String {
 
 fn repo_command(cmd: RepoCommand) -> Result<()> {
     match cmd {
-        RepoCommand::Add { key, remove, allow_downgrade, json, db, packages } => {
+        RepoCommand::Add {
+            key,
+            remove,
+            allow_downgrade,
+            json,
+            db,
+            packages,
+        } => {
             let signer = key.signer()?;
             let mut opts = AddOptions::default();
             opts.allow_downgrade = allow_downgrade;
             opts.remove_old_files = remove;
             opts.sign_packages = signer.is_some();
-            let report = db::repo_add(&db, &packages, &opts, signer.as_ref().map(|s| s as &dyn DetachedSigner))
-                .with_context(|| format!("nothing changed in {}", db.display()))?;
+            let report = db::repo_add(
+                &db,
+                &packages,
+                &opts,
+                signer.as_ref().map(|s| s as &dyn DetachedSigner),
+            )
+            .with_context(|| format!("nothing changed in {}", db.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -460,7 +535,9 @@ fn repo_command(cmd: RepoCommand) -> Result<()> {
             for p in &report.packages {
                 let what = match &p.outcome {
                     AddOutcome::New => "added".to_string(),
-                    AddOutcome::Replaced { old_version, .. } => format!("updated from {old_version}"),
+                    AddOutcome::Replaced { old_version, .. } => {
+                        format!("updated from {old_version}")
+                    }
                     AddOutcome::Unchanged => "unchanged".to_string(),
                     _ => "changed".to_string(),
                 };
@@ -474,14 +551,27 @@ fn repo_command(cmd: RepoCommand) -> Result<()> {
                 eprintln!("pacmesh: warning: could not remove {}: {why}", f.display());
             }
             match &report.written {
-                Some(w) => println!("wrote {}{}", w.db.display(), if w.db_sig.is_some() { " (signed)" } else { "" }),
+                Some(w) => println!(
+                    "wrote {}{}",
+                    w.db.display(),
+                    if w.db_sig.is_some() { " (signed)" } else { "" }
+                ),
                 None => println!("{} unchanged", db.display()),
             }
         }
-        RepoCommand::Remove { key, json, db, pkgnames } => {
+        RepoCommand::Remove {
+            key,
+            json,
+            db,
+            pkgnames,
+        } => {
             let signer = key.signer()?;
-            let report = db::repo_remove(&db, &pkgnames, signer.as_ref().map(|s| s as &dyn DetachedSigner))
-                .with_context(|| format!("nothing changed in {}", db.display()))?;
+            let report = db::repo_remove(
+                &db,
+                &pkgnames,
+                signer.as_ref().map(|s| s as &dyn DetachedSigner),
+            )
+            .with_context(|| format!("nothing changed in {}", db.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -498,16 +588,39 @@ fn repo_command(cmd: RepoCommand) -> Result<()> {
 fn queue_command(cmd: QueueCommand) -> Result<()> {
     use crate::mesh_cli::{AddSource, QueueAdd};
     match cmd {
-        QueueCommand::Add { key, node, dir, git, rev, subdir, aur, tree, needs, repo, arches, source_date_epoch, timeout } => {
+        QueueCommand::Add {
+            key,
+            node,
+            dir,
+            git,
+            rev,
+            subdir,
+            aur,
+            tree,
+            needs,
+            repo,
+            arches,
+            source_date_epoch,
+            timeout,
+        } => {
             let source = match (dir, git, aur, tree) {
                 (Some(d), ..) => AddSource::Dir(d),
                 (_, Some(url), ..) => AddSource::Git { url, rev, subdir },
                 (_, _, Some(a), _) => AddSource::Aur(a),
                 (.., Some(t)) => AddSource::Tree(t),
-                _ => anyhow::bail!("say what to build: --dir PATH, --git URL, --aur NAME or --tree GITURL"),
+                _ => anyhow::bail!(
+                    "say what to build: --dir PATH, --git URL, --aur NAME or --tree GITURL"
+                ),
             };
             let id = crate::mesh_cli::queue_add(&QueueAdd {
-                key, node, source, repo, arches, needs, source_date_epoch, timeout_secs: timeout,
+                key,
+                node,
+                source,
+                repo,
+                arches,
+                needs,
+                source_date_epoch,
+                timeout_secs: timeout,
             })?;
             println!("{id}");
         }

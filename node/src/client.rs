@@ -20,14 +20,21 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
-        Client { base: base.trim_end_matches('/').to_string(), agent }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn answer(&self, path: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
+    fn answer(
+        &self,
+        path: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
         let mut resp = resp.map_err(|e| anyhow!("cannot reach the node at {}: {e}", self.base))?;
         let status = resp.status();
         let text = resp
@@ -38,7 +45,11 @@ impl Client {
             .with_context(|| format!("reading the answer to {path}"))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let msg = v.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             bail!("the node refused ({status}): {msg}");
         }
         Ok(v)
@@ -64,14 +75,21 @@ impl Client {
         let path = "/api/v1/events";
         self.answer(
             path,
-            self.agent.post(&self.url(path)).header("content-type", "application/cbor").send(bytes),
+            self.agent
+                .post(&self.url(path))
+                .header("content-type", "application/cbor")
+                .send(bytes),
         )
     }
 
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Hash> {
         let path = "/api/v1/blobs";
         let v = self.answer(path, self.agent.put(&self.url(path)).send(bytes))?;
-        v["blake3"].as_str().context("the node did not say the blob's hash")?.parse().context("blob hash")
+        v["blake3"]
+            .as_str()
+            .context("the node did not say the blob's hash")?
+            .parse()
+            .context("blob hash")
     }
 
     /// Signs `body` as the next event of `key`'s log (sequence number from the node) and submits
@@ -81,17 +99,29 @@ impl Client {
         let mut last_err = None;
         for _ in 0..3 {
             let head = self.get_json(&format!("/api/v1/authors/{author}/head"))?;
-            let seq = head["seq"].as_u64().context("the node sent no sequence number")?;
+            let seq = head["seq"]
+                .as_u64()
+                .context("the node sent no sequence number")?;
             let prev = match head["id"].as_str() {
                 Some(s) => Some(s.parse::<Hash>().context("the node sent a bad event id")?),
                 None => None,
             };
-            let next = seq.checked_add(1).context("the node sent an impossible sequence number")?;
+            let next = seq
+                .checked_add(1)
+                .context("the node sent an impossible sequence number")?;
             let ev = Event::new(author, next, prev, Timestamp::now(), body.clone());
             let signed = Signed::sign(key.signing_key(), &ev)?;
             match self.post_event(&signed.to_bytes()) {
-                Ok(v) => return v["id"].as_str().context("no event id in the answer")?.parse().context("event id"),
-                Err(e) if e.to_string().contains("equivocat") || e.to_string().contains("seq") => last_err = Some(e),
+                Ok(v) => {
+                    return v["id"]
+                        .as_str()
+                        .context("no event id in the answer")?
+                        .parse()
+                        .context("event id");
+                }
+                Err(e) if e.to_string().contains("equivocat") || e.to_string().contains("seq") => {
+                    last_err = Some(e)
+                }
                 Err(e) => return Err(e),
             }
         }

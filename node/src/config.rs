@@ -119,13 +119,25 @@ impl Config {
     /// Flags over file over defaults; relative paths in the file are relative to the file.
     pub fn resolve(flags: Flags) -> Result<Config> {
         let (file, base) = match &flags.config {
-            Some(p) => (ConfigFile::load(p)?, p.parent().map(Path::to_path_buf).unwrap_or_default()),
+            Some(p) => (
+                ConfigFile::load(p)?,
+                p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
             None => (ConfigFile::default(), PathBuf::new()),
         };
         let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
-        let data_dir = flags.data_dir.or(file.data_dir.map(rel)).unwrap_or_else(default_data_dir);
-        let key = flags.key.or(file.key.map(rel)).unwrap_or_else(|| data_dir.join("node.key"));
-        let http_s = flags.http.or(file.http).unwrap_or_else(|| DEFAULT_HTTP.into());
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir.map(rel))
+            .unwrap_or_else(default_data_dir);
+        let key = flags
+            .key
+            .or(file.key.map(rel))
+            .unwrap_or_else(|| data_dir.join("node.key"));
+        let http_s = flags
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP.into());
         let http: SocketAddr = http_s
             .parse()
             .with_context(|| format!("http address {http_s:?} is not IP:PORT"))?;
@@ -143,20 +155,31 @@ impl Config {
         let run_as = match file.build.run_as.as_deref() {
             None => None,
             Some(spec) => {
-                let parsed = spec
-                    .split_once(':')
-                    .and_then(|(u, g)| Some((u.trim().parse::<u32>().ok()?, g.trim().parse::<u32>().ok()?)));
+                let parsed = spec.split_once(':').and_then(|(u, g)| {
+                    Some((u.trim().parse::<u32>().ok()?, g.trim().parse::<u32>().ok()?))
+                });
                 match parsed {
                     Some((0, _)) | Some((_, 0)) => bail!("build.run_as {spec:?}: must not be root"),
                     Some(ids) => Some(ids),
-                    None => bail!("build.run_as {spec:?}: expected \"UID:GID\", e.g. \"65534:65534\""),
+                    None => {
+                        bail!("build.run_as {spec:?}: expected \"UID:GID\", e.g. \"65534:65534\"")
+                    }
                 }
             }
         };
-        let tags = if flags.tags.is_empty() { file.tags.unwrap_or_default() } else { flags.tags };
+        let tags = if flags.tags.is_empty() {
+            file.tags.unwrap_or_default()
+        } else {
+            flags.tags
+        };
         let arch = file.build.arch.unwrap_or_else(host_arch);
-        for (what, v) in tags.iter().map(|t| ("tag", t)).chain([("build.arch", &arch)]) {
-            pacmesh_protocol::Name::new(v.clone()).map_err(|e| anyhow::anyhow!("{what} {v:?}: {e}"))?;
+        for (what, v) in tags
+            .iter()
+            .map(|t| ("tag", t))
+            .chain([("build.arch", &arch)])
+        {
+            pacmesh_protocol::Name::new(v.clone())
+                .map_err(|e| anyhow::anyhow!("{what} {v:?}: {e}"))?;
         }
         if run_as.is_some() && profile == "chroot" {
             bail!("build.run_as works with the host profile only");
@@ -166,11 +189,22 @@ impl Config {
             policy: flags.policy.or(file.policy.map(rel)),
             publisher_key: flags.publisher_key.or(file.publisher_key.map(rel)),
             http,
-            listen: if flags.listen.is_empty() { file.listen.unwrap_or_default() } else { flags.listen },
-            bootstrap: if flags.bootstrap.is_empty() { file.bootstrap.unwrap_or_default() } else { flags.bootstrap },
+            listen: if flags.listen.is_empty() {
+                file.listen.unwrap_or_default()
+            } else {
+                flags.listen
+            },
+            bootstrap: if flags.bootstrap.is_empty() {
+                file.bootstrap.unwrap_or_default()
+            } else {
+                flags.bootstrap
+            },
             mdns: !flags.no_mdns && file.mdns.unwrap_or(true),
             tags,
-            aur_url: flags.aur_url.or(file.aur_url).unwrap_or_else(|| DEFAULT_AUR_URL.into()),
+            aur_url: flags
+                .aur_url
+                .or(file.aur_url)
+                .unwrap_or_else(|| DEFAULT_AUR_URL.into()),
             build_enabled: !flags.no_build && file.build.enabled.unwrap_or(true),
             profile,
             base_root: file.build.base_root.map(rel),
@@ -199,7 +233,11 @@ mod tests {
             "data_dir = \"state\"\nhttp = \"127.0.0.1:9000\"\ntags = [\"bigmem\"]\n[build]\nslots = 2\n[publish]\nkeep_generations = 3\n",
         )
         .unwrap();
-        let c = Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).unwrap();
+        let c = Config::resolve(Flags {
+            config: Some(cfg.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(c.data_dir, dir.path().join("state"));
         assert_eq!(c.key, dir.path().join("state/node.key"));
         assert_eq!(c.http.port(), 9000);
@@ -221,14 +259,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("node.toml");
         std::fs::write(&cfg, "htp = \"x\"\n").unwrap();
-        let err = format!("{:#}", Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Config::resolve(Flags {
+                config: Some(cfg.clone()),
+                ..Default::default()
+            })
+            .unwrap_err()
+        );
         assert!(err.contains("node.toml") && err.contains("htp"), "{err}");
         std::fs::write(&cfg, "[build]\nslots = 0\n").unwrap();
-        assert!(Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).is_err());
+        assert!(
+            Config::resolve(Flags {
+                config: Some(cfg.clone()),
+                ..Default::default()
+            })
+            .is_err()
+        );
         std::fs::write(&cfg, "[build]\nrun_as = \"0:0\"\n").unwrap();
-        assert!(Config::resolve(Flags { config: Some(cfg.clone()), ..Default::default() }).is_err());
+        assert!(
+            Config::resolve(Flags {
+                config: Some(cfg.clone()),
+                ..Default::default()
+            })
+            .is_err()
+        );
         std::fs::write(&cfg, "[build]\nrun_as = \"65534:65534\"\n").unwrap();
-        let c = Config::resolve(Flags { config: Some(cfg), ..Default::default() }).unwrap();
+        let c = Config::resolve(Flags {
+            config: Some(cfg),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(c.run_as, Some((65534, 65534)));
     }
 }

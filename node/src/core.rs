@@ -62,7 +62,9 @@ impl Core {
     /// The event log and derived state. Hold the guard briefly: never across a build, a
     /// network call or an `.await`.
     pub fn ingest(&self) -> MutexGuard<'_, Ingest> {
-        self.ingest.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ingest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver that changes after every accepted event.
@@ -86,8 +88,12 @@ impl Core {
     /// by the ingest; it is only decoded again here.
     fn pin_referenced(&self, id: &Hash, bytes: &[u8]) {
         let limits = self.ingest().limits().clone();
-        let Ok(signed) = Signed::<Event>::from_bytes(bytes, &limits) else { return };
-        let Ok(ev) = pacmesh_protocol::Message::decode(&signed.payload, &limits) else { return };
+        let Ok(signed) = Signed::<Event>::from_bytes(bytes, &limits) else {
+            return;
+        };
+        let Ok(ev) = pacmesh_protocol::Message::decode(&signed.payload, &limits) else {
+            return;
+        };
         let ev: Event = ev;
         let tag = format!("event:{id}");
         for h in crate::state::referenced_blobs(&ev.body) {
@@ -132,10 +138,16 @@ pub fn sign_next(ingest: &Ingest, key: &NodeKey, body: EventBody) -> Result<Vec<
     let author = PublicKey::from(key.signing_key());
     // The highest stored event, not the contiguous head: signing after a gap of our own log
     // must not reuse a sequence number that is already taken.
-    let (seq, prev) = match ingest.events().last(&author).context("reading own event log")? {
+    let (seq, prev) = match ingest
+        .events()
+        .last(&author)
+        .context("reading own event log")?
+    {
         Some((seq, slot)) => (seq, Some(slot.id)),
         None => (0, None),
     };
     let ev = Event::new(author, seq + 1, prev, Timestamp::now(), body);
-    Ok(Signed::sign(key.signing_key(), &ev).context("encoding own event")?.to_bytes())
+    Ok(Signed::sign(key.signing_key(), &ev)
+        .context("encoding own event")?
+        .to_bytes())
 }

@@ -48,33 +48,57 @@ pub fn open(cfg: &Config) -> Result<Arc<Core>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let key = load_or_create_key(&cfg.key)?;
-    let publisher_key = cfg.publisher_key.as_deref().map(NodeKey::load).transpose()?;
+    let publisher_key = cfg
+        .publisher_key
+        .as_deref()
+        .map(NodeKey::load)
+        .transpose()?;
     let limits = Limits::default();
     let offered = cfg
         .policy
         .as_deref()
         .map(|p| std::fs::read(p).with_context(|| format!("cannot read policy {}", p.display())))
         .transpose()?;
-    let db = open_db(&cfg.data_dir.join("db"), &DbConfig::default())
-        .with_context(|| format!("cannot open the store in {} (is another node running on it?)", cfg.data_dir.display()))?;
+    let db = open_db(&cfg.data_dir.join("db"), &DbConfig::default()).with_context(|| {
+        format!(
+            "cannot open the store in {} (is another node running on it?)",
+            cfg.data_dir.display()
+        )
+    })?;
     let root = match &offered {
         Some(bytes) => policy_root(bytes, &limits)?,
         None => stored_root(&db)?,
     };
-    let (ingest, report) = Ingest::open(&db, root, offered.as_deref(), IngestConfig { limits, ..Default::default() })
-        .context("cannot open the event store")?;
+    let (ingest, report) = Ingest::open(
+        &db,
+        root,
+        offered.as_deref(),
+        IngestConfig {
+            limits,
+            ..Default::default()
+        },
+    )
+    .context("cannot open the event store")?;
     if let Some(why) = &report.offered_policy_ignored {
         tracing::warn!("the --policy file was not used: {why}");
     }
     tracing::info!(events = report.events, policy_version = report.policy_version, elapsed = ?report.elapsed, "event store open");
-    let (blobs, repair) = FsStore::open(&cfg.data_dir.join("blobs"), &db).context("cannot open the content store")?;
+    let (blobs, repair) =
+        FsStore::open(&cfg.data_dir.join("blobs"), &db).context("cannot open the content store")?;
     tracing::debug!(?repair, "content store open");
-    Ok(Core::new(key, publisher_key, ingest, Arc::new(blobs), cfg.data_dir.clone()))
+    Ok(Core::new(
+        key,
+        publisher_key,
+        ingest,
+        Arc::new(blobs),
+        cfg.data_dir.clone(),
+    ))
 }
 
 /// The root named by a policy file: its signer (the policy must also say so, checked on open).
 fn policy_root(bytes: &[u8], limits: &Limits) -> Result<PublicKey> {
-    let signed = Signed::<MeshPolicy>::from_bytes(bytes, limits).context("the policy file is not a signed mesh policy")?;
+    let signed = Signed::<MeshPolicy>::from_bytes(bytes, limits)
+        .context("the policy file is not a signed mesh policy")?;
     Ok(signed.signer)
 }
 
@@ -82,7 +106,9 @@ fn stored_root(db: &sled::Db) -> Result<PublicKey> {
     let events = crate::store::EventStore::open(db)?;
     match events.meta("root")? {
         Some(b) => Ok(PublicKey::from_slice(&b).context("stored mesh root is damaged")?),
-        None => bail!("this data dir has no mesh yet: start the node with --policy FILE (pacmesh mesh init makes one)"),
+        None => bail!(
+            "this data dir has no mesh yet: start the node with --policy FILE (pacmesh mesh init makes one)"
+        ),
     }
 }
 
@@ -104,8 +130,13 @@ pub fn capabilities(cfg: &Config) -> Capabilities {
         cores,
         memory_bytes,
         disk_free_bytes,
-        tags: cfg.tags.iter().map(|t| Name::new(t.clone()).expect("validated by Config::resolve")).collect(),
-        profile: Name::new(cfg.profile.clone()).unwrap_or_else(|_| Name::new("host").expect("valid")),
+        tags: cfg
+            .tags
+            .iter()
+            .map(|t| Name::new(t.clone()).expect("validated by Config::resolve"))
+            .collect(),
+        profile: Name::new(cfg.profile.clone())
+            .unwrap_or_else(|_| Name::new("host").expect("valid")),
         load: 0,
         slots: cfg.slots,
         busy: 0,
@@ -144,7 +175,9 @@ pub async fn run(
     on_start: impl FnOnce(&Started),
 ) -> Result<()> {
     if !cfg.listen.is_empty() || !cfg.bootstrap.is_empty() {
-        tracing::warn!("libp2p networking is not in this version yet: listen and bootstrap addresses are ignored");
+        tracing::warn!(
+            "libp2p networking is not in this version yet: listen and bootstrap addresses are ignored"
+        );
     }
     let core = open(&cfg)?;
     let c = core.clone();
@@ -165,15 +198,24 @@ pub async fn run(
         });
     }
     if cfg.build_enabled {
-        pacmesh_sandbox::preflight().context("this node cannot build (set build.enabled = false for a non-building node)")?;
+        pacmesh_sandbox::preflight().context(
+            "this node cannot build (set build.enabled = false for a non-building node)",
+        )?;
         let ecfg = crate::executor::ExecutorConfig::from_config(&cfg, capabilities(&cfg), &core);
         let (c, s) = (core.clone(), stop_rx.clone());
         tasks.spawn(async move { crate::executor::run(c, ecfg, s).await.map(|()| "executor") });
     }
     if core.publisher_key.is_some() {
-        let pcfg = crate::publisher::PublisherConfig { keep: cfg.keep_generations, uid: cfg.publish_uid.clone() };
+        let pcfg = crate::publisher::PublisherConfig {
+            keep: cfg.keep_generations,
+            uid: cfg.publish_uid.clone(),
+        };
         let (c, s) = (core.clone(), stop_rx.clone());
-        tasks.spawn(async move { crate::publisher::run(c, pcfg, s).await.map(|()| "publisher") });
+        tasks.spawn(async move {
+            crate::publisher::run(c, pcfg, s)
+                .await
+                .map(|()| "publisher")
+        });
     }
     {
         // Blobs nothing pins (uploads never enqueued, generations pruned by the publisher) are
@@ -188,14 +230,21 @@ pub async fn run(
                     _ = stop.wait_for(|s| *s) => return Ok("gc"),
                 }
                 let c = c.clone();
-                match tokio::task::spawn_blocking(move || crate::store::BlobStore::gc(c.blobs.as_ref(), GC_GRACE)).await? {
+                match tokio::task::spawn_blocking(move || {
+                    crate::store::BlobStore::gc(c.blobs.as_ref(), GC_GRACE)
+                })
+                .await?
+                {
                     Ok(stats) => tracing::info!(?stats, "content store collected"),
                     Err(e) => tracing::warn!("content store collection failed: {e}"),
                 }
             }
         });
     }
-    let started = Started { http, core: core.clone() };
+    let started = Started {
+        http,
+        core: core.clone(),
+    };
     println!("pacmesh: node {} ({})", core.key.peer_id(), core.public);
     println!("pacmesh: http listening on http://{http}");
     tracing::info!(%http, "node started");
@@ -212,7 +261,10 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(20), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop within 20 s; exiting anyway");
     }
     if let Err(e) = core.ingest().events().flush() {

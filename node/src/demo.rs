@@ -18,10 +18,26 @@ pub const DEMO_REPO: &str = "pacmesh-demo";
 
 /// (folder, file, contents) of the example PKGBUILD folders in `examples/packages/`.
 pub const EXAMPLES: &[(&str, &str, &[u8])] = &[
-    ("pacmesh-hello", "PKGBUILD", include_bytes!("../../examples/packages/pacmesh-hello/PKGBUILD")),
-    ("pacmesh-hello", "hello.sh", include_bytes!("../../examples/packages/pacmesh-hello/hello.sh")),
-    ("pacmesh-split", "PKGBUILD", include_bytes!("../../examples/packages/pacmesh-split/PKGBUILD")),
-    ("pacmesh-epoch", "PKGBUILD", include_bytes!("../../examples/packages/pacmesh-epoch/PKGBUILD")),
+    (
+        "pacmesh-hello",
+        "PKGBUILD",
+        include_bytes!("../../examples/packages/pacmesh-hello/PKGBUILD"),
+    ),
+    (
+        "pacmesh-hello",
+        "hello.sh",
+        include_bytes!("../../examples/packages/pacmesh-hello/hello.sh"),
+    ),
+    (
+        "pacmesh-split",
+        "PKGBUILD",
+        include_bytes!("../../examples/packages/pacmesh-split/PKGBUILD"),
+    ),
+    (
+        "pacmesh-epoch",
+        "PKGBUILD",
+        include_bytes!("../../examples/packages/pacmesh-epoch/PKGBUILD"),
+    ),
 ];
 
 /// Writes the example folders under `dir` and returns their paths.
@@ -114,7 +130,15 @@ pub fn run(exit_after_publish: bool, http: &str, dir: Option<PathBuf>) -> Result
     };
     // Whatever happens from here on, the node is stopped and joined (builds abandoned, stores
     // flushed) before the demo returns.
-    let result = publish_and_serve(&rt, &base, &maintainer, &node, &folders, addr, exit_after_publish);
+    let result = publish_and_serve(
+        &rt,
+        &base,
+        &maintainer,
+        &node,
+        &folders,
+        addr,
+        exit_after_publish,
+    );
     let _ = stop_tx.send(());
     let stopped = rt.block_on(daemon).context("the demo node");
     result?;
@@ -156,7 +180,10 @@ fn publish_and_serve(
     )?;
     std::fs::write(&asc, pgp.public_key_armored())?;
     println!();
-    println!("Published and served at {url}/{DEMO_REPO}/os/{}/", host_arch());
+    println!(
+        "Published and served at {url}/{DEMO_REPO}/os/{}/",
+        host_arch()
+    );
     println!();
     println!("Trust the publisher key (as root):");
     println!("  pacman-key --add {}", asc.display());
@@ -167,7 +194,10 @@ fn publish_and_serve(
     println!("  SigLevel = Required DatabaseRequired");
     println!("  Server = {url}/$repo/os/$arch");
     println!();
-    println!("Then: pacman -Sy pacmesh-hello   (files of this demo: {})", base.display());
+    println!(
+        "Then: pacman -Sy pacmesh-hello   (files of this demo: {})",
+        base.display()
+    );
     if !exit_after_publish {
         println!("Serving until Ctrl-C.");
         rt.block_on(crate::daemon::stop_signal());
@@ -186,15 +216,23 @@ pub fn wait_published(client: &Client, ids: &[String], limit: Duration) -> Resul
         let mut line = Vec::new();
         for id in ids {
             let e = entries.iter().find(|e| e["id"].as_str() == Some(id));
-            let state = e.and_then(|e| e["status"]["state"].as_str()).unwrap_or("unknown");
+            let state = e
+                .and_then(|e| e["status"]["state"].as_str())
+                .unwrap_or("unknown");
             if state == "failed" {
                 let reason = e.and_then(|e| e["status"]["reason"].as_str()).unwrap_or("");
-                bail!("the build of {} failed: {reason}", e.and_then(|e| e["name"].as_str()).unwrap_or(id));
+                bail!(
+                    "the build of {} failed: {reason}",
+                    e.and_then(|e| e["name"].as_str()).unwrap_or(id)
+                );
             }
             if state == "published" {
                 published += 1;
             }
-            line.push(format!("{}: {state}", e.and_then(|e| e["name"].as_str()).unwrap_or("?")));
+            line.push(format!(
+                "{}: {state}",
+                e.and_then(|e| e["name"].as_str()).unwrap_or("?")
+            ));
         }
         let now = line.join(", ");
         if now != last {

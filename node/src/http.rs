@@ -37,7 +37,10 @@ pub const MAX_UPLOAD: usize = 64 << 20;
 pub async fn bind(
     core: Arc<Core>,
     addr: SocketAddr,
-) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+) -> anyhow::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
@@ -58,8 +61,14 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/entries/{id}", get(entry))
         .route("/api/v1/authors/{key}/head", get(author_head))
         .route("/api/v1/policy", get(policy))
-        .route("/api/v1/events", post(submit_event).layer(DefaultBodyLimit::max(events_limit)))
-        .route("/api/v1/blobs", put(upload_blob).layer(DefaultBodyLimit::max(MAX_UPLOAD)))
+        .route(
+            "/api/v1/events",
+            post(submit_event).layer(DefaultBodyLimit::max(events_limit)),
+        )
+        .route(
+            "/api/v1/blobs",
+            put(upload_blob).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .route("/api/v1/blobs/{hash}", get(get_blob))
         .route("/{repo}/os/{arch}/{file}", get(repo_file))
         .with_state(core)
@@ -71,7 +80,9 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Runs a read of the node's state off the async workers: the ingest lock may be held by a
 /// durable write.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -93,11 +104,17 @@ async fn queue(State(core): State<Arc<Core>>) -> Response {
 
 async fn entry(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<Hash>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not an entry id (64 hex digits)"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an entry id (64 hex digits)"),
+        );
     };
     let found = blocking(move || {
         let ingest = core.ingest();
-        ingest.state().entry(&id).map(|e| views::entry(&ingest, e, Timestamp::now(), true))
+        ingest
+            .state()
+            .entry(&id)
+            .map(|e| views::entry(&ingest, e, Timestamp::now(), true))
     })
     .await;
     match found {
@@ -109,7 +126,10 @@ async fn entry(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Respons
 
 async fn author_head(State(core): State<Arc<Core>>, Path(key): Path<String>) -> Response {
     let Ok(author) = key.parse::<PublicKey>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{key:?} is not a public key (64 hex digits)"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{key:?} is not a public key (64 hex digits)"),
+        );
     };
     let last = match blocking(move || core.ingest().events().last(&author)).await {
         Ok(l) => l,
@@ -144,9 +164,15 @@ async fn submit_event(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         IngestOutcome::Rejected { reason } => {
             tracing::info!(reason = %reason, label = reason.label(), "event rejected");
             // A storage failure on this node is not the client's fault: retry later.
-            let code =
-                if reason.is_peer_fault() { StatusCode::BAD_REQUEST } else { StatusCode::SERVICE_UNAVAILABLE };
-            (code, axum::Json(json!({ "error": reason.to_string(), "reason": reason.label() })))
+            let code = if reason.is_peer_fault() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (
+                code,
+                axum::Json(json!({ "error": reason.to_string(), "reason": reason.label() })),
+            )
                 .into_response()
         }
     }
@@ -163,24 +189,31 @@ async fn upload_blob(State(core): State<Arc<Core>>, body: Bytes) -> Response {
 
 async fn get_blob(State(core): State<Arc<Core>>, Path(hash): Path<String>) -> Response {
     let Ok(hash) = hash.parse::<Hash>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{hash:?} is not a blake3 hash"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a blake3 hash"),
+        );
     };
     // Verified by hashing the file first (streaming, bounded memory), then streamed; the file
     // is read-only and named by its hash, so what was verified is what is sent.
     let c = core.clone();
-    let checked = blocking(move || -> std::io::Result<Option<(std::path::PathBuf, u64)>> {
-        if !c.blobs.has(&hash).map_err(std::io::Error::other)? {
-            return Ok(None);
-        }
-        let path = c.blobs.path_of(&hash);
-        let mut f = std::fs::File::open(&path)?;
-        let mut h = blake3::Hasher::new();
-        let len = std::io::copy(&mut f, &mut h)?;
-        if Hash::from(h.finalize()) != hash {
-            return Err(std::io::Error::other(format!("blob {hash} is damaged on disk")));
-        }
-        Ok(Some((path, len)))
-    })
+    let checked = blocking(
+        move || -> std::io::Result<Option<(std::path::PathBuf, u64)>> {
+            if !c.blobs.has(&hash).map_err(std::io::Error::other)? {
+                return Ok(None);
+            }
+            let path = c.blobs.path_of(&hash);
+            let mut f = std::fs::File::open(&path)?;
+            let mut h = blake3::Hasher::new();
+            let len = std::io::copy(&mut f, &mut h)?;
+            if Hash::from(h.finalize()) != hash {
+                return Err(std::io::Error::other(format!(
+                    "blob {hash} is damaged on disk"
+                )));
+            }
+            Ok(Some((path, len)))
+        },
+    )
     .await;
     let (path, len) = match checked {
         Ok(Ok(Some(found))) => found,
@@ -216,7 +249,12 @@ async fn repo_file(
     let path = crate::generation::served_dir(&core.data_dir, &repo, &arch).join(&file);
     let f = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
-        Err(_) => return error(StatusCode::NOT_FOUND, format!("{repo}/os/{arch}/{file}: not published")),
+        Err(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{repo}/os/{arch}/{file}: not published"),
+            );
+        }
     };
     let len = match f.metadata().await {
         Ok(m) if m.is_file() => m.len(),

@@ -8,7 +8,9 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pacmesh_repo::{buildinfo::BuildInfo, db::Database, package, pkginfo::PkgInfo, srcinfo::SrcInfo};
+use pacmesh_repo::{
+    buildinfo::BuildInfo, db::Database, package, pkginfo::PkgInfo, srcinfo::SrcInfo,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -79,22 +81,31 @@ fn kind_by_content(head: &[u8]) -> Option<Kind> {
 
 /// Inspects `path`; `pubkey` (an OpenPGP public key, armored or binary) verifies `PATH.sig`.
 pub fn inspect(path: &Path, pubkey: Option<&[u8]>) -> Result<Value> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_dir() {
-        bail!("{} is a directory; give a file (.SRCINFO, .PKGINFO, .BUILDINFO, package or database)", path.display());
+        bail!(
+            "{} is a directory; give a file (.SRCINFO, .PKGINFO, .BUILDINFO, package or database)",
+            path.display()
+        );
     }
     let mut head = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(4096).read_to_end(&mut head))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let by_name = kind_by_name(&name);
-    let kind = by_name.or_else(|| kind_by_content(&head)).with_context(|| {
-        format!(
-            "{}: not a .SRCINFO, .PKGINFO, .BUILDINFO, package or repository database",
-            path.display()
-        )
-    })?;
+    let kind = by_name
+        .or_else(|| kind_by_content(&head))
+        .with_context(|| {
+            format!(
+                "{}: not a .SRCINFO, .PKGINFO, .BUILDINFO, package or repository database",
+                path.display()
+            )
+        })?;
 
     let parsed = match kind {
         Kind::SrcInfo => {
@@ -110,11 +121,15 @@ pub fn inspect(path: &Path, pubkey: Option<&[u8]>) -> Result<Value> {
         }
         Kind::PkgInfo => {
             let text = read_text(path)?;
-            serde_json::to_value(PkgInfo::parse(text.as_bytes()).with_context(|| format!("{}", path.display()))?)?
+            serde_json::to_value(
+                PkgInfo::parse(text.as_bytes()).with_context(|| format!("{}", path.display()))?,
+            )?
         }
         Kind::BuildInfo => {
             let text = read_text(path)?;
-            serde_json::to_value(BuildInfo::parse(&text).with_context(|| format!("{}", path.display()))?)?
+            serde_json::to_value(
+                BuildInfo::parse(&text).with_context(|| format!("{}", path.display()))?,
+            )?
         }
         Kind::Package => match package::read_package(path) {
             Ok(info) => serde_json::to_value(info)?,
@@ -149,26 +164,35 @@ pub fn inspect(path: &Path, pubkey: Option<&[u8]>) -> Result<Value> {
 fn read_text(path: &Path) -> Result<String> {
     let len = std::fs::metadata(path)?.len();
     if len > MAX_TEXT {
-        bail!("{}: {len} bytes is too large for a metadata file (limit {MAX_TEXT})", path.display());
+        bail!(
+            "{}: {len} bytes is too large for a metadata file (limit {MAX_TEXT})",
+            path.display()
+        );
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8 text", path.display()))
 }
 
 fn hash_file(path: &Path) -> Result<(String, String)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut b3 = blake3::Hasher::new();
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
         b3.update(&buf[..n]);
         sha.update(&buf[..n]);
     }
-    Ok((b3.finalize().to_hex().to_string(), hex::encode(sha.finalize())))
+    Ok((
+        b3.finalize().to_hex().to_string(),
+        hex::encode(sha.finalize()),
+    ))
 }
 
 fn signature_status(path: &Path, pubkey: Option<&[u8]>) -> Result<Value> {
@@ -180,14 +204,18 @@ fn signature_status(path: &Path, pubkey: Option<&[u8]>) -> Result<Value> {
         return Ok(json!({ "state": "present", "path": sig_path.display().to_string() }));
     };
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(match pacmesh_repo::sign::verify_detached(key, &data, &sig) {
-        Ok(()) => json!({
-            "state": "valid",
-            "path": sig_path.display().to_string(),
-            "key": pacmesh_repo::sign::fingerprint_of(key).unwrap_or_default(),
-        }),
-        Err(e) => json!({ "state": "invalid", "path": sig_path.display().to_string(), "reason": e.to_string() }),
-    })
+    Ok(
+        match pacmesh_repo::sign::verify_detached(key, &data, &sig) {
+            Ok(()) => json!({
+                "state": "valid",
+                "path": sig_path.display().to_string(),
+                "key": pacmesh_repo::sign::fingerprint_of(key).unwrap_or_default(),
+            }),
+            Err(e) => {
+                json!({ "state": "invalid", "path": sig_path.display().to_string(), "reason": e.to_string() })
+            }
+        },
+    )
 }
 
 /// Human-readable rendering of the JSON report: nested keys indented, arrays one item a line.
@@ -250,10 +278,22 @@ mod tests {
 
     #[test]
     fn kinds_by_content() {
-        assert_eq!(kind_by_content(b"# gen\npkgbase = x\n\tpkgver = 1\n"), Some(Kind::SrcInfo));
-        assert_eq!(kind_by_content(b"format = 2\npkgname = x\n"), Some(Kind::BuildInfo));
-        assert_eq!(kind_by_content(b"# generated\npkgname = x\npkgver = 1-1\n"), Some(Kind::PkgInfo));
+        assert_eq!(
+            kind_by_content(b"# gen\npkgbase = x\n\tpkgver = 1\n"),
+            Some(Kind::SrcInfo)
+        );
+        assert_eq!(
+            kind_by_content(b"format = 2\npkgname = x\n"),
+            Some(Kind::BuildInfo)
+        );
+        assert_eq!(
+            kind_by_content(b"# generated\npkgname = x\npkgver = 1-1\n"),
+            Some(Kind::PkgInfo)
+        );
         assert_eq!(kind_by_content(b"hello world"), None);
-        assert_eq!(kind_by_content(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]), Some(Kind::Package));
+        assert_eq!(
+            kind_by_content(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]),
+            Some(Kind::Package)
+        );
     }
 }

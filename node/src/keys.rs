@@ -34,7 +34,9 @@ pub struct NodeKey {
 /// Shows the public half only: a secret never reaches a log line.
 impl std::fmt::Debug for NodeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeKey").field("public", &self.public_hex()).finish_non_exhaustive()
+        f.debug_struct("NodeKey")
+            .field("public", &self.public_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +49,9 @@ impl NodeKey {
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self { signing: SigningKey::from_bytes(seed) }
+        Self {
+            signing: SigningKey::from_bytes(seed),
+        }
     }
 
     pub fn seed(&self) -> &[u8; 32] {
@@ -90,10 +94,12 @@ impl NodeKey {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|_| anyhow!("the key file's base64 body is damaged"))?;
-        let seed: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("the key file holds {} bytes, an ed25519 seed has 32", bytes.len()))?;
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            anyhow!(
+                "the key file holds {} bytes, an ed25519 seed has 32",
+                bytes.len()
+            )
+        })?;
         Ok(Self::from_seed(&seed))
     }
 
@@ -111,7 +117,10 @@ impl NodeKey {
             bail!("key file {} is not a regular file", path.display());
         }
         if meta.len() > MAX_KEY_FILE {
-            bail!("key file {} is too large to be a pacmesh key", path.display());
+            bail!(
+                "key file {} is too large to be a pacmesh key",
+                path.display()
+            );
         }
         if meta.permissions().mode() & 0o077 != 0 {
             bail!(
@@ -139,7 +148,10 @@ impl NodeKey {
             .open(path)
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    anyhow!("{} already exists; refusing to overwrite a key", path.display())
+                    anyhow!(
+                        "{} already exists; refusing to overwrite a key",
+                        path.display()
+                    )
                 } else {
                     anyhow!("cannot create key file {}: {e}", path.display())
                 }
@@ -176,7 +188,11 @@ mod tests {
         assert_eq!(back.public_hex(), k.public_hex());
         // The PeerId of an ed25519 key is the identity multihash of its protobuf encoding,
         // which in base58 always starts with "12D3KooW".
-        assert!(k.peer_id().to_string().starts_with("12D3KooW"), "{}", k.peer_id());
+        assert!(
+            k.peer_id().to_string().starts_with("12D3KooW"),
+            "{}",
+            k.peer_id()
+        );
     }
 
     #[test]
@@ -197,11 +213,23 @@ mod tests {
         let p = dir.path().join("sub/node.key");
         let k = NodeKey::generate().unwrap();
         k.save_new(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        let err = NodeKey::generate().unwrap().save_new(&p).unwrap_err().to_string();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let err = NodeKey::generate()
+            .unwrap()
+            .save_new(&p)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("refusing to overwrite"), "{err}");
         assert_eq!(NodeKey::load(&p).unwrap().seed(), k.seed());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(NodeKey::load(&p).unwrap_err().to_string().contains("chmod 600"));
+        assert!(
+            NodeKey::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
     }
 }

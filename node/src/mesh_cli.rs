@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use pacmesh_protocol::{
-    BuilderPolicy, EventBody, Hash, MeshPolicy, Name, POLICY_VERSION, PublicKey, QueueEntry, RepoPolicy,
-    Requirement, Signed, Source, Timestamp,
+    BuilderPolicy, EventBody, Hash, MeshPolicy, Name, POLICY_VERSION, PublicKey, QueueEntry,
+    RepoPolicy, Requirement, Signed, Source, Timestamp,
 };
 use serde_json::Value;
 
@@ -29,7 +29,9 @@ pub struct MeshInit {
 }
 
 fn parse_key(s: &str, what: &str) -> Result<PublicKey> {
-    s.trim().parse::<PublicKey>().map_err(|e| anyhow::anyhow!("{what} {s:?}: {e} (give the 64-hex public key `pacmesh key show` prints)"))
+    s.trim().parse::<PublicKey>().map_err(|e| {
+        anyhow::anyhow!("{what} {s:?}: {e} (give the 64-hex public key `pacmesh key show` prints)")
+    })
 }
 
 fn name(s: &str, what: &str) -> Result<Name> {
@@ -43,15 +45,31 @@ pub fn mesh_init(p: &MeshInit) -> Result<MeshPolicy> {
     if p.repos.is_empty() {
         bail!("name at least one repository with --repo");
     }
-    let arches = if p.arches.is_empty() { vec![crate::config::host_arch()] } else { p.arches.clone() };
-    let arches = arches.iter().map(|a| name(a, "--arch")).collect::<Result<Vec<_>>>()?;
+    let arches = if p.arches.is_empty() {
+        vec![crate::config::host_arch()]
+    } else {
+        p.arches.clone()
+    };
+    let arches = arches
+        .iter()
+        .map(|a| name(a, "--arch"))
+        .collect::<Result<Vec<_>>>()?;
     let repos = p
         .repos
         .iter()
-        .map(|r| Ok(RepoPolicy { name: name(r, "--repo")?, arches: arches.clone() }))
+        .map(|r| {
+            Ok(RepoPolicy {
+                name: name(r, "--repo")?,
+                arches: arches.clone(),
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let keys = |list: &[String], what: &str| -> Result<Vec<PublicKey>> {
-        if list.is_empty() { Ok(vec![root]) } else { list.iter().map(|k| parse_key(k, what)).collect() }
+        if list.is_empty() {
+            Ok(vec![root])
+        } else {
+            list.iter().map(|k| parse_key(k, what)).collect()
+        }
     };
     if p.quorum == 0 {
         bail!("--quorum must be at least 1");
@@ -67,7 +85,12 @@ pub fn mesh_init(p: &MeshInit) -> Result<MeshPolicy> {
         builders: if p.builders.is_empty() {
             BuilderPolicy::Any
         } else {
-            BuilderPolicy::Keys(p.builders.iter().map(|k| parse_key(k, "--builder")).collect::<Result<_>>()?)
+            BuilderPolicy::Keys(
+                p.builders
+                    .iter()
+                    .map(|k| parse_key(k, "--builder"))
+                    .collect::<Result<_>>()?,
+            )
         },
         quorum: p.quorum,
         lease_secs: p.lease_secs,
@@ -99,7 +122,11 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub enum AddSource {
     Dir(PathBuf),
-    Git { url: String, rev: Option<String>, subdir: Option<String> },
+    Git {
+        url: String,
+        rev: Option<String>,
+        subdir: Option<String>,
+    },
     Aur(String),
     Tree(String),
 }
@@ -136,26 +163,49 @@ pub fn queue_add(a: &QueueAdd) -> Result<Hash> {
             match repos.as_slice() {
                 [one] => name(one, "repo")?,
                 [] => bail!("the mesh has no repositories"),
-                many => bail!("the mesh has several repositories ({}): choose one with --repo", many.join(", ")),
+                many => bail!(
+                    "the mesh has several repositories ({}): choose one with --repo",
+                    many.join(", ")
+                ),
             }
         }
     };
     let source = match &a.source {
         AddSource::Dir(dir) => {
-            let dir = std::fs::canonicalize(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+            let dir = std::fs::canonicalize(dir)
+                .with_context(|| format!("cannot open {}", dir.display()))?;
             if !dir.join("PKGBUILD").is_file() {
                 bail!("{} has no PKGBUILD", dir.display());
             }
             let tar = crate::source::snapshot_dir(&dir)?;
-            let snapshot = client.put_blob(&tar).context("uploading the folder snapshot")?;
-            Source::Dir { path: dir.display().to_string(), snapshot: Some(snapshot) }
+            let snapshot = client
+                .put_blob(&tar)
+                .context("uploading the folder snapshot")?;
+            Source::Dir {
+                path: dir.display().to_string(),
+                snapshot: Some(snapshot),
+            }
         }
-        AddSource::Git { url, rev, subdir } => Source::Git { url: url.clone(), rev: rev.clone(), subdir: subdir.clone() },
-        AddSource::Aur(p) => Source::Aur { pkgbase: name(p, "--aur")? },
-        AddSource::Tree(url) => Source::Tree { url: url.clone(), rev: None, pkgbases: Vec::new() },
+        AddSource::Git { url, rev, subdir } => Source::Git {
+            url: url.clone(),
+            rev: rev.clone(),
+            subdir: subdir.clone(),
+        },
+        AddSource::Aur(p) => Source::Aur {
+            pkgbase: name(p, "--aur")?,
+        },
+        AddSource::Tree(url) => Source::Tree {
+            url: url.clone(),
+            rev: None,
+            pkgbases: Vec::new(),
+        },
     };
     let mut entry = QueueEntry::new(repo, source);
-    entry.arches = a.arches.iter().map(|x| name(x, "--arch")).collect::<Result<_>>()?;
+    entry.arches = a
+        .arches
+        .iter()
+        .map(|x| name(x, "--arch"))
+        .collect::<Result<_>>()?;
     entry.needs = needs;
     entry.source_date_epoch = a.source_date_epoch;
     entry.timeout_secs = a.timeout_secs;
@@ -170,7 +220,12 @@ pub fn resolve_entry(client: &Client, id: &str) -> Result<Hash> {
     let q = client.get_json("/api/v1/queue")?;
     let matches: Vec<&str> = q["entries"]
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e["id"].as_str()).filter(|e| e.starts_with(id)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["id"].as_str())
+                .filter(|e| e.starts_with(id))
+                .collect()
+        })
         .unwrap_or_default();
     match matches.as_slice() {
         [one] => Ok(one.parse()?),
@@ -193,14 +248,24 @@ fn short(s: &str) -> String {
 
 /// `queue ls` as a table.
 pub fn render_queue(q: &Value) -> String {
-    let mut out = format!("{:<12}  {:<28}  {:<14}  {:<10}  {}\n", "ENTRY", "NAME", "REPO", "STATE", "DETAIL");
+    let mut out = format!(
+        "{:<12}  {:<28}  {:<14}  {:<10}  {}\n",
+        "ENTRY", "NAME", "REPO", "STATE", "DETAIL"
+    );
     for e in q["entries"].as_array().into_iter().flatten() {
         let st = &e["status"];
         let detail = match st["state"].as_str().unwrap_or("") {
-            "claimed" => format!("by {} attempt {}", short(st["by"].as_str().unwrap_or("")), st["attempt"]),
+            "claimed" => format!(
+                "by {} attempt {}",
+                short(st["by"].as_str().unwrap_or("")),
+                st["attempt"]
+            ),
             "failed" => st["reason"].as_str().unwrap_or("").to_string(),
             "published" => format!("generation {}", st["generation"]),
-            "built" => format!("by {} builder(s)", st["builders"].as_array().map_or(0, Vec::len)),
+            "built" => format!(
+                "by {} builder(s)",
+                st["builders"].as_array().map_or(0, Vec::len)
+            ),
             _ => String::new(),
         };
         out.push_str(&format!(
@@ -218,8 +283,14 @@ pub fn render_queue(q: &Value) -> String {
 /// `status` in a few lines.
 pub fn render_status(s: &Value) -> String {
     let mut out = String::new();
-    out.push_str(&format!("node        {}\n", s["node"]["node_id"].as_str().unwrap_or("?")));
-    out.push_str(&format!("public key  {}\n", s["node"]["public_key"].as_str().unwrap_or("?")));
+    out.push_str(&format!(
+        "node        {}\n",
+        s["node"]["node_id"].as_str().unwrap_or("?")
+    ));
+    out.push_str(&format!(
+        "public key  {}\n",
+        s["node"]["public_key"].as_str().unwrap_or("?")
+    ));
     out.push_str(&format!(
         "mesh        root {} policy v{} quorum {}\n",
         short(s["mesh"]["root"].as_str().unwrap_or("?")),
@@ -228,13 +299,23 @@ pub fn render_status(s: &Value) -> String {
     ));
     out.push_str(&format!(
         "events      {} applied, {} accepted, {} duplicate, rejected {}\n",
-        s["events"]["applied"], s["events"]["accepted"], s["events"]["duplicate"], s["events"]["rejected"]
+        s["events"]["applied"],
+        s["events"]["accepted"],
+        s["events"]["duplicate"],
+        s["events"]["rejected"]
     ));
     let q: Vec<String> = s["queue"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect())
         .unwrap_or_default();
-    out.push_str(&format!("queue       {}\n", if q.is_empty() { "empty".into() } else { q.join(", ") }));
+    out.push_str(&format!(
+        "queue       {}\n",
+        if q.is_empty() {
+            "empty".into()
+        } else {
+            q.join(", ")
+        }
+    ));
     for g in s["generations"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "repo        {}/{} generation {} ({} packages)\n",
@@ -244,6 +325,9 @@ pub fn render_status(s: &Value) -> String {
             g["packages"]
         ));
     }
-    out.push_str(&format!("digest      {}\n", s["state_digest"].as_str().unwrap_or("?")));
+    out.push_str(&format!(
+        "digest      {}\n",
+        s["state_digest"].as_str().unwrap_or("?")
+    ));
     out
 }

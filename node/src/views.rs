@@ -27,7 +27,11 @@ pub fn source(s: &Source) -> Value {
 /// A short human name for an entry's source: the folder, repository or package base.
 pub fn source_label(s: &Source) -> String {
     match s {
-        Source::Dir { path, .. } => path.rsplit('/').find(|p| !p.is_empty()).unwrap_or(path).to_string(),
+        Source::Dir { path, .. } => path
+            .rsplit('/')
+            .find(|p| !p.is_empty())
+            .unwrap_or(path)
+            .to_string(),
         Source::Git { url, subdir, .. } => match subdir {
             Some(d) => format!("{url}#{d}"),
             None => url.clone(),
@@ -41,7 +45,11 @@ pub fn source_label(s: &Source) -> String {
 fn status_json(st: &EntryStatus<'_>) -> Value {
     match st {
         EntryStatus::Waiting => json!({ "state": "waiting" }),
-        EntryStatus::Claimed { by, attempt, lease_until } => json!({
+        EntryStatus::Claimed {
+            by,
+            attempt,
+            lease_until,
+        } => json!({
             "state": "claimed", "by": by.to_string(), "attempt": attempt, "lease_until": lease_until.0,
         }),
         EntryStatus::Built { builds } => json!({
@@ -71,16 +79,24 @@ pub fn entry(ingest: &Ingest, e: &EntryRecord, now: Timestamp, detail: bool) -> 
         v["source"] = source(&q.entry.source);
         v["enqueued_by"] = json!(q.by.to_string());
         v["enqueued_at"] = json!(q.time.0);
-        v["needs"] = json!(q.entry.needs.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        v["needs"] = json!(
+            q.entry
+                .needs
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+        );
     }
     if detail {
         v["claims"] = e
             .claims
             .values()
-            .map(|c| json!({
-                "builder": c.builder.to_string(), "attempt": c.attempt,
-                "lease_until": c.lease_until.0, "event": c.event.to_string(), "time": c.time.0,
-            }))
+            .map(|c| {
+                json!({
+                    "builder": c.builder.to_string(), "attempt": c.attempt,
+                    "lease_until": c.lease_until.0, "event": c.event.to_string(), "time": c.time.0,
+                })
+            })
             .collect();
         v["reports"] = e
             .reports
@@ -117,7 +133,11 @@ pub fn entry(ingest: &Ingest, e: &EntryRecord, now: Timestamp, detail: bool) -> 
 }
 
 pub fn queue(ingest: &Ingest, now: Timestamp) -> Value {
-    let entries: Vec<Value> = ingest.state().entries().map(|e| entry(ingest, e, now, false)).collect();
+    let entries: Vec<Value> = ingest
+        .state()
+        .entries()
+        .map(|e| entry(ingest, e, now, false))
+        .collect();
     json!({ "entries": entries })
 }
 

@@ -30,7 +30,11 @@ fn fails(args: &[&str], code: i32) -> String {
     assert_eq!(out.status.code(), Some(code), "pacmesh {args:?}: {out:?}");
     let err = String::from_utf8(out.stderr).unwrap();
     if code == 1 {
-        assert_eq!(err.trim_end().lines().count(), 1, "one-line reason expected: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one-line reason expected: {err}"
+        );
         assert!(err.starts_with("pacmesh: "), "{err}");
     }
     err
@@ -51,19 +55,47 @@ fn key_gen_show_openpgp() {
     let t = tempfile::tempdir().unwrap();
     let key = t.path().join("k/node.key");
     let out = ok(&["key", "gen", "--out", s(&key)]);
-    let public = out.lines().find_map(|l| l.strip_prefix("public key: ")).unwrap().trim().to_string();
-    let node_id = out.lines().find_map(|l| l.strip_prefix("node id:")).unwrap().trim().to_string();
+    let public = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let node_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("node id:"))
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(public.len(), 64);
     assert!(node_id.starts_with("12D3KooW"));
 
     // The same key shows the same identities; the fingerprint matches the exported key.
     let shown = ok(&["key", "show", "--key", s(&key)]);
-    assert!(shown.contains(&public) && shown.contains(&node_id), "{shown}");
-    let fpr = ok(&["key", "show", "--key", s(&key), "--fingerprint"]).trim().to_string();
+    assert!(
+        shown.contains(&public) && shown.contains(&node_id),
+        "{shown}"
+    );
+    let fpr = ok(&["key", "show", "--key", s(&key), "--fingerprint"])
+        .trim()
+        .to_string();
     assert_eq!(fpr.len(), 40);
-    let armored = ok(&["key", "openpgp", "--key", s(&key), "--uid", "Test <t@example.invalid>"]);
-    assert!(armored.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{armored}");
-    assert_eq!(pacmesh_repo::sign::fingerprint_of(armored.as_bytes()).unwrap(), fpr);
+    let armored = ok(&[
+        "key",
+        "openpgp",
+        "--key",
+        s(&key),
+        "--uid",
+        "Test <t@example.invalid>",
+    ]);
+    assert!(
+        armored.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{armored}"
+    );
+    assert_eq!(
+        pacmesh_repo::sign::fingerprint_of(armored.as_bytes()).unwrap(),
+        fpr
+    );
 
     // Never overwrite; refuse a key others can read.
     let err = fails(&["key", "gen", "--out", s(&key)], 1);
@@ -82,7 +114,10 @@ fn usage_errors_exit_2() {
     fails(&["no-such-command"], 2);
     fails(&["build", "--profile", "vm", "x"], 2);
     fails(&["queue", "add", "--key", "k"], 2);
-    fails(&["queue", "add", "--key", "k", "--dir", "a", "--aur", "b"], 2);
+    fails(
+        &["queue", "add", "--key", "k", "--dir", "a", "--aur", "b"],
+        2,
+    );
 }
 
 #[test]
@@ -91,13 +126,23 @@ fn repo_add_update_downgrade_remove() {
     let repo = t.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
     let key = keygen(t.path());
-    let a1 = SyntheticPackage::new("alpha", "1.0-1").write_to(&repo).unwrap();
-    let b1 = SyntheticPackage::rich("beta", "1:2.0-3").write_to(&repo).unwrap();
+    let a1 = SyntheticPackage::new("alpha", "1.0-1")
+        .write_to(&repo)
+        .unwrap();
+    let b1 = SyntheticPackage::rich("beta", "1:2.0-3")
+        .write_to(&repo)
+        .unwrap();
     let db = repo.join("test.db.tar.zst");
 
     let out = ok(&["repo", "add", "--key", s(&key), s(&db), s(&a1), s(&b1)]);
     assert!(out.contains("alpha 1.0-1: added (signed)"), "{out}");
-    for f in ["test.db", "test.db.sig", "test.files", "test.files.sig", "test.db.tar.zst.sig"] {
+    for f in [
+        "test.db",
+        "test.db.sig",
+        "test.files",
+        "test.files.sig",
+        "test.db.tar.zst.sig",
+    ] {
         assert!(repo.join(f).exists(), "{f} missing");
     }
     assert!(pacmesh_repo::package::signature_path(&a1).exists());
@@ -113,7 +158,9 @@ fn repo_add_update_downgrade_remove() {
     assert_eq!(report["parsed"]["entries"]["beta"]["version"], "1:2.0-3");
 
     // Update keeps the old file unless --remove; a downgrade is refused and changes nothing.
-    let a2 = SyntheticPackage::new("alpha", "1.1-1").write_to(&repo).unwrap();
+    let a2 = SyntheticPackage::new("alpha", "1.1-1")
+        .write_to(&repo)
+        .unwrap();
     let out = ok(&["repo", "add", "--key", s(&key), s(&db), s(&a2)]);
     assert!(out.contains("updated from 1.0-1"), "{out}");
     assert!(a1.exists());
@@ -121,7 +168,14 @@ fn repo_add_update_downgrade_remove() {
     let err = fails(&["repo", "add", s(&db), s(&a1)], 1);
     assert!(err.contains("nothing changed"), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
-    let out = ok(&["repo", "add", "--allow-downgrade", "--remove", s(&db), s(&a1)]);
+    let out = ok(&[
+        "repo",
+        "add",
+        "--allow-downgrade",
+        "--remove",
+        s(&db),
+        s(&a1),
+    ]);
     assert!(out.contains("removed"), "{out}");
     assert!(!a2.exists(), "--remove deletes the replaced file");
 
@@ -131,7 +185,8 @@ fn repo_add_update_downgrade_remove() {
     assert!(err.contains("gamma"), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
     ok(&["repo", "remove", s(&db), "beta"]);
-    let report: serde_json::Value = serde_json::from_str(&ok(&["inspect", "--json", s(&db)])).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "--json", s(&db)])).unwrap();
     assert_eq!(report["parsed"]["count"], 1);
     // Written without a key: the old signature must not be left beside the new database.
     assert_eq!(report["signature"]["state"], "absent");
@@ -141,7 +196,9 @@ fn repo_add_update_downgrade_remove() {
 fn repo_add_bad_inputs_change_nothing() {
     let t = tempfile::tempdir().unwrap();
     let db = t.path().join("x.db.tar.zst");
-    let good = SyntheticPackage::new("good", "1-1").write_to(t.path()).unwrap();
+    let good = SyntheticPackage::new("good", "1-1")
+        .write_to(t.path())
+        .unwrap();
     ok(&["repo", "add", s(&db), s(&good)]);
     let before = std::fs::read(&db).unwrap();
 
@@ -150,13 +207,25 @@ fn repo_add_bad_inputs_change_nothing() {
     let truncated = t.path().join("trunc-1-1-any.pkg.tar.zst");
     let other = SyntheticPackage::new("trunc", "1-1").archive_bytes();
     std::fs::write(&truncated, &other[..other.len() / 2]).unwrap();
-    let other_new = SyntheticPackage::new("fresh", "1-1").write_to(t.path()).unwrap();
+    let other_new = SyntheticPackage::new("fresh", "1-1")
+        .write_to(t.path())
+        .unwrap();
     for bad in [&not_pkg, &truncated, &t.path().join("missing.pkg.tar.zst")] {
         // Mixed with a good new package: all or nothing.
         fails(&["repo", "add", s(&db), s(&other_new), s(bad)], 1);
         assert_eq!(std::fs::read(&db).unwrap(), before, "{}", bad.display());
     }
-    let err = fails(&["repo", "add", "--key", s(&t.path().join("nokey")), s(&db), s(&good)], 1);
+    let err = fails(
+        &[
+            "repo",
+            "add",
+            "--key",
+            s(&t.path().join("nokey")),
+            s(&db),
+            s(&good),
+        ],
+        1,
+    );
     assert!(err.contains("key"), "{err}");
     let err = fails(&["repo", "add", s(&t.path().join("x.zip")), s(&good)], 1);
     assert!(!err.is_empty());
@@ -165,11 +234,18 @@ fn repo_add_bad_inputs_change_nothing() {
 #[test]
 fn inspect_each_kind() {
     let t = tempfile::tempdir().unwrap();
-    let pkg = SyntheticPackage::rich("gamma", "2.0-1").write_to(t.path()).unwrap();
+    let pkg = SyntheticPackage::rich("gamma", "2.0-1")
+        .write_to(t.path())
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", "--json", s(&pkg)])).unwrap();
     assert_eq!(v["kind"], "package");
     assert_eq!(v["parsed"]["pkginfo"]["pkgname"], "gamma");
-    assert_eq!(v["blake3"], blake3::hash(&std::fs::read(&pkg).unwrap()).to_hex().as_str());
+    assert_eq!(
+        v["blake3"],
+        blake3::hash(&std::fs::read(&pkg).unwrap())
+            .to_hex()
+            .as_str()
+    );
     assert_eq!(v["signature"]["state"], "absent");
 
     let srcinfo = t.path().join(".SRCINFO");
@@ -178,10 +254,14 @@ fn inspect_each_kind() {
         "pkgbase = demo\n\tpkgver = 1.2\n\tpkgrel = 3\n\tepoch = 1\n\tarch = x86_64\n\tdepends_x86_64 = zlib\n\npkgname = demo-a\n\npkgname = demo-b\n\tdepends_x86_64 =\n",
     )
     .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", "--json", s(&srcinfo)])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "--json", s(&srcinfo)])).unwrap();
     assert_eq!(v["kind"], "srcinfo");
     assert_eq!(v["parsed"]["version"], "1:1.2-3");
-    assert_eq!(v["parsed"]["pkgnames"], serde_json::json!(["demo-a", "demo-b"]));
+    assert_eq!(
+        v["parsed"]["pkgnames"],
+        serde_json::json!(["demo-a", "demo-b"])
+    );
     let human = ok(&["inspect", s(&srcinfo)]);
     assert!(human.contains("pkgbase: demo"), "{human}");
 
@@ -193,7 +273,11 @@ fn inspect_each_kind() {
 
     let broken = t.path().join("broken/.SRCINFO");
     std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
-    std::fs::write(&broken, "pkgbase = demo\n\tpkgver = 1:2\n\tpkgrel = 1\npkgname = demo\n").unwrap();
+    std::fs::write(
+        &broken,
+        "pkgbase = demo\n\tpkgver = 1:2\n\tpkgrel = 1\npkgname = demo\n",
+    )
+    .unwrap();
     let err = fails(&["inspect", s(&broken)], 1);
     assert!(err.contains("line"), "{err}");
     let err = fails(&["inspect", "/etc/hostname"], 1);
@@ -204,7 +288,10 @@ fn inspect_each_kind() {
 #[test]
 fn build_prints_artifacts_and_is_reproducible() {
     let have = |t: &str| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
     };
     if !have("bwrap") || !have("makepkg") {
         eprintln!("SKIPPED: bwrap or makepkg missing");
@@ -217,14 +304,26 @@ fn build_prints_artifacts_and_is_reproducible() {
     for n in 0..2 {
         let out = t.path().join(format!("out{n}"));
         let printed = ok(&[
-            "build", "--quiet", "--data-dir", s(&data), "--out", s(&out), "--source-date-epoch", "1700000000",
+            "build",
+            "--quiet",
+            "--data-dir",
+            s(&data),
+            "--out",
+            s(&out),
+            "--source-date-epoch",
+            "1700000000",
             s(&example),
         ]);
         let lines: Vec<&str> = printed.lines().collect();
         assert_eq!(lines.len(), 2, "two split packages: {printed}");
         for l in &lines {
             let (hash, path) = l.split_once("  ").unwrap();
-            assert_eq!(hash, blake3::hash(&std::fs::read(path).unwrap()).to_hex().as_str());
+            assert_eq!(
+                hash,
+                blake3::hash(&std::fs::read(path).unwrap())
+                    .to_hex()
+                    .as_str()
+            );
         }
         outs.push(printed.replace(&format!("out{n}"), "out"));
     }

@@ -24,7 +24,10 @@ fn have(tool: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Skips (with a notice) when a tool is missing, or when `root` is asked and we are not root
@@ -76,7 +79,11 @@ fn run(cmd: &mut Command, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
 }
 
 fn show(o: &Output) -> String {
@@ -145,7 +152,9 @@ impl Proc {
     }
 
     fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
@@ -170,14 +179,20 @@ impl Drop for Proc {
 }
 
 fn http_get(url: &str) -> (u16, Vec<u8>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let mut r = agent.get(url).call().expect("GET");
     let code = r.status().as_u16();
     (code, r.body_mut().read_to_vec().unwrap_or_default())
 }
 
 fn http_post(url: &str, body: &[u8]) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let mut r = match agent.post(url).send(body) {
         Ok(r) => r,
         // The server may answer 413 and close before the body is sent.
@@ -185,8 +200,16 @@ fn http_post(url: &str, body: &[u8]) -> (u16, Value) {
         Err(e) => panic!("POST {url}: {e}"),
     };
     let code = r.status().as_u16();
-    let text = r.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    let text = r
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn json(url: &str) -> Value {
@@ -196,7 +219,12 @@ fn json(url: &str) -> Value {
 }
 
 /// Waits until `pred` holds for the node's queue.
-fn wait_queue(base: &str, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+fn wait_queue(
+    base: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let q = json(&format!("{base}/api/v1/queue"));
@@ -204,13 +232,19 @@ fn wait_queue(base: &str, what: &str, timeout: Duration, pred: impl Fn(&[Value])
         if pred(&entries) {
             return entries;
         }
-        assert!(Instant::now() < deadline, "{what}: not reached within {timeout:?}: {entries:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {timeout:?}: {entries:#?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn state_of<'a>(entries: &'a [Value], name: &str) -> Option<&'a str> {
-    entries.iter().find(|e| e["name"] == name).and_then(|e| e["status"]["state"].as_str())
+    entries
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["status"]["state"].as_str())
 }
 
 /// A temporary pacman keyring and root that install from `server` (`.../$repo/os/$arch`).
@@ -220,7 +254,9 @@ struct Pacman {
 
 impl Pacman {
     fn new(dir: &Path, repo: &str, server: &str, asc: &Path, fingerprint: &str) -> Pacman {
-        let p = Pacman { dir: dir.to_path_buf() };
+        let p = Pacman {
+            dir: dir.to_path_buf(),
+        };
         std::fs::create_dir_all(p.gpgdir()).unwrap();
         std::fs::write(
             p.conf(),
@@ -229,9 +265,18 @@ impl Pacman {
             ),
         )
         .unwrap();
-        for args in [vec!["--init"], vec!["--add", s(asc)], vec!["--lsign-key", fingerprint]] {
+        for args in [
+            vec!["--init"],
+            vec!["--add", s(asc)],
+            vec!["--lsign-key", fingerprint],
+        ] {
             let o = run(
-                Command::new("pacman-key").arg("--gpgdir").arg(p.gpgdir()).arg("--config").arg(p.conf()).args(&args),
+                Command::new("pacman-key")
+                    .arg("--gpgdir")
+                    .arg(p.gpgdir())
+                    .arg("--config")
+                    .arg(p.conf())
+                    .args(&args),
                 Duration::from_secs(300),
             );
             assert!(o.status.success(), "pacman-key {args:?}: {}", show(&o));
@@ -250,7 +295,12 @@ impl Pacman {
     /// `pacman -Sydd` (the test root has no `sh` to satisfy dependencies with).
     fn install(&self, pkgs: &[&str]) -> Output {
         let root = self.root();
-        for d in ["var/lib/pacman", "var/cache/pacman/pkg", "var/log", "etc/pacman.d/hooks"] {
+        for d in [
+            "var/lib/pacman",
+            "var/cache/pacman/pkg",
+            "var/log",
+            "etc/pacman.d/hooks",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         run(
@@ -269,7 +319,13 @@ impl Pacman {
                 .arg(self.gpgdir())
                 .arg("--config")
                 .arg(self.conf())
-                .args(["--noconfirm", "--noprogressbar", "--noscriptlet", "--disable-download-timeout", "-Sydd"])
+                .args([
+                    "--noconfirm",
+                    "--noprogressbar",
+                    "--noscriptlet",
+                    "--disable-download-timeout",
+                    "-Sydd",
+                ])
                 .args(pkgs),
             Duration::from_secs(180),
         )
@@ -299,8 +355,20 @@ fn demo_publishes_and_pacman_installs_over_http() {
     let server = demo.wait_line("Server = ", Duration::from_secs(600));
     let server = server.trim().trim_start_matches("Server = ").to_string();
     let asc = demo_dir.join("pacmesh-demo.asc");
-    let fpr = pacmesh_ok(&["key", "show", "--key", s(&demo_dir.join("keys/node.key")), "--fingerprint"]);
-    let pacman = Pacman::new(&t.path().join("pacman"), "pacmesh-demo", &server, &asc, fpr.trim());
+    let fpr = pacmesh_ok(&[
+        "key",
+        "show",
+        "--key",
+        s(&demo_dir.join("keys/node.key")),
+        "--fingerprint",
+    ]);
+    let pacman = Pacman::new(
+        &t.path().join("pacman"),
+        "pacmesh-demo",
+        &server,
+        &asc,
+        fpr.trim(),
+    );
 
     let o = pacman.install(&["pacmesh-hello", "pacmesh-split-bin", "pacmesh-epoch"]);
     assert!(o.status.success(), "pacman -Sy: {}", show(&o));
@@ -309,14 +377,28 @@ fn demo_publishes_and_pacman_installs_over_http() {
     assert!(pacman.root().join("usr/bin/pacmesh-split").is_file());
     assert!(pacman.root().join("etc/pacmesh-epoch.conf").is_file());
     // A pacman.conf without the key trusted refuses the same repository.
-    let stranger = Pacman::new(&t.path().join("pacman2"), "pacmesh-demo", &server, &asc, fpr.trim());
+    let stranger = Pacman::new(
+        &t.path().join("pacman2"),
+        "pacmesh-demo",
+        &server,
+        &asc,
+        fpr.trim(),
+    );
     let _ = run(
-        Command::new("pacman-key").arg("--gpgdir").arg(stranger.gpgdir()).arg("--config").arg(stranger.conf())
+        Command::new("pacman-key")
+            .arg("--gpgdir")
+            .arg(stranger.gpgdir())
+            .arg("--config")
+            .arg(stranger.conf())
             .args(["--delete", fpr.trim()]),
         Duration::from_secs(60),
     );
     let o = stranger.install(&["pacmesh-hello"]);
-    assert!(!o.status.success(), "pacman must refuse an untrusted repository: {}", show(&o));
+    assert!(
+        !o.status.success(),
+        "pacman must refuse an untrusted repository: {}",
+        show(&o)
+    );
 
     // Ctrl-C stops the demo cleanly.
     demo.signal("-INT");
@@ -340,30 +422,73 @@ impl Mesh {
             pacmesh_ok(&["key", "gen", "--out", s(&p)]);
             p
         };
-        let (root, maintainer, stranger, node_key) = (k("root.key"), k("maint.key"), k("stranger.key"), k("node.key"));
+        let (root, maintainer, stranger, node_key) = (
+            k("root.key"),
+            k("maint.key"),
+            k("stranger.key"),
+            k("node.key"),
+        );
         let public = |p: &Path| {
             let out = pacmesh_ok(&["key", "show", "--key", s(p)]);
-            out.lines().find_map(|l| l.strip_prefix("public key: ")).unwrap().trim().to_string()
+            out.lines()
+                .find_map(|l| l.strip_prefix("public key: "))
+                .unwrap()
+                .trim()
+                .to_string()
         };
         let policy = dir.join("policy.cbor");
         pacmesh_ok(&[
-            "mesh", "init", "--key", s(&root), "--repo", "test", "--arch", "x86_64",
-            "--maintainer", &public(&maintainer), "--publisher", &public(&node_key),
-            "--lease-secs", "6", "--out", s(&policy),
+            "mesh",
+            "init",
+            "--key",
+            s(&root),
+            "--repo",
+            "test",
+            "--arch",
+            "x86_64",
+            "--maintainer",
+            &public(&maintainer),
+            "--publisher",
+            &public(&node_key),
+            "--lease-secs",
+            "6",
+            "--out",
+            s(&policy),
         ]);
-        Mesh { dir: dir.to_path_buf(), maintainer, stranger, node_key, policy }
+        Mesh {
+            dir: dir.to_path_buf(),
+            maintainer,
+            stranger,
+            node_key,
+            policy,
+        }
     }
 
     fn start(&self, extra: &[&str]) -> (Proc, String) {
         let data = self.dir.join("data");
         let mut args = vec![
-            "node", "--policy", s(&self.policy), "--key", s(&self.node_key), "--publisher-key", s(&self.node_key),
-            "--data-dir", s(&data), "--http", "127.0.0.1:0", "--no-mdns",
+            "node",
+            "--policy",
+            s(&self.policy),
+            "--key",
+            s(&self.node_key),
+            "--publisher-key",
+            s(&self.node_key),
+            "--data-dir",
+            s(&data),
+            "--http",
+            "127.0.0.1:0",
+            "--no-mdns",
         ];
         args.extend_from_slice(extra);
         let p = Proc::spawn(&args);
         let line = p.wait_line("http listening on ", Duration::from_secs(60));
-        let base = line.split("listening on ").nth(1).unwrap().trim().to_string();
+        let base = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
         (p, base)
     }
 }
@@ -391,12 +516,30 @@ fn node_refuses_bad_events_and_keeps_running() {
     let pkg = write_pkgbuild(t.path(), "refused-pkg", "true");
 
     // Enqueued by a key that is not a maintainer: refused with the reason, nothing stored.
-    let o = pacmesh(&["queue", "add", "--key", s(&mesh.stranger), "--node", &base, "--dir", s(&pkg)]);
+    let o = pacmesh(&[
+        "queue",
+        "add",
+        "--key",
+        s(&mesh.stranger),
+        "--node",
+        &base,
+        "--dir",
+        s(&pkg),
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("maintainer"), "{err}");
     // A good one is accepted.
-    let id = pacmesh_ok(&["queue", "add", "--key", s(&mesh.maintainer), "--node", &base, "--dir", s(&pkg)]);
+    let id = pacmesh_ok(&[
+        "queue",
+        "add",
+        "--key",
+        s(&mesh.maintainer),
+        "--node",
+        &base,
+        "--dir",
+        s(&pkg),
+    ]);
     let id = id.trim();
     let before = json(&format!("{base}/api/v1/status"));
     assert_eq!(before["events"]["accepted"], 1, "{before}");
@@ -424,7 +567,9 @@ fn node_refuses_bad_events_and_keeps_running() {
         2,
         Some(hd["id"].as_str().unwrap().parse().unwrap()),
         pacmesh_protocol::Timestamp::now(),
-        pacmesh_protocol::EventBody::Cancel { entry: id.parse().unwrap() },
+        pacmesh_protocol::EventBody::Cancel {
+            entry: id.parse().unwrap(),
+        },
     );
     let signed = pacmesh_protocol::Signed::sign(key.signing_key(), &ev).unwrap();
     let mut bad = signed.clone();
@@ -435,21 +580,44 @@ fn node_refuses_bad_events_and_keeps_running() {
     let (code, v) = http_post(&events, &bytes[..bytes.len() - 3]);
     assert_eq!(code, 400, "truncated: {v}");
     let after = json(&format!("{base}/api/v1/status"));
-    assert_eq!(after["state_digest"], status_before["state_digest"], "rejections change nothing");
-    assert!(after["events"]["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>() >= 4);
+    assert_eq!(
+        after["state_digest"], status_before["state_digest"],
+        "rejections change nothing"
+    );
+    assert!(
+        after["events"]["rejected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>()
+            >= 4
+    );
     // The real one goes through; replaying it is a duplicate and changes nothing.
     let (code, v) = http_post(&events, &bytes);
     assert_eq!((code, v["result"].as_str()), (200, Some("accepted")), "{v}");
     let digest = json(&format!("{base}/api/v1/status"))["state_digest"].clone();
     let (code, v) = http_post(&events, &bytes);
-    assert_eq!((code, v["result"].as_str()), (200, Some("duplicate")), "{v}");
-    assert_eq!(json(&format!("{base}/api/v1/status"))["state_digest"], digest);
-    let entries = wait_queue(&base, "cancelled", Duration::from_secs(5), |e| state_of(e, "refused-pkg") == Some("cancelled"));
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (200, Some("duplicate")),
+        "{v}"
+    );
+    assert_eq!(
+        json(&format!("{base}/api/v1/status"))["state_digest"],
+        digest
+    );
+    let entries = wait_queue(&base, "cancelled", Duration::from_secs(5), |e| {
+        state_of(e, "refused-pkg") == Some("cancelled")
+    });
     assert_eq!(entries.len(), 1);
     assert_eq!(http_get(&format!("{base}/health")).0, 200);
     // The CLI views work against it.
     let ls = pacmesh_ok(&["queue", "ls", "--node", &base]);
-    assert!(ls.contains("refused-pkg") && ls.contains("cancelled"), "{ls}");
+    assert!(
+        ls.contains("refused-pkg") && ls.contains("cancelled"),
+        "{ls}"
+    );
     let st = pacmesh_ok(&["status", "--node", &base]);
     assert!(st.contains("queue") && st.contains("1 cancelled"), "{st}");
 }
@@ -463,43 +631,81 @@ fn failed_build_reports_and_kill_9_restart_publishes_once() {
     let mesh = Mesh::new(t.path());
     let (mut node, base) = mesh.start(&[]);
     let add = |dir: &Path| {
-        pacmesh_ok(&["queue", "add", "--key", s(&mesh.maintainer), "--node", &base, "--dir", s(dir)]).trim().to_string()
+        pacmesh_ok(&[
+            "queue",
+            "add",
+            "--key",
+            s(&mesh.maintainer),
+            "--node",
+            &base,
+            "--dir",
+            s(dir),
+        ])
+        .trim()
+        .to_string()
     };
     // A failing build reports Failed with the log tail; the next entry still builds and publishes.
-    add(&write_pkgbuild(t.path(), "broken-pkg", "echo 'compiler exploded here' >&2; false"));
+    add(&write_pkgbuild(
+        t.path(),
+        "broken-pkg",
+        "echo 'compiler exploded here' >&2; false",
+    ));
     add(&write_pkgbuild(t.path(), "first-pkg", "true"));
     let entries = wait_queue(&base, "first published", Duration::from_secs(300), |e| {
         state_of(e, "first-pkg") == Some("published") && state_of(e, "broken-pkg") == Some("failed")
     });
     let broken = entries.iter().find(|e| e["name"] == "broken-pkg").unwrap();
     let reason = broken["status"]["reason"].as_str().unwrap();
-    assert!(reason.contains("compiler exploded here"), "the log tail is in the reason: {reason}");
+    assert!(
+        reason.contains("compiler exploded here"),
+        "the log tail is in the reason: {reason}"
+    );
     let db_url = format!("{base}/test/os/x86_64/test.db");
     let (code, db_before) = http_get(&db_url);
     assert_eq!(code, 200);
 
     // A slow build, killed with SIGKILL while it runs.
     add(&write_pkgbuild(t.path(), "slow-pkg", "sleep 4"));
-    wait_queue(&base, "slow claimed", Duration::from_secs(120), |e| state_of(e, "slow-pkg") == Some("claimed"));
+    wait_queue(&base, "slow claimed", Duration::from_secs(120), |e| {
+        state_of(e, "slow-pkg") == Some("claimed")
+    });
     std::thread::sleep(Duration::from_millis(1500));
     node.signal("-KILL");
-    node.wait_exit(Duration::from_secs(10)).map(|_| ()).unwrap_or(());
+    node.wait_exit(Duration::from_secs(10))
+        .map(|_| ())
+        .unwrap_or(());
     drop(node);
 
     let (_node, base) = mesh.start(&[]);
     // The repository served before the kill is served again at once.
     let (code, db_again) = http_get(&format!("{base}/test/os/x86_64/test.db"));
     assert_eq!(code, 200);
-    assert_eq!(db_again, db_before, "generation 1 stays served while the slow build reruns");
-    let entries = wait_queue(&base, "slow published", Duration::from_secs(300), |e| state_of(e, "slow-pkg") == Some("published"));
+    assert_eq!(
+        db_again, db_before,
+        "generation 1 stays served while the slow build reruns"
+    );
+    let entries = wait_queue(&base, "slow published", Duration::from_secs(300), |e| {
+        state_of(e, "slow-pkg") == Some("published")
+    });
     let st = json(&format!("{base}/api/v1/status"));
     let gens = st["generations"].as_array().unwrap();
     assert_eq!(gens.len(), 1, "{st}");
-    assert_eq!(gens[0]["generation"], 2, "one generation per published build: {st}");
+    assert_eq!(
+        gens[0]["generation"], 2,
+        "one generation per published build: {st}"
+    );
     assert_eq!(gens[0]["packages"], 2, "{st}");
     // The slow entry was built by exactly one completed attempt.
     let slow = entries.iter().find(|e| e["name"] == "slow-pkg").unwrap();
-    let detail = json(&format!("{base}/api/v1/entries/{}", slow["id"].as_str().unwrap()));
-    let built: Vec<&Value> = detail["reports"].as_array().unwrap().iter().filter(|r| r["outcome"] == "built").collect();
+    let detail = json(&format!(
+        "{base}/api/v1/entries/{}",
+        slow["id"].as_str().unwrap()
+    ));
+    let built: Vec<&Value> = detail["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "built")
+        .collect();
     assert_eq!(built.len(), 1, "{detail:#}");
 }

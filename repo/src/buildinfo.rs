@@ -490,7 +490,10 @@ impl BuildInfo {
     pub fn from_reader(reader: impl std::io::Read) -> Result<BuildInfo, BuildInfoError> {
         match crate::text::read_capped(reader, MAX_BUILDINFO_SIZE) {
             Ok(Ok(bytes)) => BuildInfo::from_bytes(&bytes),
-            Ok(Err(size)) => Err(BuildInfoError::TooLarge { size, max: MAX_BUILDINFO_SIZE }),
+            Ok(Err(size)) => Err(BuildInfoError::TooLarge {
+                size,
+                max: MAX_BUILDINFO_SIZE,
+            }),
             Err(e) => Err(BuildInfoError::Io(e.to_string())),
         }
     }

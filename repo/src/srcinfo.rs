@@ -722,7 +722,10 @@ impl SrcInfo {
     pub fn from_reader(reader: impl std::io::Read) -> Result<SrcInfo, SrcInfoError> {
         match crate::text::read_capped(reader, MAX_SRCINFO_SIZE) {
             Ok(Ok(bytes)) => SrcInfo::from_bytes(&bytes),
-            Ok(Err(size)) => Err(SrcInfoError::TooLarge { size, max: MAX_SRCINFO_SIZE }),
+            Ok(Err(size)) => Err(SrcInfoError::TooLarge {
+                size,
+                max: MAX_SRCINFO_SIZE,
+            }),
             Err(e) => Err(SrcInfoError::Io(e.to_string())),
         }
     }
