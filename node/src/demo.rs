@@ -173,6 +173,7 @@ fn publish_and_serve(
         ids.push(id.to_string());
     }
     wait_published(&client, &ids, Duration::from_secs(900))?;
+    wait_served(&client, Duration::from_secs(60))?;
     let asc = base.join("pacmesh-demo.asc");
     let pgp = pacmesh_repo::sign::OpenPgpKey::from_ed25519_secret(
         node.seed(),
@@ -203,6 +204,25 @@ fn publish_and_serve(
         rt.block_on(crate::daemon::stop_signal());
     }
     Ok(())
+}
+
+/// Polls the node's status until every published generation is also the one it serves.
+pub fn wait_served(client: &Client, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let st = client.get_json("/api/v1/status")?;
+        let gens = st["generations"].as_array().cloned().unwrap_or_default();
+        if !gens.is_empty() && gens.iter().all(|g| g["served"] == g["generation"]) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "published but not served after {} s: {gens:?}",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Polls the queue until every entry in `ids` is published; fails on a failed entry.

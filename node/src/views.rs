@@ -157,6 +157,9 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
                 "repo": repo.to_string(), "arch": arch.to_string(),
                 "generation": g.manifest.generation, "event": g.event.to_string(),
                 "packages": g.manifest.packages.len(), "time": g.manifest.time.0,
+                // What this node serves now: the publish event is the commit point, the
+                // switch of the served directory follows it.
+                "served": crate::generation::served_generation(&core.data_dir, repo.as_str(), arch.as_str()),
             }))
         })
         .collect();

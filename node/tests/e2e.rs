@@ -240,6 +240,20 @@ fn wait_queue(
     }
 }
 
+/// Waits until the node serves the generation it published (the switch follows the event).
+fn wait_served(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = json(&format!("{base}/api/v1/status"));
+        let gens = st["generations"].as_array().cloned().unwrap_or_default();
+        if !gens.is_empty() && gens.iter().all(|g| g["served"] == g["generation"]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not served: {st:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn state_of<'a>(entries: &'a [Value], name: &str) -> Option<&'a str> {
     entries
         .iter()
@@ -660,6 +674,7 @@ fn failed_build_reports_and_kill_9_restart_publishes_once() {
         reason.contains("compiler exploded here"),
         "the log tail is in the reason: {reason}"
     );
+    wait_served(&base);
     let db_url = format!("{base}/test/os/x86_64/test.db");
     let (code, db_before) = http_get(&db_url);
     assert_eq!(code, 200);
@@ -687,6 +702,7 @@ fn failed_build_reports_and_kill_9_restart_publishes_once() {
     let entries = wait_queue(&base, "slow published", Duration::from_secs(300), |e| {
         state_of(e, "slow-pkg") == Some("published")
     });
+    wait_served(&base);
     let st = json(&format!("{base}/api/v1/status"));
     let gens = st["generations"].as_array().unwrap();
     assert_eq!(gens.len(), 1, "{st}");
@@ -695,6 +711,9 @@ fn failed_build_reports_and_kill_9_restart_publishes_once() {
         "one generation per published build: {st}"
     );
     assert_eq!(gens[0]["packages"], 2, "{st}");
+    let (code, db_after) = http_get(&format!("{base}/test/os/x86_64/test.db"));
+    assert_eq!(code, 200);
+    assert_ne!(db_after, db_before, "generation 2 is served");
     // The slow entry was built by exactly one completed attempt.
     let slow = entries.iter().find(|e| e["name"] == "slow-pkg").unwrap();
     let detail = json(&format!(
