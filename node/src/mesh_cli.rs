@@ -297,12 +297,20 @@ pub fn render_status(s: &Value) -> String {
         s["mesh"]["policy_version"],
         s["mesh"]["quorum"]
     ));
+    let rejected: Vec<String> = s["events"]["rejected"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect())
+        .unwrap_or_default();
     out.push_str(&format!(
-        "events      {} applied, {} accepted, {} duplicate, rejected {}\n",
+        "events      {} applied, {} accepted, {} duplicate, {} rejected\n",
         s["events"]["applied"],
         s["events"]["accepted"],
         s["events"]["duplicate"],
-        s["events"]["rejected"]
+        if rejected.is_empty() {
+            "0".to_string()
+        } else {
+            rejected.join(", ")
+        }
     ));
     let q: Vec<String> = s["queue"]
         .as_object()
