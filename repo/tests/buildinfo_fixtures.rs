@@ -13,40 +13,14 @@
 //! Run with `UPDATE_SNAPSHOTS=1` to rewrite the snapshots after an intended change.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::{bwrap_in, check_snapshot, files_with_ext};
 
 use pacmesh_repo::buildinfo::{BuildInfo, BuildInfoError, BuildInfoFormat};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildinfo")
-}
-
-fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    v.sort();
-    v
-}
-
-fn check_snapshot(path: &Path, actual: &str, failures: &mut Vec<String>) {
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
-    }
-    match std::fs::read_to_string(path) {
-        Ok(expected) if expected == actual => {}
-        Ok(expected) => failures.push(format!(
-            "{}: snapshot differs\n--- expected\n{expected}\n--- actual\n{actual}",
-            path.display()
-        )),
-        Err(_) => failures.push(format!(
-            "{}: no snapshot (run with UPDATE_SNAPSHOTS=1)\n{actual}",
-            path.display()
-        )),
-    }
 }
 
 fn parse_file(path: &Path) -> Result<BuildInfo, BuildInfoError> {
@@ -286,35 +260,19 @@ fn makepkg_rebuild_matches() {
     }
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(pkgbuild_dir().join("PKGBUILD"), tmp.path().join("PKGBUILD")).unwrap();
-    let out = Command::new("bwrap")
-        .args(["--unshare-all", "--uid", "1000", "--gid", "1000"])
-        .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
-        .args([
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-        ])
-        .args(["--symlink", "usr/lib64", "/lib64"])
-        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
-        .arg("--bind")
-        .arg(tmp.path())
-        .arg("/build")
-        .args(["--chdir", "/build", "--setenv", "HOME", "/tmp"])
-        .args([
-            "--setenv",
-            "PKGEXT",
-            ".pkg.tar",
-            "--setenv",
-            "SOURCE_DATE_EPOCH",
-            "1700000000",
-        ])
-        .args(["--setenv", "FAKEROOTDONTTRYCHOWN", "1"])
-        .args(["makepkg", "--nodeps"])
-        .output()
-        .unwrap();
+    let out = bwrap_in(
+        tmp.path(),
+        &[
+            "env",
+            "PKGEXT=.pkg.tar",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "FAKEROOTDONTTRYCHOWN=1",
+            "makepkg",
+            "--nodeps",
+        ],
+    )
+    .output()
+    .unwrap();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("==> ERROR"), "makepkg failed: {stderr}");

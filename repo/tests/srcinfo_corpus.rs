@@ -3,6 +3,7 @@
 //! `INDEX.tsv` lists; the broken ones give clear errors. Skipped with a notice when the corpus is
 //! absent (a fresh clone has none).
 
+mod common;
 use std::path::PathBuf;
 
 use pacmesh_repo::srcinfo::{SrcInfo, SrcInfoError};
@@ -337,25 +338,7 @@ fn corpus_matches_makepkg() {
                 std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
             }
         }
-        let out = std::process::Command::new("bwrap")
-            .args(["--unshare-all", "--uid", "1000", "--gid", "1000"])
-            .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
-            .args([
-                "--symlink",
-                "usr/bin",
-                "/bin",
-                "--symlink",
-                "usr/lib",
-                "/lib",
-            ])
-            .args(["--symlink", "usr/lib64", "/lib64"])
-            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
-            .arg("--bind")
-            .arg(tmp.path())
-            .arg("/build")
-            .args(["--chdir", "/build", "--setenv", "HOME", "/tmp"])
-            .args(["makepkg", "--printsrcinfo"])
-            .output();
+        let out = common::bwrap_in(tmp.path(), &["makepkg", "--printsrcinfo"]).output();
         let out = match out {
             Ok(o) => o,
             Err(e) => {

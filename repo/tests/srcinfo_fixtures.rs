@@ -14,41 +14,14 @@
 //! change, then review the diff.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::{bwrap_in, check_snapshot, files_with_ext};
 
 use pacmesh_repo::srcinfo::{ArchDepends, ResolvedPackage, Source, SrcInfo, SrcInfoError};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/srcinfo")
-}
-
-fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Compare `actual` with the snapshot file, or write it when `UPDATE_SNAPSHOTS` is set.
-fn check_snapshot(path: &Path, actual: &str, failures: &mut Vec<String>) {
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
-    }
-    match std::fs::read_to_string(path) {
-        Ok(expected) if expected == actual => {}
-        Ok(expected) => failures.push(format!(
-            "{}: snapshot differs\n--- expected\n{expected}\n--- actual\n{actual}",
-            path.display()
-        )),
-        Err(_) => failures.push(format!(
-            "{}: no snapshot (run with UPDATE_SNAPSHOTS=1)\n{actual}",
-            path.display()
-        )),
-    }
 }
 
 #[test]
@@ -478,25 +451,7 @@ fn makepkg_printsrcinfo(dir: &Path) -> Option<String> {
             std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
         }
     }
-    let out = Command::new("bwrap")
-        .args(["--unshare-all", "--uid", "1000", "--gid", "1000"])
-        .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
-        .args([
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-        ])
-        .args(["--symlink", "usr/lib64", "/lib64"])
-        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
-        .arg("--bind")
-        .arg(tmp.path())
-        .arg("/build")
-        .args(["--chdir", "/build", "--setenv", "HOME", "/tmp"])
-        .args(["makepkg", "--printsrcinfo"])
-        .output();
+    let out = bwrap_in(tmp.path(), &["makepkg", "--printsrcinfo"]).output();
     match out {
         Ok(o) if o.status.success() => Some(String::from_utf8(o.stdout).unwrap()),
         Ok(o) => {

@@ -73,35 +73,18 @@ pub fn real_packages() -> Option<&'static [PathBuf]> {
                 .arg(tmp.path())
                 .status()
                 .ok()?;
-            let output = Command::new("bwrap")
-                .args(["--unshare-all", "--uid", "1000", "--gid", "1000"])
-                .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
-                .args([
-                    "--symlink",
-                    "usr/bin",
-                    "/bin",
-                    "--symlink",
-                    "usr/lib",
-                    "/lib",
-                ])
-                .args([
-                    "--symlink",
-                    "usr/lib64",
-                    "/lib64",
-                    "--proc",
-                    "/proc",
-                    "--dev",
-                    "/dev",
-                ])
-                .args(["--tmpfs", "/tmp"])
-                .arg("--bind")
-                .arg(&copy)
-                .arg("/build")
-                .args(["--chdir", "/build", "--setenv", "HOME", "/tmp"])
-                .args(["env", "PKGEXT=.pkg.tar.zst", "SOURCE_DATE_EPOCH=1700000000"])
-                .args(["makepkg", "--nodeps"])
-                .output()
-                .ok()?;
+            let output = bwrap_in(
+                &copy,
+                &[
+                    "env",
+                    "PKGEXT=.pkg.tar.zst",
+                    "SOURCE_DATE_EPOCH=1700000000",
+                    "makepkg",
+                    "--nodeps",
+                ],
+            )
+            .output()
+            .ok()?;
             if !output.status.success() {
                 eprintln!(
                     "SKIPPED real packages: makepkg failed in {}:\n{}",
@@ -159,4 +142,58 @@ pub fn tar_members(path: &Path) -> std::collections::BTreeMap<String, Option<Vec
         }
     }
     map
+}
+
+/// `bwrap` running `cmd` as uid 1000 in `dir` (bound at `/build`), offline, with the host's
+/// `/usr` and `/etc` read-only: how the tests run makepkg as root's unprivileged stand-in.
+pub fn bwrap_in(dir: &Path, cmd: &[&str]) -> Command {
+    let mut c = Command::new("bwrap");
+    c.args(["--unshare-all", "--uid", "1000", "--gid", "1000"])
+        .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
+        .args([
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+        ])
+        .args(["--symlink", "usr/lib64", "/lib64"])
+        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+        .arg("--bind")
+        .arg(dir)
+        .arg("/build")
+        .args(["--chdir", "/build", "--setenv", "HOME", "/tmp"])
+        .args(cmd);
+    c
+}
+
+/// Files of `dir` whose extension is `ext`, sorted.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Compare `actual` with the snapshot file, or write it when `UPDATE_SNAPSHOTS` is set.
+pub fn check_snapshot(path: &Path, actual: &str, failures: &mut Vec<String>) {
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(expected) if expected == actual => {}
+        Ok(expected) => failures.push(format!(
+            "{}: snapshot differs\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        )),
+        Err(_) => failures.push(format!(
+            "{}: no snapshot (run with UPDATE_SNAPSHOTS=1)\n{actual}",
+            path.display()
+        )),
+    }
 }
