@@ -722,19 +722,9 @@ async fn job(
         EventBody::Built { .. } => JobEnd::Built,
         _ => JobEnd::Failed,
     };
-    let blobs_of = crate::state::referenced_blobs(&report);
+    // Core pins the blobs of every accepted event (artifacts, log) as GC roots.
     let c = core.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        let id = c.submit(report)?;
-        // GC roots for what this report names (pins are idempotent).
-        for h in &blobs_of {
-            if let Err(e) = c.blobs.pin(h, &format!("event:{id}")) {
-                tracing::warn!("cannot pin blob {}: {e}", h.fmt_short());
-            }
-        }
-        anyhow::Ok(id)
-    })
-    .await;
+    let res = tokio::task::spawn_blocking(move || c.submit(report)).await;
     match res {
         Ok(Ok(id)) => {
             tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, report = %id.fmt_short(), result = ?end, "reported");
