@@ -72,12 +72,12 @@ impl NodeKey {
     }
 
     /// The libp2p PeerId of this key (same ed25519 key, libp2p's protobuf framing).
-    pub fn peer_id(&self) -> libp2p_identity::PeerId {
+    pub fn peer_id(&self) -> libp2p::identity::PeerId {
         let mut seed = *self.seed();
-        let secret = libp2p_identity::ed25519::SecretKey::try_from_bytes(&mut seed)
+        let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut seed)
             .expect("32 bytes is always a valid ed25519 secret key");
-        let kp = libp2p_identity::ed25519::Keypair::from(secret);
-        libp2p_identity::PublicKey::from(kp.public()).to_peer_id()
+        let kp = libp2p::identity::ed25519::Keypair::from(secret);
+        libp2p::identity::PublicKey::from(kp.public()).to_peer_id()
     }
 
     /// Parses the text form; the error says what is wrong without echoing secret material.
