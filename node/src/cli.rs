@@ -158,13 +158,13 @@ pub struct NodeArgs {
     /// Data directory [default: $XDG_DATA_HOME/pacmesh].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// libp2p listen multiaddr (repeatable; for the mesh, not in this version yet: ignored with a warning).
+    /// libp2p listen multiaddr (repeatable; default /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1).
     #[arg(long)]
     pub listen: Vec<String>,
     /// HTTP address; 127.0.0.1:0 picks a free port and prints it.
     #[arg(long)]
     pub http: Option<String>,
-    /// Bootstrap peer multiaddr (repeatable; for the mesh, not in this version yet: ignored with a warning).
+    /// Bootstrap peer multiaddr (repeatable; /p2p/PEERID may be omitted).
     #[arg(long)]
     pub bootstrap: Vec<String>,
     /// Capability tag (repeatable), e.g. bigmem.

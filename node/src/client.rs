@@ -1,5 +1,6 @@
 //! A small blocking HTTP client for the node's JSON API, used by `queue`, `status` and tests.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -95,17 +96,40 @@ impl Client {
     /// Signs `body` as the next event of `key`'s log (sequence number from the node) and submits
     /// it. Retries once when another client of the same key took the sequence number first.
     pub fn submit(&self, key: &NodeKey, body: EventBody) -> Result<Hash> {
+        self.submit_logged(key, None, body)
+    }
+
+    /// Like [`Client::submit`], remembering the author's last event in `log` (a small file
+    /// beside the key): the next event follows whichever is further, the node's record or the
+    /// local one. A maintainer who signs at two nodes that cannot see each other (a partition)
+    /// then continues one log instead of signing two events with the same sequence number,
+    /// which every node would refuse as equivocation once the partition heals.
+    pub fn submit_logged(
+        &self,
+        key: &NodeKey,
+        log: Option<&Path>,
+        body: EventBody,
+    ) -> Result<Hash> {
         let author = PublicKey::from(key.signing_key());
+        let local: Option<(u64, Hash)> = log.and_then(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            Some((v["seq"].as_u64()?, v["id"].as_str()?.parse().ok()?))
+        });
         let mut last_err = None;
         for _ in 0..3 {
             let head = self.get_json(&format!("/api/v1/authors/{author}/head"))?;
-            let seq = head["seq"]
+            let mut seq = head["seq"]
                 .as_u64()
                 .context("the node sent no sequence number")?;
-            let prev = match head["id"].as_str() {
+            let mut prev = match head["id"].as_str() {
                 Some(s) => Some(s.parse::<Hash>().context("the node sent a bad event id")?),
                 None => None,
             };
+            if let Some((lseq, lid)) = local
+                && lseq > seq
+            {
+                (seq, prev) = (lseq, Some(lid));
+            }
             let next = seq
                 .checked_add(1)
                 .context("the node sent an impossible sequence number")?;
@@ -113,11 +137,21 @@ impl Client {
             let signed = Signed::sign(key.signing_key(), &ev)?;
             match self.post_event(&signed.to_bytes()) {
                 Ok(v) => {
-                    return v["id"]
+                    let id: Hash = v["id"]
                         .as_str()
                         .context("no event id in the answer")?
                         .parse()
-                        .context("event id");
+                        .context("event id")?;
+                    if let Some(p) = log {
+                        let state = serde_json::json!({ "seq": next, "id": id.to_string() });
+                        let tmp = p.with_extension("tmp");
+                        std::fs::write(&tmp, state.to_string())
+                            .and_then(|()| std::fs::rename(&tmp, p))
+                            .with_context(|| {
+                                format!("cannot record the author log in {}", p.display())
+                            })?;
+                    }
+                    return Ok(id);
                 }
                 Err(e) if e.to_string().contains("equivocat") || e.to_string().contains("seq") => {
                     last_err = Some(e)

@@ -28,6 +28,26 @@ pub struct ConfigFile {
     pub build: BuildSection,
     #[serde(default)]
     pub publish: PublishSection,
+    #[serde(default)]
+    pub mesh: MeshSection,
+}
+
+/// `[mesh]`: how the node takes part in the libp2p mesh.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// Capability announcements every this many milliseconds (default 5000).
+    pub announce_interval_ms: Option<u64>,
+    /// Anti-entropy with a random peer every this many milliseconds (default 10000).
+    pub sync_interval_ms: Option<u64>,
+    /// Claim delay per rank position, milliseconds (default 2000).
+    pub claim_step_ms: Option<u64>,
+    /// Run a circuit-relay v2 server (signalling only) for NATed peers (default false).
+    pub relay_server: Option<bool>,
+    /// Most established connections (default 64).
+    pub max_connections: Option<u32>,
+    /// Turn libp2p off entirely: a single-node mesh (default true = on).
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +95,12 @@ pub struct Config {
     pub run_as: Option<(u32, u32)>,
     pub keep_generations: usize,
     pub publish_uid: Option<String>,
+    pub mesh_enabled: bool,
+    pub announce_interval: std::time::Duration,
+    pub sync_interval: std::time::Duration,
+    pub claim_step: std::time::Duration,
+    pub relay_server: bool,
+    pub max_connections: u32,
 }
 
 /// The default HTTP address of a node, and the default `--node` URL of client commands.
@@ -214,9 +240,27 @@ impl Config {
             arch,
             keep_generations: file.publish.keep_generations.unwrap_or(10).max(1),
             publish_uid: file.publish.uid,
+            mesh_enabled: file.mesh.enabled.unwrap_or(true),
+            announce_interval: ms(
+                file.mesh.announce_interval_ms,
+                5000,
+                "mesh.announce_interval_ms",
+            )?,
+            sync_interval: ms(file.mesh.sync_interval_ms, 10_000, "mesh.sync_interval_ms")?,
+            claim_step: std::time::Duration::from_millis(file.mesh.claim_step_ms.unwrap_or(2000)),
+            relay_server: file.mesh.relay_server.unwrap_or(false),
+            max_connections: file.mesh.max_connections.unwrap_or(64).max(1),
             data_dir,
             key,
         })
+    }
+}
+
+/// A positive interval in milliseconds, with a default.
+fn ms(v: Option<u64>, default: u64, what: &str) -> Result<std::time::Duration> {
+    match v.unwrap_or(default) {
+        0 => bail!("{what} must be at least 1"),
+        n => Ok(std::time::Duration::from_millis(n)),
     }
 }
 

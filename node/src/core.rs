@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result, anyhow, bail};
 use pacmesh_protocol::{Event, EventBody, Hash, PublicKey, Signed, Timestamp};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+use crate::peers::PeerTable;
 
 use crate::ingest::{Ingest, IngestOutcome};
 use crate::keys::NodeKey;
@@ -36,6 +38,30 @@ pub struct Core {
     changed: watch::Sender<u64>,
     /// Serialises authoring so that two local events never race for one sequence number.
     author_lock: Mutex<()>,
+    /// Every accepted event with where it came from (the network layer gossips the local ones).
+    accepted: broadcast::Sender<Accepted>,
+    /// The other nodes of the mesh, as their announcements describe them.
+    pub peers: Mutex<PeerTable>,
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Authored here, or handed to this node by a client (HTTP): to be gossiped.
+    Local,
+    /// Received from a peer (gossip or anti-entropy sync): gossip forwards it by itself.
+    Peer,
+}
+
+/// An accepted event, as announced on [`Core::accepted`].
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Its id.
+    pub id: Hash,
+    /// The signed envelope bytes as received.
+    pub bytes: Arc<[u8]>,
+    /// Where it came from.
+    pub origin: Origin,
 }
 
 impl Core {
@@ -56,6 +82,8 @@ impl Core {
             data_dir,
             changed: watch::channel(0).0,
             author_lock: Mutex::new(()),
+            accepted: broadcast::channel(1024).0,
+            peers: Mutex::new(PeerTable::default()),
         })
     }
 
@@ -72,15 +100,41 @@ impl Core {
         self.changed.subscribe()
     }
 
-    /// Verifies, stores and applies a signed event from outside.
+    /// Verifies, stores and applies a signed event from a local client (HTTP, CLI).
     pub fn ingest_bytes(&self, bytes: &[u8]) -> IngestOutcome {
+        self.ingest_from(bytes, Origin::Local)
+    }
+
+    /// Verifies, stores and applies a signed event that came from `origin`.
+    pub fn ingest_from(&self, bytes: &[u8], origin: Origin) -> IngestOutcome {
         let outcome = self.ingest().ingest(bytes);
         if let IngestOutcome::Accepted { id } = &outcome {
-            tracing::debug!(event = %id.fmt_short(), "accepted");
+            tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");
             self.pin_referenced(id, bytes);
+            let _ = self.accepted.send(Accepted {
+                id: *id,
+                bytes: Arc::from(bytes),
+                origin,
+            });
             self.changed.send_modify(|n| *n += 1);
         }
         outcome
+    }
+
+    /// Accepted events as they come (lossy for a receiver that lags: it must then fall back to
+    /// anti-entropy).
+    pub fn accepted(&self) -> broadcast::Receiver<Accepted> {
+        self.accepted.subscribe()
+    }
+
+    /// Wakes the waiters without an event (a blob they may wait for arrived).
+    pub fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The peer table (hold briefly).
+    pub fn peers(&self) -> MutexGuard<'_, PeerTable> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Pins every blob an accepted event refers to (snapshots, artifacts, logs, repository files)

@@ -30,6 +30,8 @@ const GC_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub struct Started {
     pub http: SocketAddr,
     pub core: Arc<Core>,
+    /// libp2p listen addresses (empty with the mesh turned off).
+    pub p2p: Vec<libp2p::Multiaddr>,
 }
 
 /// Loads the node key, creating it on first start.
@@ -174,11 +176,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
     on_start: impl FnOnce(&Started),
 ) -> Result<()> {
-    if !cfg.listen.is_empty() || !cfg.bootstrap.is_empty() {
-        tracing::warn!(
-            "libp2p networking is not in this version yet: listen and bootstrap addresses are ignored"
-        );
-    }
+    let listen = crate::net::parse_addrs(&cfg.listen)?;
+    let bootstrap = crate::net::parse_addrs(&cfg.bootstrap)?;
     let core = open(&cfg)?;
     let c = core.clone();
     tokio::task::spawn_blocking(move || crate::generation::ensure_current(&c))
@@ -197,11 +196,73 @@ pub async fn run(
             }
         });
     }
+    let busy: Arc<std::sync::atomic::AtomicU32> = Arc::default();
+    let net = if cfg.mesh_enabled {
+        let caps_cfg = cfg.clone();
+        let caps_busy = busy.clone();
+        let build_enabled = cfg.build_enabled;
+        let ncfg = crate::net::NetConfig {
+            listen,
+            bootstrap,
+            mdns: cfg.mdns,
+            relay_server: cfg.relay_server,
+            announce_interval: cfg.announce_interval,
+            sync_interval: cfg.sync_interval,
+            max_connections: cfg.max_connections,
+            capabilities: Arc::new(move || {
+                let mut c = capabilities(&caps_cfg);
+                c.busy = caps_busy.load(std::sync::atomic::Ordering::Relaxed);
+                if !build_enabled {
+                    c.slots = 0;
+                }
+                c
+            }),
+            replicate: crate::net::replicate::Wants {
+                snapshots: cfg.build_enabled,
+                artifacts: core.publisher_key.is_some(),
+            },
+        };
+        let wants = ncfg.replicate;
+        let (handle, task) = crate::net::start(core.clone(), ncfg, stop_rx.clone())
+            .await
+            .context("starting the mesh network")?;
+        tasks.spawn(async move {
+            match task.await {
+                Ok(r) => r.map(|()| "network"),
+                Err(e) => Err(anyhow::anyhow!("network task: {e}")),
+            }
+        });
+        let (c, h, s) = (core.clone(), handle.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            crate::net::replicate::run(c, h, wants, s).await;
+            Ok("replication")
+        });
+        Some(handle)
+    } else {
+        None
+    };
     if cfg.build_enabled {
         pacmesh_sandbox::preflight().context(
             "this node cannot build (set build.enabled = false for a non-building node)",
         )?;
-        let ecfg = crate::executor::ExecutorConfig::from_config(&cfg, capabilities(&cfg), &core);
+        let mut ecfg =
+            crate::executor::ExecutorConfig::from_config(&cfg, capabilities(&cfg), &core);
+        ecfg.busy = busy.clone();
+        if net.is_some() {
+            let (c, step) = (core.clone(), cfg.claim_step);
+            ecfg.claim_delay = Some(crate::executor::ClaimDelay(Arc::new(
+                move |id, entry, arches| {
+                    let rank = c.peers().rank_of(
+                        &c.public,
+                        id,
+                        entry,
+                        arches,
+                        pacmesh_protocol::Timestamp::now(),
+                    );
+                    step * rank as u32
+                },
+            )));
+        }
         let (c, s) = (core.clone(), stop_rx.clone());
         tasks.spawn(async move { crate::executor::run(c, ecfg, s).await.map(|()| "executor") });
     }
@@ -244,6 +305,7 @@ pub async fn run(
     let started = Started {
         http,
         core: core.clone(),
+        p2p: net.as_ref().map(|n| n.listen_addrs()).unwrap_or_default(),
     };
     println!("pacmesh: node {} ({})", core.key.peer_id(), core.public);
     println!("pacmesh: http listening on http://{http}");

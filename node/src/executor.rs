@@ -135,6 +135,8 @@ pub struct ExecutorConfig {
     /// Where build log lines go as they are produced (for live logs over HTTP); lossy for
     /// slow receivers, like any broadcast channel. The stored log blob is complete.
     pub live_log: Option<broadcast::Sender<LogLine>>,
+    /// Builds running now (for capability announcements).
+    pub busy: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// How long to wait, once an entry is claimable, before claiming it: the design's
@@ -144,7 +146,12 @@ pub struct ExecutorConfig {
 /// by the layer that knows the other builders' announcements. Not applied when re-taking this
 /// node's own orphaned claim.
 #[derive(Clone)]
-pub struct ClaimDelay(pub Arc<dyn Fn(&Hash) -> Duration + Send + Sync>);
+pub struct ClaimDelay(pub Arc<ClaimDelayFn>);
+
+/// `(entry id, entry, the architectures it may be built for) → delay`. Called while the
+/// executor holds the ingest lock: it must not take it.
+pub type ClaimDelayFn =
+    dyn Fn(&Hash, &QueueEntry, &[pacmesh_protocol::Name]) -> Duration + Send + Sync;
 
 impl std::fmt::Debug for ClaimDelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,6 +195,7 @@ impl ExecutorConfig {
             bwrap: "bwrap".into(),
             run_as: None,
             live_log: None,
+            busy: Arc::default(),
             claim_delay: None,
         }
     }
@@ -296,6 +304,7 @@ pub async fn run(
                     let h = jobs.spawn(job(core.clone(), cfg.clone(), p.clone(), tx.clone(), rx));
                     task_entry.insert(h.id(), p.id);
                     running.insert(p.id, tx);
+                    cfg.busy.store(running.len() as u32, Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::warn!(entry = %p.id.fmt_short(), "claim refused: {e:#}");
@@ -323,6 +332,7 @@ pub async fn run(
                 };
                 if let Some(entry) = task_entry.remove(&id) {
                     running.remove(&entry);
+                    cfg.busy.store(running.len() as u32, Ordering::Relaxed);
                     match end {
                         None => {
                             book.cooldown
@@ -512,13 +522,12 @@ fn pick(
             }
             let Some(enq) = &e.enqueued else { continue };
             let q = &enq.entry;
-            let arch_ok = if q.arches.is_empty() {
-                policy
-                    .repo(q.repo.as_str())
-                    .is_some_and(|r| r.arches.iter().any(|a| a.as_str() == cfg.arch))
+            let arches: &[pacmesh_protocol::Name] = if q.arches.is_empty() {
+                policy.repo(q.repo.as_str()).map_or(&[], |r| &r.arches[..])
             } else {
-                q.arches.iter().any(|a| a.as_str() == cfg.arch)
+                &q.arches
             };
+            let arch_ok = arches.iter().any(|a| a.as_str() == cfg.arch);
             if !arch_ok || matches(&cfg.capabilities, &q.needs).is_err() {
                 continue;
             }
@@ -530,7 +539,7 @@ fn pick(
                 && !orphaned
             {
                 let since = *eligible_since.entry(e.id).or_insert_with(Instant::now);
-                let at = since + (d.0)(&e.id);
+                let at = since + (d.0)(&e.id, q, arches);
                 if at > Instant::now() {
                     *wake = Some(wake.map_or(at, |w| w.min(at)));
                     continue;

@@ -73,11 +73,15 @@ impl NodeKey {
 
     /// The libp2p PeerId of this key (same ed25519 key, libp2p's protobuf framing).
     pub fn peer_id(&self) -> libp2p::identity::PeerId {
+        self.keypair().public().to_peer_id()
+    }
+
+    /// The key as a libp2p identity keypair (the node's libp2p identity is its ed25519 key).
+    pub fn keypair(&self) -> libp2p::identity::Keypair {
         let mut seed = *self.seed();
         let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut seed)
             .expect("32 bytes is always a valid ed25519 secret key");
-        let kp = libp2p::identity::ed25519::Keypair::from(secret);
-        libp2p::identity::PublicKey::from(kp.public()).to_peer_id()
+        libp2p::identity::ed25519::Keypair::from(secret).into()
     }
 
     /// Parses the text form; the error says what is wrong without echoing secret material.
@@ -232,4 +236,11 @@ mod tests {
                 .contains("chmod 600")
         );
     }
+}
+
+/// The libp2p PeerId of a node's public key (`None` if the bytes are not an ed25519 point
+/// libp2p accepts).
+pub fn peer_id_of(key: &pacmesh_protocol::PublicKey) -> Option<libp2p::identity::PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
 }

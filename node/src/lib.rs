@@ -14,6 +14,8 @@ pub mod ingest;
 pub mod inspect;
 pub mod keys;
 pub mod mesh_cli;
+pub mod net;
+pub mod peers;
 pub mod publisher;
 pub mod source;
 pub mod state;

@@ -209,7 +209,15 @@ pub fn queue_add(a: &QueueAdd) -> Result<Hash> {
     entry.needs = needs;
     entry.source_date_epoch = a.source_date_epoch;
     entry.timeout_secs = a.timeout_secs;
-    client.submit(&key, EventBody::Enqueue(entry))
+    client.submit_logged(&key, Some(&author_log(&a.key)), EventBody::Enqueue(entry))
+}
+
+/// Where the CLI remembers the last event it signed with the key at `key` (see
+/// [`Client::submit_logged`]): `KEYFILE.seq`.
+pub fn author_log(key: &Path) -> std::path::PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".seq");
+    s.into()
 }
 
 /// Resolves a full id or a unique prefix of one against the node's queue.
@@ -235,10 +243,11 @@ pub fn resolve_entry(client: &Client, id: &str) -> Result<Hash> {
 }
 
 pub fn queue_cancel(key: &Path, node: &str, id: &str) -> Result<Hash> {
+    let log = author_log(key);
     let key = NodeKey::load(key)?;
     let client = Client::new(node);
     let entry = resolve_entry(&client, id)?;
-    client.submit(&key, EventBody::Cancel { entry })
+    client.submit_logged(&key, Some(&log), EventBody::Cancel { entry })
 }
 
 /// The first 12 characters (ids and keys are hex; other text is cut at a character boundary).
@@ -331,6 +340,50 @@ pub fn render_status(s: &Value) -> String {
             g["arch"].as_str().unwrap_or("?"),
             g["generation"],
             g["packages"]
+        ));
+    }
+    for c in s["claims"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "claim       {} by {} (attempt {})\n",
+            short(c["entry"].as_str().unwrap_or("?")),
+            short(c["builder"].as_str().unwrap_or("?")),
+            c["attempt"]
+        ));
+    }
+    for p in s["peers"].as_array().into_iter().flatten() {
+        let tags: Vec<&str> = p["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .collect();
+        out.push_str(&format!(
+            "peer        {} {} {} {} cores, {} busy of {} slots{}{}{}\n",
+            short(p["node"].as_str().unwrap_or("?")),
+            if p["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            p["arch"].as_str().unwrap_or("?"),
+            p["cores"],
+            p["busy"],
+            p["slots"],
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!(", tags {}", tags.join(","))
+            },
+            if p["live"].as_bool() == Some(true) {
+                ""
+            } else {
+                ", announcement expired"
+            },
+            if p["digest"] == s["state_digest"] {
+                ", in sync"
+            } else {
+                ", digest differs"
+            },
         ));
     }
     out.push_str(&format!(

@@ -164,6 +164,18 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
         })
         .collect();
     let counters = ingest.counters();
+    let claims: Vec<Value> = state
+        .entries()
+        .filter_map(|e| {
+            let c = e.current_claim(now)?;
+            Some(json!({
+                "entry": e.id.to_string(),
+                "builder": c.builder.to_string(),
+                "attempt": c.attempt,
+                "lease_until": c.lease_until.0,
+            }))
+        })
+        .collect();
     json!({
         "node": {
             "public_key": core.public.to_string(),
@@ -188,5 +200,7 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
         "queue": by_state,
         "state_digest": state.digest().to_string(),
         "generations": generations,
+        "claims": claims,
+        "peers": core.peers().view(now),
     })
 }

@@ -476,7 +476,7 @@ async fn claim_delay_is_waited_out() {
     cfg.tick = Duration::from_secs(30); // the delay's own wake-up must do
     let delay = Duration::from_millis(1500);
     cfg.claim_delay = Some(pacmesh_node::executor::ClaimDelay(std::sync::Arc::new(
-        move |_| delay,
+        move |_, _, _| delay,
     )));
     let t = std::time::Instant::now();
     let (tx, h) = env.start(cfg);

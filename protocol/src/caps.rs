@@ -53,6 +53,11 @@ pub struct Announcement {
     pub expires: Timestamp,
     /// The capabilities.
     pub capabilities: Capabilities,
+    /// The announcing node's queue-state digest when it made the
+    /// announcement; a peer whose digest differs asks it for what it lacks
+    /// (anti-entropy). Optional, added compatibly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::Hash>,
 }
 
 impl Message for Announcement {

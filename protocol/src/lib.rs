@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod blobs;
 mod caps;
 mod codec;
 mod event;
@@ -17,6 +18,10 @@ mod sync;
 mod tagged;
 mod time;
 
+pub use blobs::{
+    BLOBS_VERSION, BlobAnswer, BlobRequest, BlobResponse, BlobWant, MAX_BLOB_BYTES,
+    MAX_BLOB_MESSAGE_BYTES, SEGMENT_BYTES, outboard_matches, segment_count, segment_value,
+};
 pub use caps::{
     ANNOUNCEMENT_VERSION, Announcement, Capabilities, Mismatch, Requirement, RequirementError,
     format_size, matches, parse_size,

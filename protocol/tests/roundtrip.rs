@@ -316,6 +316,7 @@ fn announcement() -> impl Strategy<Value = (SigningKey, Announcement)> {
             time,
             expires,
             capabilities,
+            digest: None,
         };
         (k, a)
     })

@@ -119,6 +119,7 @@ pub fn announcement() -> Announcement {
         time: T0,
         expires: T0.saturating_add(std::time::Duration::from_secs(300)),
         capabilities: capabilities(),
+        digest: None,
     }
 }
 

@@ -1,0 +1,886 @@
+//! The mesh: libp2p networking of a node.
+//!
+//! ```text
+//!  transports   TCP + noise + yamux, QUIC, relay client (circuit v2, signalling only)
+//!  behaviours   identify, ping, connection limits, gossipsub (events, announcements),
+//!               mDNS (optional), kademlia (server mode, peer discovery), autonat, dcutr,
+//!               relay server (optional, tiny byte budget), request-response:
+//!               /pacmesh/sync/1 (anti-entropy) and /pacmesh/blobs/1 (segments by BLAKE3)
+//! ```
+//!
+//! One task owns the [`Swarm`]; everything else talks to it through a bounded command channel.
+//! Work that touches the stores (ingesting an event, answering a sync request, reading a blob
+//! segment) runs on the blocking pool and hands its result back as a command, so the swarm
+//! loop never waits on the disk.
+//!
+//! - **Gossip.** Events this node authors or receives from a local client ([`Origin::Local`])
+//!   and that are small ([`GOSSIP_EVENT_MAX`]) are published on the mesh's events topic.
+//!   Gossipsub runs with `validate_messages`: a received event is forwarded only after
+//!   [`Core::ingest_from`] accepted it (signature, then the signer's role in the policy);
+//!   a rejected one is reported `Reject`, which lowers the sender's peer score, and after
+//!   [`MAX_PEER_FAULTS`] faults the peer is disconnected and refused for [`BAN_TIME`].
+//! - **Announcements.** Every `announce_interval` the node signs its capabilities (with its
+//!   current load and busy slots) and its queue-state digest. Peers keep them in the
+//!   [`crate::peers::PeerTable`]; a peer whose digest differs from ours is asked for what
+//!   we lack.
+//! - **Anti-entropy.** `SyncRequest` (our per-author heads) → `SyncResponse` (what follows),
+//!   on connection, on a differing digest, and every `sync_interval` with a random peer.
+//!   Events that do not fit gossip (large `publish` manifests) travel this way only.
+//! - **Blobs.** Served by segment; fetched by [`replicate`].
+
+pub mod codec;
+pub mod replicate;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
+    identify, kad, mdns, noise, ping, relay, tcp, yamux,
+};
+use pacmesh_protocol::{
+    Announcement, BlobRequest, BlobResponse, Capabilities, Limits, Roles, Signed, SyncRequest,
+    SyncResponse, Timestamp, announce_topic, events_topic,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::{Core, Origin};
+use crate::ingest::IngestOutcome;
+
+/// Largest event published by gossip; larger ones (repository manifests) go by sync only.
+pub const GOSSIP_EVENT_MAX: usize = 64 << 10;
+/// Gossipsub's transmit cap (an event or announcement plus gossipsub's framing).
+const GOSSIP_TRANSMIT_MAX: usize = 128 << 10;
+/// Rejected messages or responses after which a peer is disconnected and refused.
+pub const MAX_PEER_FAULTS: u32 = 5;
+/// How long a misbehaving peer is refused.
+pub const BAN_TIME: Duration = Duration::from_secs(600);
+/// Most events asked for in one sync round.
+const SYNC_BATCH: u32 = 1024;
+/// Gossip messages being ingested at once; more are ignored (they come again by sync).
+const MAX_INFLIGHT_INGEST: usize = 256;
+
+/// How the node takes part in the mesh.
+#[derive(Clone)]
+pub struct NetConfig {
+    /// Listen addresses (`/ip4/0.0.0.0/tcp/0`, `/ip4/…/udp/0/quic-v1`, …).
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start-up (and again when no peer is connected); `/p2p/ID` optional.
+    pub bootstrap: Vec<Multiaddr>,
+    /// mDNS discovery on the LAN.
+    pub mdns: bool,
+    /// Run a circuit-relay v2 server for NATed peers (signalling only: tiny byte budget).
+    pub relay_server: bool,
+    /// How often capabilities are announced (announcements expire after 3 intervals).
+    pub announce_interval: Duration,
+    /// How often a random peer is asked for missing events.
+    pub sync_interval: Duration,
+    /// Most established connections.
+    pub max_connections: u32,
+    /// The node's capabilities right now (load and busy slots change).
+    pub capabilities: Arc<dyn Fn() -> Capabilities + Send + Sync>,
+    /// Which blobs this node fetches from peers.
+    pub replicate: replicate::Wants,
+}
+
+impl std::fmt::Debug for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetConfig")
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("mdns", &self.mdns)
+            .field("announce_interval", &self.announce_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses multiaddrs from text, naming the bad one.
+pub fn parse_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|s| {
+            s.parse::<Multiaddr>()
+                .with_context(|| format!("{s:?} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001)"))
+        })
+        .collect()
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    sync: request_response::Behaviour<codec::MsgCodec<SyncRequest, SyncResponse>>,
+    blobs: request_response::Behaviour<codec::MsgCodec<BlobRequest, BlobResponse>>,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
+}
+
+enum Command {
+    Validated {
+        id: gossipsub::MessageId,
+        source: PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    },
+    Publish(Arc<[u8]>),
+    AnnounceNow,
+    SyncWith(PeerId),
+    SyncDone(PeerId),
+    SyncRespond(ResponseChannel<SyncResponse>, SyncResponse),
+    BlobRespond(ResponseChannel<BlobResponse>, BlobResponse),
+    BlobRequest {
+        peer: PeerId,
+        req: BlobRequest,
+        reply: oneshot::Sender<Result<BlobResponse>>,
+    },
+    Fault(PeerId, &'static str),
+}
+
+/// A handle on the running network, for the other tasks of the node.
+#[derive(Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+    /// This node's libp2p id.
+    pub peer_id: PeerId,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    listen: Mutex<Vec<Multiaddr>>,
+    connected: Mutex<HashSet<PeerId>>,
+}
+
+impl NetHandle {
+    /// Addresses the node listens on now.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared
+            .listen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Peers connected now.
+    pub fn connected(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .shared
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Sends a blob request to `peer` and waits for the answer.
+    pub async fn blob_request(&self, peer: PeerId, req: BlobRequest) -> Result<BlobResponse> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::BlobRequest { peer, req, reply })
+            .await
+            .map_err(|_| anyhow!("the network is shut down"))?;
+        rx.await.map_err(|_| anyhow!("the network is shut down"))?
+    }
+
+    /// Records a fault of `peer` (bad bytes): enough of them and it is disconnected.
+    pub async fn fault(&self, peer: PeerId, what: &'static str) {
+        let _ = self.tx.send(Command::Fault(peer, what)).await;
+    }
+}
+
+/// Starts the network. Returns once it listens; runs until `stop` turns true.
+pub async fn start(
+    core: Arc<Core>,
+    cfg: NetConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(NetHandle, tokio::task::JoinHandle<Result<()>>)> {
+    let limits = Limits::default();
+    let root = *core.ingest().root();
+    let keypair = core.key.keypair();
+    let peer_id = keypair.public().to_peer_id();
+    let events = gossipsub::IdentTopic::new(events_topic(&root));
+    let announce = gossipsub::IdentTopic::new(announce_topic(&root));
+    let mdns_on = cfg.mdns;
+    let relay_on = cfg.relay_server;
+    let max_conn = cfg.max_connections;
+    let kad_proto = StreamProtocol::try_from_owned(format!("/pacmesh/{root}/kad/1"))
+        .map_err(|e| anyhow!("kademlia protocol name: {e}"))?;
+    let lim = limits.clone();
+    let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(move |key, relay_client| {
+            let local = key.public().to_peer_id();
+            let gcfg = gossipsub::ConfigBuilder::default()
+                .validate_messages()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .max_transmit_size(GOSSIP_TRANSMIT_MAX)
+                .heartbeat_interval(Duration::from_millis(500))
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                })
+                .build()
+                .map_err(|e| anyhow!("gossipsub config: {e}"))?;
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gcfg,
+            )
+            .map_err(|e| anyhow!("gossipsub: {e}"))?;
+            let mut params = gossipsub::PeerScoreParams::default();
+            for t in [&events, &announce] {
+                params.topics.insert(
+                    t.hash(),
+                    gossipsub::TopicScoreParams {
+                        invalid_message_deliveries_weight: -100.0,
+                        invalid_message_deliveries_decay: 0.5,
+                        ..Default::default()
+                    },
+                );
+            }
+            gossipsub
+                .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+                .map_err(|e| anyhow!("gossipsub scoring: {e}"))?;
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+            } else {
+                None
+            };
+            let mut kcfg = kad::Config::new(kad_proto.clone());
+            kcfg.set_query_timeout(Duration::from_secs(30));
+            let mut kad =
+                kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let rr = request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(60))
+                .with_max_concurrent_streams(64);
+            let relay = relay_on.then(|| {
+                relay::Behaviour::new(
+                    local,
+                    relay::Config {
+                        // Signalling for hole punching only: no artifact goes through a relay.
+                        max_circuit_bytes: 64 << 10,
+                        max_circuit_duration: Duration::from_secs(120),
+                        ..Default::default()
+                    },
+                )
+            });
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(max_conn))
+                        .with_max_established_per_peer(Some(2))
+                        .with_max_pending_incoming(Some(32))
+                        .with_max_pending_outgoing(Some(32)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/pacmesh/1".into(), key.public())
+                        .with_agent_version(format!("pacmesh/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::default(),
+                gossipsub,
+                mdns: mdns.into(),
+                kad,
+                sync: request_response::Behaviour::with_codec(
+                    codec::MsgCodec::new(lim.clone()),
+                    [(
+                        StreamProtocol::new(pacmesh_protocol::SYNC_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    rr.clone(),
+                ),
+                blobs: request_response::Behaviour::with_codec(
+                    codec::MsgCodec::new(lim.clone()),
+                    [(
+                        StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    rr,
+                ),
+                relay_client,
+                relay: relay.into(),
+                dcutr: dcutr::Behaviour::new(local),
+                autonat: autonat::Behaviour::new(local, autonat::Config::default()),
+            })
+        })
+        .map_err(|e| anyhow!("libp2p behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+
+    let events = gossipsub::IdentTopic::new(events_topic(&root));
+    let announce = gossipsub::IdentTopic::new(announce_topic(&root));
+    swarm.behaviour_mut().gossipsub.subscribe(&events)?;
+    swarm.behaviour_mut().gossipsub.subscribe(&announce)?;
+    let listen = if cfg.listen.is_empty() {
+        vec![
+            "/ip4/0.0.0.0/tcp/0".parse()?,
+            "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+        ]
+    } else {
+        cfg.listen.clone()
+    };
+    for a in &listen {
+        swarm
+            .listen_on(a.clone())
+            .with_context(|| format!("cannot listen on {a}"))?;
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    let handle = NetHandle {
+        tx: tx.clone(),
+        peer_id,
+        shared: Arc::new(Shared::default()),
+    };
+    let mut lp = Loop {
+        swarm,
+        core: core.clone(),
+        cfg,
+        limits,
+        tx,
+        events,
+        announce,
+        handle: handle.clone(),
+        syncing: HashSet::new(),
+        last_sync: HashMap::new(),
+        blob_waiters: HashMap::new(),
+        faults: HashMap::new(),
+        banned: HashMap::new(),
+        inflight: Arc::new(AtomicUsize::new(0)),
+    };
+    // Wait for the listeners so that the addresses printed at start-up are real.
+    let want = listen.len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lp.handle.listen_addrs().len() < want && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), lp.swarm.select_next_some()).await {
+            Ok(ev) => lp.on_swarm(ev),
+            Err(_) => continue,
+        }
+    }
+    for a in lp.cfg.bootstrap.clone() {
+        lp.dial(a);
+    }
+    spawn_local_gossip(core, handle.tx.clone(), stop.clone());
+    let task = tokio::spawn(async move { lp.run(rx, stop).await });
+    Ok((handle, task))
+}
+
+/// Forwards events accepted from local clients to the swarm for gossip.
+fn spawn_local_gossip(core: Arc<Core>, tx: mpsc::Sender<Command>, mut stop: watch::Receiver<bool>) {
+    let mut rx = core.accepted();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let cmd = match msg {
+                Ok(a) if a.origin == Origin::Local && a.bytes.len() <= GOSSIP_EVENT_MAX => {
+                    Command::Publish(a.bytes)
+                }
+                // Large or peer events: peers learn of them from our next announcement's
+                // digest and pull them; make that announcement now.
+                Ok(a) if a.origin == Origin::Local => Command::AnnounceNow,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Command::AnnounceNow,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(cmd).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+struct Loop {
+    swarm: Swarm<Behaviour>,
+    core: Arc<Core>,
+    cfg: NetConfig,
+    limits: Limits,
+    tx: mpsc::Sender<Command>,
+    events: gossipsub::IdentTopic,
+    announce: gossipsub::IdentTopic,
+    handle: NetHandle,
+    syncing: HashSet<PeerId>,
+    last_sync: HashMap<PeerId, Instant>,
+    blob_waiters: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse>>>,
+    faults: HashMap<PeerId, u32>,
+    banned: HashMap<PeerId, Instant>,
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Loop {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let mut announce = tokio::time::interval(self.cfg.announce_interval);
+        let mut sync = tokio::time::interval(self.cfg.sync_interval);
+        let mut kad = tokio::time::interval(Duration::from_secs(60));
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(cmd) = rx.recv() => self.on_command(cmd),
+                _ = announce.tick() => self.announce(),
+                _ = sync.tick() => self.sync_round(),
+                _ = kad.tick() => {
+                    if !self.handle.connected().is_empty() {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial: {e}");
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Validated {
+                id,
+                source,
+                acceptance,
+            } => {
+                if matches!(acceptance, gossipsub::MessageAcceptance::Reject) {
+                    self.fault(source, "invalid gossip");
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Publish(bytes) => {
+                let topic = self.events.clone();
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic, bytes.to_vec())
+                {
+                    Ok(_) => {}
+                    Err(gossipsub::PublishError::Duplicate) => {}
+                    // Nobody to send to yet: peers pull it by sync when they connect.
+                    Err(e) => tracing::debug!("event not gossiped: {e}"),
+                }
+            }
+            Command::AnnounceNow => self.announce(),
+            Command::SyncWith(p) => self.sync_with(p, true),
+            Command::SyncDone(p) => {
+                self.syncing.remove(&p);
+            }
+            Command::SyncRespond(ch, resp) => {
+                let _ = self.swarm.behaviour_mut().sync.send_response(ch, resp);
+            }
+            Command::BlobRespond(ch, resp) => {
+                let _ = self.swarm.behaviour_mut().blobs.send_response(ch, resp);
+            }
+            Command::BlobRequest { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().blobs.send_request(&peer, req);
+                self.blob_waiters.insert(id, reply);
+            }
+            Command::Fault(peer, what) => self.fault(peer, what),
+        }
+    }
+
+    fn fault(&mut self, peer: PeerId, what: &'static str) {
+        let n = self.faults.entry(peer).or_default();
+        *n += 1;
+        tracing::warn!(%peer, faults = *n, "peer fault: {what}");
+        if *n >= MAX_PEER_FAULTS {
+            tracing::warn!(%peer, "disconnecting a misbehaving peer for {} s", BAN_TIME.as_secs());
+            self.banned.insert(peer, Instant::now() + BAN_TIME);
+            self.faults.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        }
+    }
+
+    fn is_banned(&mut self, peer: &PeerId) -> bool {
+        match self.banned.get(peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                self.banned.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn announce(&mut self) {
+        let now = Timestamp::now();
+        let digest = self.core.ingest().state().digest();
+        let a = Announcement {
+            version: pacmesh_protocol::ANNOUNCEMENT_VERSION,
+            node: self.core.public,
+            time: now,
+            expires: now.saturating_add(self.cfg.announce_interval * 3),
+            capabilities: (self.cfg.capabilities)(),
+            digest: Some(digest),
+        };
+        let bytes = match Signed::sign(self.core.key.signing_key(), &a) {
+            Ok(s) => s.to_bytes(),
+            Err(e) => {
+                tracing::warn!("cannot sign the announcement: {e}");
+                return;
+            }
+        };
+        let topic = self.announce.clone();
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            tracing::debug!("announcement not sent: {e}");
+        }
+    }
+
+    fn sync_round(&mut self) {
+        let peers = self.handle.connected();
+        if peers.is_empty() {
+            for a in self.cfg.bootstrap.clone() {
+                self.dial(a);
+            }
+            return;
+        }
+        let pick = peers[rand_index(peers.len())];
+        self.sync_with(pick, false);
+    }
+
+    /// Asks `peer` for the events we lack (at most one round in flight per peer; a round not
+    /// forced is skipped if the peer was asked less than a second ago).
+    fn sync_with(&mut self, peer: PeerId, force: bool) {
+        if self.syncing.contains(&peer) {
+            return;
+        }
+        if !force
+            && self
+                .last_sync
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let req = self.core.ingest().sync_request(SYNC_BATCH);
+        self.syncing.insert(peer);
+        self.last_sync.insert(peer, Instant::now());
+        self.swarm.behaviour_mut().sync.send_request(&peer, req);
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.handle.peer_id));
+                println!("pacmesh: p2p listening on {full}");
+                tracing::info!(%full, "listening");
+                self.handle
+                    .shared
+                    .listen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                if self.is_banned(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.handle
+                        .shared
+                        .connected
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(peer_id);
+                    self.core.peers().set_connected(&peer_id.to_string(), true);
+                    self.sync_with(peer_id, true);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, "peer disconnected");
+                    self.handle
+                        .shared
+                        .connected
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&peer_id);
+                    self.core.peers().set_connected(&peer_id.to_string(), false);
+                    self.syncing.remove(&peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(b) => self.on_behaviour(b),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, "dial failed: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let ours = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == pacmesh_protocol::SYNC_PROTOCOL);
+                if ours {
+                    for a in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    if !self.handle.connected().contains(&peer) && !self.is_banned(&peer) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                        self.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let connected = self.handle.connected();
+                if !connected.contains(&peer)
+                    && peer != self.handle.peer_id
+                    && connected.len() < 16
+                    && !self.is_banned(&peer)
+                {
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                        .addresses(addresses.into_vec())
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let (core, tx) = (self.core.clone(), self.tx.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let resp = core.ingest().sync_response(&request);
+                            let resp = match resp {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::warn!("cannot answer a sync request: {e}");
+                                    return;
+                                }
+                            };
+                            let _ = tx.blocking_send(Command::SyncRespond(channel, resp));
+                        });
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.on_sync_response(peer, response);
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::debug!(%peer, "sync request failed: {error}");
+                self.syncing.remove(&peer);
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    // A malformed or oversized request.
+                    self.fault(peer, "bad sync request");
+                }
+            }
+            BehaviourEvent::Blobs(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let (core, tx) = (self.core.clone(), self.tx.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let resp = replicate::serve(&core, &request);
+                            let _ = tx.blocking_send(Command::BlobRespond(channel, resp));
+                        });
+                        let _ = peer;
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(w) = self.blob_waiters.remove(&request_id) {
+                            let _ = w.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Blobs(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(w) = self.blob_waiters.remove(&request_id) {
+                    let _ = w.send(Err(anyhow!("blob request failed: {error}")));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync_response(&mut self, peer: PeerId, resp: SyncResponse) {
+        let (core, tx) = (self.core.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let (mut accepted, mut bad) = (0usize, 0usize);
+            for ev in &resp.events {
+                match core.ingest_from(&ev.to_bytes(), Origin::Peer) {
+                    IngestOutcome::Accepted { .. } => accepted += 1,
+                    IngestOutcome::Duplicate { .. } => {}
+                    IngestOutcome::Rejected { reason } => {
+                        tracing::debug!(%peer, "synced event refused: {reason}");
+                        if reason.is_peer_fault() {
+                            bad += 1;
+                        }
+                    }
+                }
+            }
+            if accepted > 0 {
+                tracing::debug!(%peer, accepted, "events synced");
+            }
+            let _ = tx.blocking_send(Command::SyncDone(peer));
+            if bad > 0 {
+                let _ = tx.blocking_send(Command::Fault(peer, "invalid events in a sync response"));
+            }
+            if !resp.complete && accepted > 0 {
+                let _ = tx.blocking_send(Command::SyncWith(peer));
+            }
+        });
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
+        if msg.topic == self.events.hash() {
+            if self.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT_INGEST {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &id,
+                        &source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
+                return;
+            }
+            self.inflight.fetch_add(1, Ordering::Relaxed);
+            let (core, tx, inflight) = (self.core.clone(), self.tx.clone(), self.inflight.clone());
+            tokio::task::spawn_blocking(move || {
+                let acceptance = match core.ingest_from(&msg.data, Origin::Peer) {
+                    IngestOutcome::Accepted { .. } => gossipsub::MessageAcceptance::Accept,
+                    IngestOutcome::Duplicate { .. } => gossipsub::MessageAcceptance::Ignore,
+                    IngestOutcome::Rejected { reason } => {
+                        tracing::info!(peer = %source, "gossiped event refused: {reason}");
+                        if reason.is_peer_fault() {
+                            gossipsub::MessageAcceptance::Reject
+                        } else {
+                            gossipsub::MessageAcceptance::Ignore
+                        }
+                    }
+                };
+                inflight.fetch_sub(1, Ordering::Relaxed);
+                let _ = tx.blocking_send(Command::Validated {
+                    id,
+                    source,
+                    acceptance,
+                });
+            });
+        } else if msg.topic == self.announce.hash() {
+            let acceptance = match self.on_announcement(&msg) {
+                Ok(true) => gossipsub::MessageAcceptance::Accept,
+                Ok(false) => gossipsub::MessageAcceptance::Ignore,
+                Err(e) => {
+                    tracing::info!(peer = %source, "announcement refused: {e:#}");
+                    gossipsub::MessageAcceptance::Reject
+                }
+            };
+            if matches!(acceptance, gossipsub::MessageAcceptance::Reject) {
+                self.fault(source, "invalid announcement");
+            }
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+        }
+    }
+
+    /// Verifies and records an announcement; `Ok(false)`: valid but not newer.
+    fn on_announcement(&mut self, msg: &gossipsub::Message) -> Result<bool> {
+        let signed = Signed::<Announcement>::from_bytes(&msg.data, &self.limits)?;
+        let a = signed.verify_and_decode(&self.limits)?;
+        let from =
+            crate::keys::peer_id_of(&a.node).context("announcing key is not a libp2p key")?;
+        if msg.source != Some(from) {
+            anyhow::bail!("announcement of {} relayed as another peer's own", a.node);
+        }
+        if a.node == self.core.public {
+            return Ok(false);
+        }
+        let (builder, ours) = {
+            let ingest = self.core.ingest();
+            (
+                ingest.policy().role_of(&a.node).contains(Roles::BUILDER),
+                ingest.state().digest(),
+            )
+        };
+        let differs = a.digest.is_some_and(|d| d != ours);
+        let fresh = self.core.peers().announce(from.to_string(), a, builder);
+        if fresh && differs && self.handle.connected().contains(&from) {
+            self.sync_with(from, false);
+        }
+        Ok(fresh)
+    }
+}
+
+fn rand_index(n: usize) -> usize {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    (u64::from_le_bytes(b) % n as u64) as usize
+}
