@@ -457,3 +457,285 @@ fn a_partition_heals_into_one_state_and_one_publish_per_entry() {
     assert_eq!(gens[0]["packages"], 2, "{st}");
     assert_eq!(gens[0]["generation"], 2, "one publish per entry: {st}");
 }
+
+/// A hostile libp2p peer run inside the test: it speaks gossipsub and pacmesh's blob protocol
+/// but follows none of the rules.
+mod hostile {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+    use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identity, noise, tcp, yamux};
+    use pacmesh_node::net::codec::MsgCodec;
+    use pacmesh_protocol::{
+        BlobAnswer, BlobRequest, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES,
+        segment_count, segment_value,
+    };
+    use tokio::sync::mpsc;
+
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        gossipsub: gossipsub::Behaviour,
+        blobs: request_response::Behaviour<MsgCodec<BlobRequest, BlobResponse>>,
+    }
+
+    pub enum Cmd {
+        Dial(Multiaddr),
+        Publish(String, Vec<u8>),
+    }
+
+    /// What the hostile peer saw.
+    #[derive(Default)]
+    pub struct Seen {
+        pub connected: HashSet<PeerId>,
+        pub closed: HashSet<PeerId>,
+        pub ranges_served: u32,
+    }
+
+    pub struct Hostile {
+        pub tx: mpsc::UnboundedSender<Cmd>,
+        pub seen: Arc<Mutex<Seen>>,
+        pub addr: Multiaddr,
+    }
+
+    /// Starts a hostile peer subscribed to `topic` that serves `blob` with a correct outboard
+    /// and corrupted bytes.
+    pub fn start(rt: &tokio::runtime::Runtime, topic: String, blob: Option<Vec<u8>>) -> Hostile {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let s2 = seen.clone();
+        rt.spawn(async move {
+            let key = identity::Keypair::generate_ed25519();
+            let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+                .unwrap()
+                .with_behaviour(|key| {
+                    let cfg = gossipsub::ConfigBuilder::default()
+                        .max_transmit_size(1 << 20)
+                        .build()
+                        .unwrap();
+                    Behaviour {
+                        gossipsub: gossipsub::Behaviour::new(
+                            gossipsub::MessageAuthenticity::Signed(key.clone()),
+                            cfg,
+                        )
+                        .unwrap(),
+                        blobs: request_response::Behaviour::with_codec(
+                            MsgCodec::new(Limits::default()),
+                            [(
+                                StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
+                                ProtocolSupport::Full,
+                            )],
+                            request_response::Config::default(),
+                        ),
+                    }
+                })
+                .unwrap()
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+                .build();
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(topic))
+                .unwrap();
+            swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+            let hash = blob.as_ref().map(Hash::new);
+            loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => match ev {
+                        SwarmEvent::NewListenAddr { address, .. } => {
+                            let _ = addr_tx.send(address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id())));
+                        }
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                            s2.lock().unwrap().connected.insert(peer_id);
+                        }
+                        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                            s2.lock().unwrap().closed.insert(peer_id);
+                        }
+                        SwarmEvent::Behaviour(BehaviourEvent::Blobs(request_response::Event::Message {
+                            message: request_response::Message::Request { request, channel, .. }, ..
+                        })) => {
+                            let answer = match (&blob, hash) {
+                                (Some(b), Some(h)) if h == request.hash => match request.want {
+                                    BlobWant::Outboard => {
+                                        let size = b.len() as u64;
+                                        let segments = (0..segment_count(size))
+                                            .map(|i| {
+                                                let s = (i * SEGMENT_BYTES) as usize;
+                                                let e = (s + SEGMENT_BYTES as usize).min(b.len());
+                                                segment_value(size, i, &b[s..e])
+                                            })
+                                            .collect();
+                                        BlobAnswer::Outboard { size, segments }
+                                    }
+                                    BlobWant::Range { offset, len } => {
+                                        s2.lock().unwrap().ranges_served += 1;
+                                        let s = offset as usize;
+                                        let e = (s + len as usize).min(b.len());
+                                        let mut bytes = b[s..e].to_vec();
+                                        bytes[0] ^= 0xff; // the lie
+                                        BlobAnswer::Data { bytes }
+                                    }
+                                },
+                                _ => BlobAnswer::NotFound,
+                            };
+                            let _ = swarm.behaviour_mut().blobs.send_response(
+                                channel,
+                                BlobResponse { version: 1, answer },
+                            );
+                        }
+                        _ => {}
+                    },
+                    Some(cmd) = rx.recv() => match cmd {
+                        Cmd::Dial(a) => { let _ = swarm.dial(a); }
+                        Cmd::Publish(topic, data) => {
+                            let _ = swarm
+                                .behaviour_mut()
+                                .gossipsub
+                                .publish(gossipsub::IdentTopic::new(topic), data);
+                        }
+                    },
+                }
+            }
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Hostile { tx, seen, addr }
+    }
+}
+
+fn peer_id_of(p2p: &str) -> libp2p::PeerId {
+    p2p.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+/// A peer that gossips events signed by a non-maintainer and oversized junk is refused and
+/// disconnected; a peer that serves corrupted blob bytes is caught on the first bad segment,
+/// disconnected, and the blob is fetched from an honest peer; honest work completes.
+#[test]
+fn hostile_peers_are_refused_and_disconnected_and_honest_work_completes() {
+    if skip_unless_tools() {
+        return;
+    }
+    use pacmesh_protocol::{Event, EventBody, QueueEntry, Signed, SigningKey, Source, Timestamp};
+
+    let t = tempfile::tempdir().unwrap();
+    let net = Net::new(t.path(), 2, 30);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let root = json_root(&net);
+    let topic = pacmesh_protocol::events_topic(&root);
+
+    // A package whose snapshot spans three 4 MiB segments (incompressible filler).
+    let dir = pkg(t.path(), "mesh-big", "true");
+    let mut filler = vec![0u8; 9 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for b in filler.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(dir.join("filler.bin"), &filler).unwrap();
+    let snapshot = pacmesh_node::source::snapshot_dir(&dir).unwrap();
+    assert!(snapshot.len() > 8 << 20);
+
+    let liar = hostile::start(&rt, topic.clone(), Some(snapshot));
+    let spammer = hostile::start(&rt, topic.clone(), None);
+    // The builder knows the liar from the start; the publisher (which will hold the snapshot)
+    // connects to the builder afterwards.
+    let n1 = net.start(1, &[], &["--bootstrap", &liar.addr.to_string()]);
+    let n1_id = peer_id_of(&n1.p2p);
+    let n0 = net.start(0, &[&n1], &["--no-build"]);
+    spammer
+        .tx
+        .send(hostile::Cmd::Dial(n1.p2p.parse().unwrap()))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(liar.seen.lock().unwrap().connected.contains(&n1_id)
+        && spammer.seen.lock().unwrap().connected.contains(&n1_id))
+    {
+        assert!(Instant::now() < deadline, "hostile peers never connected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // gossipsub subscriptions and mesh
+
+    // 1. Events signed by a stranger, and junk bigger than any event.
+    let stranger = SigningKey::from_bytes(&[77; 32]);
+    let mut prev = None;
+    for seq in 1..=6u64 {
+        let q = QueueEntry::new(
+            pacmesh_protocol::Name::new("test").unwrap(),
+            Source::Aur {
+                pkgbase: pacmesh_protocol::Name::new(format!("evil{seq}")).unwrap(),
+            },
+        );
+        let ev = Event::new(
+            (&stranger).into(),
+            seq,
+            prev,
+            Timestamp::now(),
+            EventBody::Enqueue(q),
+        );
+        let signed = Signed::sign(&stranger, &ev).unwrap();
+        prev = Some(signed.id());
+        let bytes = signed.to_bytes();
+        spammer
+            .tx
+            .send(hostile::Cmd::Publish(topic.clone(), bytes))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    spammer
+        .tx
+        .send(hostile::Cmd::Publish(topic.clone(), vec![0xa5; 512 << 10]))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !spammer.seen.lock().unwrap().closed.contains(&n1_id) {
+        assert!(
+            Instant::now() < deadline,
+            "the spammer was not disconnected: {:#}",
+            status(&n1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = status(&n1);
+    assert!(
+        st["events"]["rejected"]["not_allowed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 5,
+        "{st:#}"
+    );
+    // And it is refused when it comes back.
+    spammer
+        .tx
+        .send(hostile::Cmd::Dial(n1.p2p.parse().unwrap()))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let q = json(&format!("{}/api/v1/queue", n1.http));
+    assert!(q["entries"].as_array().unwrap().is_empty(), "{q:#}");
+
+    // 2. The liar's bytes never make it in: the builder drops it and builds from the honest copy.
+    let id = net.enqueue(&n0, &dir, &[]);
+    wait_queue(
+        &n0.http,
+        "published despite the liar",
+        Duration::from_secs(180),
+        |es| {
+            es.iter()
+                .any(|e| e["id"] == id.as_str() && e["status"]["state"] == "published")
+        },
+    );
+    let seen = liar.seen.lock().unwrap();
+    assert!(seen.ranges_served >= 1, "the liar was asked for a segment");
+    assert!(seen.closed.contains(&n1_id), "the liar was disconnected");
+    drop(seen);
+    assert_eq!(builders_of(&n0, &id), vec![net.publics[1].clone()]);
+}
+
+fn json_root(net: &Net) -> pacmesh_protocol::PublicKey {
+    public_of(&net.dir.join("keys/root.key")).parse().unwrap()
+}

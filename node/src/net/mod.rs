@@ -144,7 +144,7 @@ enum Command {
         req: BlobRequest,
         reply: oneshot::Sender<Result<BlobResponse>>,
     },
-    Fault(PeerId, &'static str),
+    Fault(PeerId, &'static str, u32),
 }
 
 /// A handle on the running network, for the other tasks of the node.
@@ -196,9 +196,14 @@ impl NetHandle {
         rx.await.map_err(|_| anyhow!("the network is shut down"))?
     }
 
-    /// Records a fault of `peer` (bad bytes): enough of them and it is disconnected.
+    /// Records a fault of `peer`: enough of them and it is disconnected. Bytes that fail
+    /// verification against a hash are proof of a bad peer: they count as all the faults
+    /// allowed ([`MAX_PEER_FAULTS`]) at once.
     pub async fn fault(&self, peer: PeerId, what: &'static str) {
-        let _ = self.tx.send(Command::Fault(peer, what)).await;
+        let _ = self
+            .tx
+            .send(Command::Fault(peer, what, MAX_PEER_FAULTS))
+            .await;
     }
 }
 
@@ -504,13 +509,17 @@ impl Loop {
                 let id = self.swarm.behaviour_mut().blobs.send_request(&peer, req);
                 self.blob_waiters.insert(id, reply);
             }
-            Command::Fault(peer, what) => self.fault(peer, what),
+            Command::Fault(peer, what, weight) => self.fault_by(peer, what, weight),
         }
     }
 
     fn fault(&mut self, peer: PeerId, what: &'static str) {
+        self.fault_by(peer, what, 1);
+    }
+
+    fn fault_by(&mut self, peer: PeerId, what: &'static str, weight: u32) {
         let n = self.faults.entry(peer).or_default();
-        *n += 1;
+        *n += weight;
         tracing::warn!(%peer, faults = *n, "peer fault: {what}");
         if *n >= MAX_PEER_FAULTS {
             tracing::warn!(%peer, "disconnecting a misbehaving peer for {} s", BAN_TIME.as_secs());
@@ -787,7 +796,8 @@ impl Loop {
             }
             let _ = tx.blocking_send(Command::SyncDone(peer));
             if bad > 0 {
-                let _ = tx.blocking_send(Command::Fault(peer, "invalid events in a sync response"));
+                let _ =
+                    tx.blocking_send(Command::Fault(peer, "invalid events in a sync response", 1));
             }
             if !resp.complete && accepted > 0 {
                 let _ = tx.blocking_send(Command::SyncWith(peer));
