@@ -248,7 +248,8 @@ pub async fn run(
         let mut ecfg =
             crate::executor::ExecutorConfig::from_config(&cfg, capabilities(&cfg), &core);
         ecfg.busy = busy.clone();
-        if net.is_some() {
+        if let Some(n) = &net {
+            ecfg.ready = Some(n.caught_up());
             let (c, step) = (core.clone(), cfg.claim_step);
             ecfg.claim_delay = Some(crate::executor::ClaimDelay(Arc::new(
                 move |id, entry, arches| {

@@ -137,6 +137,10 @@ pub struct ExecutorConfig {
     pub live_log: Option<broadcast::Sender<LogLine>>,
     /// Builds running now (for capability announcements).
     pub busy: Arc<std::sync::atomic::AtomicU32>,
+    /// Claim nothing until this turns true (a mesh node first catches up with its peers, so
+    /// that it does not re-take an orphaned claim of its own on an entry another node finished
+    /// meanwhile). `None`: ready at once.
+    pub ready: Option<watch::Receiver<bool>>,
 }
 
 /// How long to wait, once an entry is claimable, before claiming it: the design's
@@ -196,6 +200,7 @@ impl ExecutorConfig {
             run_as: None,
             live_log: None,
             busy: Arc::default(),
+            ready: None,
             claim_delay: None,
         }
     }
@@ -293,7 +298,8 @@ pub async fn run(
         }
         book.cooldown.retain(|_, until| *until > Instant::now());
         book.wake = None;
-        while running.len() < cfg.slots {
+        let ready = cfg.ready.as_ref().is_none_or(|r| *r.borrow());
+        while ready && running.len() < cfg.slots {
             let Some(p) = pick(&core, &cfg, &running, &mut book) else {
                 break;
             };
@@ -320,6 +326,7 @@ pub async fn run(
                 }
             }
             r = changed.changed(), if watching => watching = r.is_ok(),
+            _ = wait_ready(&cfg.ready), if !ready => {}
             _ = tick.tick() => {}
             _ = sleep_until(book.wake), if book.wake.is_some() => {}
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
@@ -473,6 +480,13 @@ struct Book {
     eligible_since: HashMap<Hash, Instant>,
     /// The earliest instant a delayed entry becomes ours to claim.
     wake: Option<Instant>,
+}
+
+async fn wait_ready(r: &Option<watch::Receiver<bool>>) {
+    if let Some(r) = r {
+        let mut r = r.clone();
+        let _ = r.wait_for(|v| *v).await;
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

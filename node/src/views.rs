@@ -166,6 +166,7 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
     let counters = ingest.counters();
     let claims: Vec<Value> = state
         .entries()
+        .filter(|e| state.status(e, now).label() == "claimed")
         .filter_map(|e| {
             let c = e.current_claim(now)?;
             Some(json!({

@@ -156,11 +156,16 @@ pub struct NetHandle {
     shared: Arc<Shared>,
 }
 
-#[derive(Default)]
 struct Shared {
     listen: Mutex<Vec<Multiaddr>>,
     connected: Mutex<HashSet<PeerId>>,
+    /// True once the node has caught up: a first sync round completed, or no peer answered
+    /// within [`CATCH_UP_WAIT`].
+    caught_up: watch::Sender<bool>,
 }
+
+/// How long a starting node waits for a first sync before it builds anyway.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 impl NetHandle {
     /// Addresses the node listens on now.
@@ -170,6 +175,11 @@ impl NetHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Turns true once the node caught up with its peers (see [`CATCH_UP_WAIT`]).
+    pub fn caught_up(&self) -> watch::Receiver<bool> {
+        self.shared.caught_up.subscribe()
     }
 
     /// Peers connected now.
@@ -352,7 +362,11 @@ pub async fn start(
     let handle = NetHandle {
         tx: tx.clone(),
         peer_id,
-        shared: Arc::new(Shared::default()),
+        shared: Arc::new(Shared {
+            listen: Mutex::default(),
+            connected: Mutex::default(),
+            caught_up: watch::channel(false).0,
+        }),
     };
     let mut lp = Loop {
         swarm,
@@ -440,6 +454,8 @@ impl Loop {
         let mut announce = tokio::time::interval(self.cfg.announce_interval);
         let mut sync = tokio::time::interval(self.cfg.sync_interval);
         let mut kad = tokio::time::interval(Duration::from_secs(60));
+        let catch_up = tokio::time::sleep(CATCH_UP_WAIT);
+        tokio::pin!(catch_up);
         announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -452,6 +468,10 @@ impl Loop {
                     if !self.handle.connected().is_empty() {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
+                }
+                () = &mut catch_up, if !*self.handle.shared.caught_up.borrow() => {
+                    tracing::info!("no peer answered a sync within {CATCH_UP_WAIT:?}: building with what this node has");
+                    self.handle.shared.caught_up.send_replace(true);
                 }
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
@@ -498,6 +518,10 @@ impl Loop {
             Command::SyncWith(p) => self.sync_with(p, true),
             Command::SyncDone(p) => {
                 self.syncing.remove(&p);
+                self.handle
+                    .shared
+                    .caught_up
+                    .send_if_modified(|v| !std::mem::replace(v, true));
             }
             Command::SyncRespond(ch, resp) => {
                 let _ = self.swarm.behaviour_mut().sync.send_response(ch, resp);
