@@ -36,6 +36,16 @@ fn decode_everything(bytes: &[u8]) {
             let _ = e.verify_and_decode(&l);
         }
     }
+    if let Ok(r) = pacmesh_protocol::BlobResponse::decode(bytes, &l)
+        && let pacmesh_protocol::BlobAnswer::Outboard { size, segments } = &r.answer
+    {
+        let _ = pacmesh_protocol::outboard_matches(
+            &pacmesh_protocol::Hash::new(bytes),
+            *size,
+            segments,
+        );
+    }
+    let _ = pacmesh_protocol::BlobRequest::decode(bytes, &l);
     if let Ok(s) = std::str::from_utf8(bytes) {
         let _ = s.parse::<Requirement>();
         let _ = Requirement::parse_wire(s);
