@@ -46,6 +46,8 @@ pub struct MeshSection {
     pub relay_server: Option<bool>,
     /// Most established connections (default 64).
     pub max_connections: Option<u32>,
+    /// Relays to be reachable through when behind NAT (multiaddrs ending in /p2p/RELAYID).
+    pub relays: Option<Vec<String>>,
     /// Turn libp2p off entirely: a single-node mesh (default true = on).
     pub enabled: Option<bool>,
 }
@@ -100,6 +102,7 @@ pub struct Config {
     pub sync_interval: std::time::Duration,
     pub claim_step: std::time::Duration,
     pub relay_server: bool,
+    pub relays: Vec<String>,
     pub max_connections: u32,
 }
 
@@ -249,6 +252,7 @@ impl Config {
             sync_interval: ms(file.mesh.sync_interval_ms, 10_000, "mesh.sync_interval_ms")?,
             claim_step: std::time::Duration::from_millis(file.mesh.claim_step_ms.unwrap_or(2000)),
             relay_server: file.mesh.relay_server.unwrap_or(false),
+            relays: file.mesh.relays.unwrap_or_default(),
             max_connections: file.mesh.max_connections.unwrap_or(64).max(1),
             data_dir,
             key,

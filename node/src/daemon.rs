@@ -178,6 +178,7 @@ pub async fn run(
 ) -> Result<()> {
     let listen = crate::net::parse_addrs(&cfg.listen)?;
     let bootstrap = crate::net::parse_addrs(&cfg.bootstrap)?;
+    let relays = crate::net::parse_addrs(&cfg.relays)?;
     let core = open(&cfg)?;
     let c = core.clone();
     tokio::task::spawn_blocking(move || crate::generation::ensure_current(&c))
@@ -206,6 +207,7 @@ pub async fn run(
             bootstrap,
             mdns: cfg.mdns,
             relay_server: cfg.relay_server,
+            relays,
             announce_interval: cfg.announce_interval,
             sync_interval: cfg.sync_interval,
             max_connections: cfg.max_connections,

@@ -90,11 +90,24 @@ impl Net {
 
     /// Starts node `i` bootstrapping from `peers`.
     fn start(&self, i: usize, peers: &[&Node], extra: &[&str]) -> Node {
+        self.start_with(i, peers, extra, "")
+    }
+
+    /// [`Net::start`] with more `[mesh]` config lines.
+    fn start_with(&self, i: usize, peers: &[&Node], extra: &[&str], mesh: &str) -> Node {
         let data = self.dir.join(format!("data{i}"));
+        let config = if mesh.is_empty() {
+            self.config.clone()
+        } else {
+            let c = self.dir.join(format!("node{i}.toml"));
+            let base = std::fs::read_to_string(&self.config).unwrap();
+            std::fs::write(&c, format!("{base}{mesh}\n")).unwrap();
+            c
+        };
         let mut args: Vec<String> = [
             "node",
             "--config",
-            s(&self.config),
+            s(&config),
             "--policy",
             s(&self.policy),
             "--key",
@@ -738,4 +751,38 @@ fn hostile_peers_are_refused_and_disconnected_and_honest_work_completes() {
 
 fn json_root(net: &Net) -> pacmesh_protocol::PublicKey {
     public_of(&net.dir.join("keys/root.key")).parse().unwrap()
+}
+
+/// A node that is reachable only through a relay (it reserves a circuit on a relay server) is
+/// reached by a node that knows nothing but its circuit address, and the queue flows to it.
+#[test]
+fn a_node_is_reachable_through_a_relay_circuit() {
+    let t = tempfile::tempdir().unwrap();
+    let net = Net::new(t.path(), 3, 30);
+    let relay = net.start_with(0, &[], &["--no-build"], "relay_server = true");
+    let nat = net.start_with(
+        1,
+        &[],
+        &["--no-build"],
+        &format!("relays = [\"{}\"]", relay.p2p),
+    );
+    let circuit = nat
+        .proc
+        .wait_line("p2p-circuit", Duration::from_secs(30))
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(circuit.contains(&relay.p2p), "{circuit}");
+    let far = net.start(2, &[], &["--no-build", "--bootstrap", &circuit]);
+    let dir = pkg(t.path(), "relayed", "true");
+    let id = net.enqueue(&nat, &dir, &[]);
+    wait_queue(
+        &far.http,
+        "the entry reached the far node",
+        Duration::from_secs(30),
+        |es| es.iter().any(|e| e["id"] == id.as_str()),
+    );
+    converge(&[&relay, &nat, &far], Duration::from_secs(30));
 }

@@ -78,6 +78,10 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Run a circuit-relay v2 server for NATed peers (signalling only: tiny byte budget).
     pub relay_server: bool,
+    /// Relays (`/ip4/…/tcp/…/p2p/RELAYID`) through which this node, when it is not reachable
+    /// itself (NAT, an HPC login node), takes reservations and is reachable at
+    /// `RELAY/p2p-circuit/p2p/OURID`; direct connections are then attempted by hole punching.
+    pub relays: Vec<Multiaddr>,
     /// How often capabilities are announced (announcements expire after 3 intervals).
     pub announce_interval: Duration,
     /// How often a random peer is asked for missing events.
@@ -396,6 +400,12 @@ pub async fn start(
     for a in lp.cfg.bootstrap.clone() {
         lp.dial(a);
     }
+    for r in lp.cfg.relays.clone() {
+        let circuit = r.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        if let Err(e) = lp.swarm.listen_on(circuit.clone()) {
+            tracing::warn!(relay = %r, "cannot listen through the relay: {e}");
+        }
+    }
     spawn_local_gossip(core, handle.tx.clone(), stop.clone());
     let task = tokio::spawn(async move { lp.run(rx, stop).await });
     Ok((handle, task))
@@ -624,10 +634,26 @@ impl Loop {
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address
-                    .clone()
-                    .with(libp2p::multiaddr::Protocol::P2p(self.handle.peer_id));
+                let full = if matches!(
+                    address.iter().last(),
+                    Some(libp2p::multiaddr::Protocol::P2p(_))
+                ) {
+                    address.clone()
+                } else {
+                    address
+                        .clone()
+                        .with(libp2p::multiaddr::Protocol::P2p(self.handle.peer_id))
+                };
                 println!("pacmesh: p2p listening on {full}");
+                if self.cfg.relay_server
+                    && !address
+                        .iter()
+                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+                {
+                    // A relay server is publicly reachable by the operator's word: its listen
+                    // addresses go into the reservations it grants.
+                    self.swarm.add_external_address(address.clone());
+                }
                 tracing::info!(%full, "listening");
                 self.handle
                     .shared
@@ -676,6 +702,14 @@ impl Loop {
                 }
             }
             SwarmEvent::Behaviour(b) => self.on_behaviour(b),
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                tracing::warn!(?addresses, ?reason, "listener closed");
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!("listener error: {error}");
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, "dial failed: {error}");
             }
@@ -690,6 +724,21 @@ impl Loop {
                 message_id,
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "direct connection by hole punching")
+                }
+                Err(e) => tracing::debug!(peer = %remote_peer_id, "hole punching failed: {e}"),
+            },
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let ours = info
                     .protocols
