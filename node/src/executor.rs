@@ -215,6 +215,7 @@ impl ExecutorConfig {
         e.default_timeout = Duration::from_secs(cfg.timeout_secs.max(1));
         e.log_cap = cfg.log_cap_bytes;
         e.run_as = cfg.run_as;
+        e.source.aur_url = cfg.aur_url.clone();
         e.packager = format!("pacmesh node <{}@pacmesh.invalid>", core.key.peer_id());
         e
     }
@@ -867,6 +868,7 @@ fn describe(s: &Source) -> String {
             }
             d
         }
+        Source::Aur { pkgbase } => format!("aur {pkgbase}"),
         other => other.kind().to_string(),
     }
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod aur;
 pub mod build_cmd;
 pub mod cli;
 pub mod client;

@@ -5,7 +5,8 @@
 //! | --- | --- | --- | --- |
 //! | `dir` | unpack the `snapshot` blob (a tar made by [`snapshot_dir`]) | the enqueue event's time | none |
 //! | `git` | fetch into a bare mirror `GIT_CACHE/<blake3(url)>`, resolve `rev`, write the commit's tree (or `subdir`) | the commit's committer time | the commit id |
-//! | `aur`, `tree`, newer kinds | not supported by this node yet: [`SourceError::Unsupported`] | | |
+//! | `aur` | like `git` at `AUR_URL/<pkgbase>.git` ([`SourceConfig::aur_url`]), its default branch | the commit's committer time | the commit id |
+//! | `tree`, newer kinds | not supported by this node yet: [`SourceError::Unsupported`] | | |
 //!
 //! # Hostile input
 //!
@@ -75,6 +76,8 @@ pub struct SourceConfig {
     pub allow_local_git: bool,
     /// Size caps.
     pub limits: SourceLimits,
+    /// The AUR base: `aur` sources are fetched from `AUR_URL/<pkgbase>.git`.
+    pub aur_url: String,
 }
 
 impl SourceConfig {
@@ -84,6 +87,7 @@ impl SourceConfig {
             git_cache: git_cache.into(),
             allow_local_git: true,
             limits: SourceLimits::default(),
+            aur_url: crate::config::DEFAULT_AUR_URL.to_string(),
         }
     }
 }
@@ -212,6 +216,17 @@ pub fn fetch(
         Source::Git { url, rev, subdir } => {
             git_checkout(cfg, url, rev.as_deref(), subdir.as_deref(), dest, cancel)
         }
+        Source::Aur { pkgbase } => {
+            let url = crate::aur::git_url(&cfg.aur_url, pkgbase.as_str());
+            // The AUR answers every name with a repository; an empty one (no commit) means
+            // there is no such package base.
+            git_checkout(cfg, &url, None, None, dest, cancel).map_err(|e| match e {
+                SourceError::NoSuchRev { .. } => SourceError::Refused(format!(
+                    "{url} has no commit: {pkgbase} is not (or no longer) in the AUR"
+                )),
+                e => e,
+            })
+        }
         other => Err(SourceError::Unsupported {
             kind: other.kind().to_string(),
         }),
@@ -220,7 +235,10 @@ pub fn fetch(
 
 /// Whether this node can fetch `source` at all (kinds it knows).
 pub fn is_supported(source: &Source) -> bool {
-    matches!(source, Source::Dir { .. } | Source::Git { .. })
+    matches!(
+        source,
+        Source::Dir { .. } | Source::Git { .. } | Source::Aur { .. }
+    )
 }
 
 // ---- path rules ---------------------------------------------------------------------------
@@ -1242,14 +1260,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let blobs = crate::store::MemStore::new();
         let cfg = SourceConfig::new(t.path().join("git"));
-        let aur = QueueEntry::new(
+        let tree = QueueEntry::new(
             pacmesh_protocol::Name::new("extra").unwrap(),
-            Source::Aur {
-                pkgbase: pacmesh_protocol::Name::new("hello").unwrap(),
+            Source::Unknown {
+                kind: "from-the-future".into(),
             },
         );
         let e = fetch(
-            &aur,
+            &tree,
             &blobs,
             &cfg,
             &t.path().join("a"),
