@@ -206,9 +206,12 @@ pub enum QueueCommand {
         /// Folder of --git holding the PKGBUILD.
         #[arg(long, requires = "git")]
         subdir: Option<String>,
-        /// An AUR package base.
+        /// An AUR package (its AUR dependencies are enqueued too, first).
         #[arg(long, value_name = "NAME")]
         aur: Option<String>,
+        /// AUR base URL for --aur (RPC at URL/rpc/v5/info) [default: https://aur.archlinux.org].
+        #[arg(long, value_name = "URL", requires = "aur")]
+        aur_url: Option<String>,
         /// A packages tree (one folder per package base).
         #[arg(long, value_name = "GITURL")]
         tree: Option<String>,
@@ -596,6 +599,7 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
             rev,
             subdir,
             aur,
+            aur_url,
             tree,
             needs,
             repo,
@@ -621,6 +625,7 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
                 needs,
                 source_date_epoch,
                 timeout_secs: timeout,
+                aur_url,
             })?;
             println!("{id}");
         }

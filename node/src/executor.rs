@@ -240,6 +240,56 @@ struct Pick {
     attempt: u32,
     lease: Duration,
     timeout: Duration,
+    /// A dependency (`QueueEntry::after`) failed or was cancelled: report this entry failed.
+    broken_dependency: Option<String>,
+}
+
+/// Where an entry's dependencies (`QueueEntry::after`) stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterState {
+    /// All built (by quorum) or published.
+    Ready,
+    /// This one is still to be built (or not seen yet by this node).
+    Waiting(Hash),
+    /// One failed or was cancelled: why.
+    Broken(String),
+}
+
+/// Where `q`'s dependencies stand in `state`.
+pub fn after_state(state: &QueueState, q: &QueueEntry, quorum: u32) -> AfterState {
+    for dep in &q.after {
+        let Some(d) = state.entry(dep) else {
+            return AfterState::Waiting(*dep);
+        };
+        let label = d
+            .enqueued
+            .as_ref()
+            .map(|e| crate::views::source_label(&e.entry.source))
+            .unwrap_or_else(|| dep.fmt_short().to_string());
+        if d.enqueued.is_none() {
+            return AfterState::Waiting(*dep);
+        }
+        if d.cancelled.is_some() {
+            return AfterState::Broken(format!(
+                "dependency {label} (entry {}) was cancelled",
+                dep.fmt_short()
+            ));
+        }
+        if let Some(f) = d.failed().next() {
+            let why = match &f.outcome {
+                crate::state::ReportOutcome::Failed { reason, .. } => reason.as_str(),
+                _ => "",
+            };
+            return AfterState::Broken(format!(
+                "dependency {label} (entry {}) failed: {why}",
+                dep.fmt_short()
+            ));
+        }
+        if state.published(d).is_none() && d.builders_built().len() < quorum.max(1) as usize {
+            return AfterState::Waiting(*dep);
+        }
+    }
+    AfterState::Ready
 }
 
 /// Runs the executor until `shutdown` is true (see the [module docs](self)).
@@ -544,6 +594,16 @@ fn pick(
                 }
                 continue;
             }
+            let broken_dependency = match after_state(state, q, policy.quorum) {
+                AfterState::Ready => None,
+                AfterState::Waiting(dep) => {
+                    if noted.insert(e.id) {
+                        tracing::info!(entry = %e.id.fmt_short(), dependency = %dep.fmt_short(), "waiting for a dependency to be built first");
+                    }
+                    continue;
+                }
+                AfterState::Broken(why) => Some(why),
+            };
             let timeout = match q.timeout_secs {
                 Some(s) => Duration::from_secs(u64::from(s.max(1))),
                 None if policy.build_timeout_secs > 0 => {
@@ -560,6 +620,7 @@ fn pick(
                     attempt: prev + 1,
                     lease,
                     timeout,
+                    broken_dependency,
                 },
             ));
         }
@@ -780,6 +841,9 @@ fn execute(
             format!("cannot create the work dir: {e}"),
             None,
         ));
+    }
+    if let Some(why) = &p.broken_dependency {
+        return failed(why.clone(), log_blob(&format!("==> pacmesh: {why}\n")));
     }
     let dest = job_dir.join("source");
     let fetched = match source::fetch(&p.entry, &*core.blobs, &cfg.source, &dest, cancel) {
