@@ -264,6 +264,31 @@ pub fn parse(text: &str) -> Result<CiConfig, CiConfigError> {
     }
 }
 
+/// Reads and parses `FOLDER/.CI/config`. `Ok(None)`: there is none. `.CI` and `config`
+/// must not be symbolic links (a folder from elsewhere must not make the host read another
+/// file), and the file is read up to [`MAX_CI_CONFIG_BYTES`] + 1 bytes.
+pub fn read_folder(folder: &std::path::Path) -> Result<Option<CiConfig>, CiConfigError> {
+    use std::io::Read;
+    let err = |m: String| CiConfigError { problems: vec![m] };
+    let ci = folder.join(".CI");
+    match std::fs::symlink_metadata(&ci) {
+        Err(_) => return Ok(None),
+        Ok(m) if !m.is_dir() => return Err(err(".CI is not a folder".into())),
+        Ok(_) => {}
+    }
+    let p = ci.join("config");
+    match std::fs::symlink_metadata(&p) {
+        Err(_) => return Ok(None),
+        Ok(m) if !m.is_file() => return Err(err("not a regular file".into())),
+        Ok(_) => {}
+    }
+    let mut text = String::new();
+    std::fs::File::open(&p)
+        .and_then(|f| f.take(MAX_CI_CONFIG_BYTES as u64 + 1).read_to_string(&mut text))
+        .map_err(|e| err(format!("cannot read it: {e}")))?;
+    parse(&text).map(Some)
+}
+
 fn clip(s: &str) -> String {
     let mut o: String = s.chars().take(60).collect();
     if o.len() < s.len() {
