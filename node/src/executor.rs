@@ -1013,6 +1013,10 @@ fn describe(s: &Source) -> String {
             d
         }
         Source::Aur { pkgbase } => format!("aur {pkgbase}"),
+        Source::Tree { url, pkgbases, .. } => format!(
+            "tree {url} folder {}",
+            pkgbases.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+        ),
         other => other.kind().to_string(),
     }
 }
