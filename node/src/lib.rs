@@ -18,5 +18,6 @@ pub mod mesh_cli;
 pub mod publisher;
 pub mod source;
 pub mod state;
+pub mod tree;
 pub mod store;
 pub mod views;
