@@ -183,6 +183,11 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(dir: &Path) -> Mesh {
+        Self::with_policy_args(dir, &[])
+    }
+
+    /// Like [`Mesh::new`] with more `mesh init` arguments (e.g. `--build-timeout-secs`).
+    pub fn with_policy_args(dir: &Path, extra: &[&str]) -> Mesh {
         let keys = dir.join("keys");
         let k = |n: &str| {
             let p = keys.join(n);
@@ -199,11 +204,13 @@ impl Mesh {
                 .to_string()
         };
         let policy = dir.join("policy.cbor");
-        pacmesh_ok(&[
+        let (m, n) = (public(&maintainer), public(&node_key));
+        let mut args = vec![
             "mesh", "init", "--key", s(&root), "--repo", "test", "--arch", std::env::consts::ARCH,
-            "--maintainer", &public(&maintainer), "--publisher", &public(&node_key),
-            "--lease-secs", "30", "--out", s(&policy),
-        ]);
+            "--maintainer", &m, "--publisher", &n, "--lease-secs", "30", "--out", s(&policy),
+        ];
+        args.extend_from_slice(extra);
+        pacmesh_ok(&args);
         Mesh {
             dir: dir.to_path_buf(),
             maintainer,
