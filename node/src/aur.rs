@@ -400,7 +400,7 @@ mod tests {
         assert_eq!(dep_name("libfoo.so=1-64"), "libfoo.so");
         assert_eq!(dep_name("bar"), "bar");
         let c = AurClient::new("http://127.0.0.1:1/");
-        let names: Vec<String> = (0..1000).map(|i| format!("package-name-{i:04}-with-30ch")).collect();
+        let names: Vec<String> = (0..1000).map(|i| format!("package-name-{i:04}-with-30-char")).collect();
         assert!(names.iter().all(|n| n.len() == 30));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let urls = c.info_urls(&refs);
