@@ -400,7 +400,9 @@ mod tests {
         assert_eq!(dep_name("libfoo.so=1-64"), "libfoo.so");
         assert_eq!(dep_name("bar"), "bar");
         let c = AurClient::new("http://127.0.0.1:1/");
-        let names: Vec<String> = (0..1000).map(|i| format!("package-name-{i:04}-with-30-char")).collect();
+        let names: Vec<String> = (0..1000)
+            .map(|i| format!("package-name-{i:04}-with-30-char"))
+            .collect();
         assert!(names.iter().all(|n| n.len() == 30));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let urls = c.info_urls(&refs);
@@ -409,7 +411,10 @@ mod tests {
         let total: usize = urls.iter().map(|u| u.matches("arg[]=").count()).sum();
         assert_eq!(total, 1000);
         assert!(urls[0].starts_with("http://127.0.0.1:1/rpc/v5/info?arg[]=package-name-0000"));
-        assert_eq!(c.info_urls(&["a+b"]), vec!["http://127.0.0.1:1/rpc/v5/info?arg[]=a%2Bb".to_string()]);
+        assert_eq!(
+            c.info_urls(&["a+b"]),
+            vec!["http://127.0.0.1:1/rpc/v5/info?arg[]=a%2Bb".to_string()]
+        );
         assert!(c.info_urls(&[]).is_empty());
         assert_eq!(c.git_url("yay"), "http://127.0.0.1:1/yay.git");
     }
@@ -422,7 +427,13 @@ mod tests {
                 .map(|(n, d)| (n.to_string(), d.iter().map(|x| x.to_string()).collect()))
                 .collect()
         };
-        let o = topo_order(&g(&[("app", &["lib", "tool"]), ("lib", &["base"]), ("tool", &[]), ("base", &[])])).unwrap();
+        let o = topo_order(&g(&[
+            ("app", &["lib", "tool"]),
+            ("lib", &["base"]),
+            ("tool", &[]),
+            ("base", &[]),
+        ]))
+        .unwrap();
         let pos = |n: &str| o.iter().position(|x| x == n).unwrap();
         assert!(pos("base") < pos("lib") && pos("lib") < pos("app") && pos("tool") < pos("app"));
         let e = topo_order(&g(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"])])).unwrap_err();

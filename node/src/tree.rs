@@ -94,7 +94,9 @@ pub enum TreeError {
     #[error("git: {0}")]
     Git(String),
     /// `[deploy NAME]` names no folder.
-    #[error("commit {commit}: [deploy {name}] names no package folder{hint}; fix the commit message (force-push) and sync again — nothing was applied")]
+    #[error(
+        "commit {commit}: [deploy {name}] names no package folder{hint}; fix the commit message (force-push) and sync again — nothing was applied"
+    )]
     BadDeploy {
         commit: String,
         name: String,
@@ -169,7 +171,9 @@ pub fn folders(
                     Some(c)
                 }
                 Err(err) => {
-                    warnings.push(format!("{name}: {err} (its build will fail with this reason)"));
+                    warnings.push(format!(
+                        "{name}: {err} (its build will fail with this reason)"
+                    ));
                     None
                 }
             },
@@ -213,7 +217,11 @@ fn closest<'a>(name: &str, names: impl Iterator<Item = &'a String>) -> Option<&'
         for (i, ca) in a.chars().enumerate() {
             let mut cur = vec![i + 1];
             for (j, cb) in b.iter().enumerate() {
-                cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
             }
             prev = cur;
         }
@@ -266,9 +274,7 @@ pub fn plan(
             }
         }
         for (n, f) in &before {
-            if !p.folders.contains_key(n)
-                && !p.folders.values().any(|g| g.pkgbase == f.pkgbase)
-            {
+            if !p.folders.contains_key(n) && !p.folders.values().any(|g| g.pkgbase == f.pkgbase) {
                 p.remove.insert(f.pkgbase.clone());
             }
         }
@@ -349,7 +355,10 @@ pub fn build_order(plan: &mut Plan) -> Vec<(String, Vec<String>)> {
         Ok(order) => order
             .into_iter()
             .map(|n| {
-                let d = needs.get(&n).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+                let d = needs
+                    .get(&n)
+                    .map(|d| d.iter().cloned().collect())
+                    .unwrap_or_default();
                 (n, d)
             })
             .collect(),
@@ -397,22 +406,34 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
             let st = client.get_json("/api/v1/status")?;
             let repos: Vec<String> = st["mesh"]["repos"]
                 .as_array()
-                .map(|v| v.iter().filter_map(|r| r["name"].as_str().map(str::to_string)).collect())
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|r| r["name"].as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             match repos.as_slice() {
                 [one] => one.clone(),
-                _ => anyhow::bail!("the mesh has {} repositories: choose one with --repo", repos.len()),
+                _ => anyhow::bail!(
+                    "the mesh has {} repositories: choose one with --repo",
+                    repos.len()
+                ),
             }
         }
     };
     let repo_n = Name::new(repo_name.clone()).map_err(|e| anyhow::anyhow!("--repo: {e}"))?;
     let cfg = crate::source::SourceConfig::new(a.cache_dir.join("git"));
-    let (git, _guard) = crate::source::git_mirror(&cfg, &a.url, &std::sync::atomic::AtomicBool::new(false))
-        .with_context(|| format!("fetching the tree {}", a.url))?;
+    let (git, _guard) =
+        crate::source::git_mirror(&cfg, &a.url, &std::sync::atomic::AtomicBool::new(false))
+            .with_context(|| format!("fetching the tree {}", a.url))?;
     let commit = crate::source::resolve_rev(&git, a.rev.as_deref())
         .map_err(|e| match e {
             Some(e) => anyhow::anyhow!("{e}"),
-            None => anyhow::anyhow!("{} names no commit in {}", a.rev.as_deref().unwrap_or("HEAD"), a.url),
+            None => anyhow::anyhow!(
+                "{} names no commit in {}",
+                a.rev.as_deref().unwrap_or("HEAD"),
+                a.url
+            ),
         })?
         .id();
     // The last synced commit: the newest tree entry of this URL in this repository.
@@ -421,7 +442,11 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|e| e["source"]["kind"] == "tree" && e["source"]["url"] == a.url.as_str() && e["repo"] == repo_name.as_str())
+        .filter(|e| {
+            e["source"]["kind"] == "tree"
+                && e["source"]["url"] == a.url.as_str()
+                && e["repo"] == repo_name.as_str()
+        })
         .max_by_key(|e| e["enqueued_at"].as_u64().unwrap_or(0))
         .and_then(|e| e["source"]["rev"].as_str())
         .and_then(|r| git2::Oid::from_str(r).ok());
@@ -527,7 +552,10 @@ pub fn tree_command(cmd: crate::cli::TreeCommand) -> anyhow::Result<()> {
     for (n, why) in &r.plan.build {
         match r.enqueued.iter().find(|(f, _)| f == n) {
             Some((_, id)) => println!("build   {n} ({why}) entry {id}"),
-            None => println!("build   {n} ({why}){}", if dry_run { " [dry run]" } else { "" }),
+            None => println!(
+                "build   {n} ({why}){}",
+                if dry_run { " [dry run]" } else { "" }
+            ),
         }
     }
     for b in &r.plan.remove {
@@ -551,7 +579,10 @@ mod tests {
         );
         assert!(deploy_names("[deploy ]").is_empty());
         let names = ["firefox".to_string(), "freecad-git".to_string()];
-        assert_eq!(closest("freecad-gti", names.iter()).map(String::as_str), Some("freecad-git"));
+        assert_eq!(
+            closest("freecad-gti", names.iter()).map(String::as_str),
+            Some("freecad-git")
+        );
         assert_eq!(closest("zzzzzzzz", names.iter()), None);
     }
 }

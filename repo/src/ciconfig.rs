@@ -170,9 +170,7 @@ pub fn parse(text: &str) -> Result<CiConfig, CiConfigError> {
         };
         let key = key.trim_end();
         if key.is_empty()
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             || key.as_bytes()[0].is_ascii_digit()
         {
             problems.push(format!("line {n}: {:?} is not a variable name", clip(key)));
@@ -191,11 +189,11 @@ pub fn parse(text: &str) -> Result<CiConfig, CiConfigError> {
                     c.pkgbuild_source = Some(match v.as_str() {
                         "" | "custom" => PkgbuildSource::Custom,
                         "aur" => PkgbuildSource::Aur,
-                        g if g.starts_with("gitlab:") => PkgbuildSource::Gitlab(
-                            g["gitlab:".len()..]
-                                .parse()
-                                .map_err(|_| format!("{g:?}: gitlab:ID needs a numeric project id"))?,
-                        ),
+                        g if g.starts_with("gitlab:") => {
+                            PkgbuildSource::Gitlab(g["gitlab:".len()..].parse().map_err(|_| {
+                                format!("{g:?}: gitlab:ID needs a numeric project id")
+                            })?)
+                        }
                         u if u.contains("://") || u.starts_with("git@") => {
                             if u.starts_with('-') {
                                 return Err("a URL must not start with '-'".into());
@@ -210,7 +208,10 @@ pub fn parse(text: &str) -> Result<CiConfig, CiConfigError> {
                     })
                 }
                 "CI_ON_TRIGGER" => {
-                    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+                    if !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+                    {
                         return Err(format!("{v:?} is not a schedule name"));
                     }
                     c.on_trigger = (!v.is_empty()).then_some(v);
@@ -247,9 +248,9 @@ pub fn parse(text: &str) -> Result<CiConfig, CiConfigError> {
                 "CI_HUMAN_REVIEW" => c.human_review = boolean(&v)?,
                 "CI_MANAGE_AUR" => c.manage_aur = boolean(&v)?,
                 "BUILDER_CLASS" => {}
-                other => c.warnings.push(format!(
-                    "line {n}: unknown key {other} (ignored)"
-                )),
+                other => c
+                    .warnings
+                    .push(format!("line {n}: unknown key {other} (ignored)")),
             }
             Ok(())
         })();
@@ -284,7 +285,10 @@ pub fn read_folder(folder: &std::path::Path) -> Result<Option<CiConfig>, CiConfi
     }
     let mut text = String::new();
     std::fs::File::open(&p)
-        .and_then(|f| f.take(MAX_CI_CONFIG_BYTES as u64 + 1).read_to_string(&mut text))
+        .and_then(|f| {
+            f.take(MAX_CI_CONFIG_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
         .map_err(|e| err(format!("cannot read it: {e}")))?;
     parse(&text).map(Some)
 }
@@ -323,9 +327,14 @@ mod tests {
         assert_eq!(c.extra_timeout, Some(2.0));
         assert_eq!(c.on_trigger.as_deref(), Some("daily"));
         assert_eq!(c.git_commit.as_deref(), Some("abc123"));
-        assert_eq!(c.warnings, vec!["line 11: unknown key CI_SOMETHING_NEW (ignored)"]);
         assert_eq!(
-            parse("CI_PKGBUILD_SOURCE=gitlab:12345").unwrap().pkgbuild_source,
+            c.warnings,
+            vec!["line 11: unknown key CI_SOMETHING_NEW (ignored)"]
+        );
+        assert_eq!(
+            parse("CI_PKGBUILD_SOURCE=gitlab:12345")
+                .unwrap()
+                .pkgbuild_source,
             Some(PkgbuildSource::Gitlab(12345))
         );
         assert_eq!(
@@ -335,7 +344,10 @@ mod tests {
             Some(PkgbuildSource::Git("https://gitlab.com/x/y.git".into()))
         );
         assert_eq!(PackageBump::parse("1.2.3").unwrap().count, 1);
-        assert_eq!(PackageBump::parse("1:1.2.3-1/1").unwrap().version, "1:1.2.3-1");
+        assert_eq!(
+            PackageBump::parse("1:1.2.3-1/1").unwrap().version,
+            "1:1.2.3-1"
+        );
     }
 
     #[test]
@@ -346,7 +358,10 @@ mod tests {
         )
         .unwrap_err();
         let s = e.to_string();
-        assert!(s.starts_with(".CI/config: line 2: not KEY=value: \"this is garbage\""), "{s}");
+        assert!(
+            s.starts_with(".CI/config: line 2: not KEY=value: \"this is garbage\""),
+            "{s}"
+        );
         for needle in [
             "line 3: BUILDER_EXTRA_TIMEOUT",
             "line 4: CI_PACKAGE_BUMP: bump count",
@@ -362,7 +377,8 @@ mod tests {
 
     #[test]
     fn chaotic_corpus_configs_parse() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/chaotic");
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/chaotic");
         let Ok(rd) = std::fs::read_dir(&root) else {
             eprintln!("NOTICE: {} is absent; corpus test skipped", root.display());
             return;
@@ -370,7 +386,9 @@ mod tests {
         let mut n = 0;
         for e in rd.flatten() {
             let p = e.path().join(".CI/config");
-            let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
             let c = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(c.warnings.is_empty(), "{}: {:?}", p.display(), c.warnings);
             assert!(c.pkgbuild_source.is_some(), "{}", p.display());

@@ -25,7 +25,9 @@ package() {\n  install -Dm644 data.txt \"$pkgdir/usr/share/interfered/data.txt\"
 const PATCH: &str = "--- a/data.txt\n+++ b/data.txt\n@@ -1 +1 @@\n-original data\n+patched data\n";
 
 fn files(path: &Path, pkg: &str) -> Vec<String> {
-    pacmesh_repo::package::read_package(path.join(pkg)).unwrap().files
+    pacmesh_repo::package::read_package(path.join(pkg))
+        .unwrap()
+        .files
 }
 
 #[test]
@@ -54,7 +56,10 @@ fn interferes_are_applied_in_order_and_the_bump_changes_pkgrel() {
         "package() {\n  install -Dm644 data.txt \"$pkgdir/usr/share/interfered/data.txt\"\n  \
          echo \"$_from_prepend $PUSHED\" | install -Dm644 /dev/stdin \"$pkgdir/usr/share/interfered/append\"\n}\n",
     );
-    ci("config", "CI_PKGBUILD_SOURCE=custom\nCI_PACKAGE_BUMP=1.0-1/2\nCI_UNKNOWN_KEY=x\n");
+    ci(
+        "config",
+        "CI_PKGBUILD_SOURCE=custom\nCI_PACKAGE_BUMP=1.0-1/2\nCI_UNKNOWN_KEY=x\n",
+    );
     ci("on-success.sh", "echo hook-success-ran\n");
     ci("on-failure.sh", "echo hook-failure-ran\n");
     let r = build(&config(t.path()), &dir);
@@ -64,7 +69,11 @@ fn interferes_are_applied_in_order_and_the_bump_changes_pkgrel() {
     let out = r.artifacts[0].path.parent().unwrap();
     let info = pacmesh_repo::package::read_package(&r.artifacts[0].path).unwrap();
     assert_eq!(info.pkginfo.pkgdesc.as_deref(), Some("changed by prepare"));
-    assert!(files(out, &names[0]).iter().any(|f| f == "usr/share/interfered/append"));
+    assert!(
+        files(out, &names[0])
+            .iter()
+            .any(|f| f == "usr/share/interfered/append")
+    );
     // The package's contents: patched data, prepend's variable and the pushed export seen by
     // the appended package().
     let tmp = tempfile::tempdir().unwrap();
@@ -79,10 +88,18 @@ fn interferes_are_applied_in_order_and_the_bump_changes_pkgrel() {
     let read = |p: &str| std::fs::read_to_string(tmp.path().join(p)).unwrap();
     assert_eq!(read("usr/share/interfered/data.txt"), "patched data\n");
     assert_eq!(read("usr/share/interfered/append"), "yes from-caur-push\n");
-    assert!(r.log.contains("hook-success-ran") && !r.log.contains("hook-failure-ran"), "{}", r.log);
+    assert!(
+        r.log.contains("hook-success-ran") && !r.log.contains("hook-failure-ran"),
+        "{}",
+        r.log
+    );
     assert!(r.log.contains("unknown key CI_UNKNOWN_KEY"), "{}", r.log);
     // The original folder is untouched.
-    assert!(std::fs::read_to_string(dir.join("PKGBUILD")).unwrap().contains("original description"));
+    assert!(
+        std::fs::read_to_string(dir.join("PKGBUILD"))
+            .unwrap()
+            .contains("original description")
+    );
     let _ = r.cleanup();
 
     // A stale bump (the PKGBUILD moved on) is not applied.
@@ -99,29 +116,51 @@ fn bad_patches_skips_and_bad_configs_fail_with_a_clear_reason() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let dir = folder(t.path(), &[("PKGBUILD", PKGBUILD), ("data.txt", "other data\n")]);
+    let dir = folder(
+        t.path(),
+        &[("PKGBUILD", PKGBUILD), ("data.txt", "other data\n")],
+    );
     std::fs::create_dir_all(dir.join(".CI")).unwrap();
     std::fs::write(dir.join(".CI/interfere.patch"), PATCH).unwrap();
     std::fs::write(dir.join(".CI/on-failure.sh"), "echo hook-failure-ran\n").unwrap();
     let r = build(&config(t.path()), &dir);
     assert_eq!(r.failed_phase, Some(Phase::Interfere), "{}", r.log);
-    assert!(r.error.as_deref().unwrap().contains("interfere.patch does not apply"), "{:?}", r.error);
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("interfere.patch does not apply"),
+        "{:?}",
+        r.error
+    );
     assert!(r.log.contains("hook-failure-ran"), "{}", r.log);
     assert!(r.artifacts.is_empty());
 
     // prepare returning CI_CODE_SKIP (the corpus's chaotic-keyring does): skipped, no hook.
     std::fs::remove_file(dir.join(".CI/interfere.patch")).unwrap();
-    std::fs::write(dir.join(".CI/prepare"), "# needs to be built manually\nreturn \"$CI_CODE_SKIP\"\n").unwrap();
+    std::fs::write(
+        dir.join(".CI/prepare"),
+        "# needs to be built manually\nreturn \"$CI_CODE_SKIP\"\n",
+    )
+    .unwrap();
     let r = build(&config(t.path()), &dir);
     assert_eq!(r.failed_phase, Some(Phase::Interfere));
     assert_eq!(r.outcome, Outcome::Failed { code: 123 });
-    assert!(r.error.as_deref().unwrap().contains("CI_CODE_SKIP"), "{:?}", r.error);
+    assert!(
+        r.error.as_deref().unwrap().contains("CI_CODE_SKIP"),
+        "{:?}",
+        r.error
+    );
     assert!(!r.log.contains("hook-failure-ran"), "{}", r.log);
 
     // A failing prepare, and a .CI/config with garbage.
     std::fs::write(dir.join(".CI/prepare"), "false\n").unwrap();
     let r = build(&config(t.path()), &dir);
-    assert!(r.error.as_deref().unwrap().contains(".CI/prepare failed"), "{:?}", r.error);
+    assert!(
+        r.error.as_deref().unwrap().contains(".CI/prepare failed"),
+        "{:?}",
+        r.error
+    );
     std::fs::remove_file(dir.join(".CI/prepare")).unwrap();
     std::fs::write(dir.join(".CI/config"), "CI_PKGBUILD_SOURCE=aur\nrm -rf /\n").unwrap();
     let r = build(&config(t.path()), &dir);

@@ -55,7 +55,14 @@ pub struct AurStandin {
 }
 
 /// An RPC record as aurweb writes it.
-pub fn info(name: &str, base: &str, version: &str, last_modified: u64, depends: &[&str], makedepends: &[&str]) -> Value {
+pub fn info(
+    name: &str,
+    base: &str,
+    version: &str,
+    last_modified: u64,
+    depends: &[&str],
+    makedepends: &[&str],
+) -> Value {
     json!({
         "ID": 1, "Name": name, "PackageBaseID": 1, "PackageBase": base, "Version": version,
         "Description": "test", "URL": null, "NumVotes": 0, "Popularity": 0.0, "OutOfDate": null,
@@ -101,7 +108,12 @@ impl AurStandin {
     /// Adds or replaces a package's RPC record.
     pub fn set_info(&self, record: Value) {
         let name = record["Name"].as_str().unwrap().to_string();
-        self.shared.inner.lock().unwrap().packages.insert(name, record);
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .packages
+            .insert(name, record);
     }
 
     pub fn set_mode(&self, mode: RpcMode) {
@@ -128,18 +140,28 @@ async fn rpc(State(s): State<Shared>, RawQuery(q): RawQuery) -> Response {
     match inner.mode.clone().unwrap_or(RpcMode::Normal) {
         RpcMode::Normal => {}
         RpcMode::Error(msg) => {
-            return axum::Json(json!({"version":5,"type":"error","resultcount":0,"results":[],"error":msg}))
-                .into_response();
+            return axum::Json(
+                json!({"version":5,"type":"error","resultcount":0,"results":[],"error":msg}),
+            )
+            .into_response();
         }
-        RpcMode::Malformed => return (StatusCode::OK, "{\"version\":5,\"type\":\"multi").into_response(),
+        RpcMode::Malformed => {
+            return (StatusCode::OK, "{\"version\":5,\"type\":\"multi").into_response();
+        }
         RpcMode::ServerError => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "<html>502 Bad Gateway</html>").into_response();
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<html>502 Bad Gateway</html>",
+            )
+                .into_response();
         }
     }
     let q = q.unwrap_or_default();
     let mut results = Vec::new();
     for part in q.split('&') {
-        let Some((k, v)) = part.split_once('=') else { continue };
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
         if k != "arg[]" && k != "arg%5B%5D" {
             continue;
         }
@@ -148,8 +170,10 @@ async fn rpc(State(s): State<Shared>, RawQuery(q): RawQuery) -> Response {
             results.push(p.clone());
         }
     }
-    axum::Json(json!({"version":5,"type":"multiinfo","resultcount":results.len(),"results":results}))
-        .into_response()
+    axum::Json(
+        json!({"version":5,"type":"multiinfo","resultcount":results.len(),"results":results}),
+    )
+    .into_response()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -174,7 +198,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Git smart HTTP through `git http-backend` (CGI).
-async fn git(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn git(
+    State(s): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let root = s.root.clone();
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
@@ -231,10 +261,16 @@ async fn git(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderM
     let mut resp = Response::builder();
     let mut status = 200u16;
     for line in head.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         if k.eq_ignore_ascii_case("status") {
-            status = v.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            status = v
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
         } else {
             resp = resp.header(k.trim(), v);
         }
@@ -250,7 +286,10 @@ pub fn commit_dir(repo: &git2::Repository, dir: &Path, msg: &str, time: i64) -> 
     fn tree(repo: &git2::Repository, dir: &Path) -> git2::Oid {
         use std::os::unix::fs::PermissionsExt;
         let mut tb = repo.treebuilder(None).unwrap();
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name();
@@ -269,7 +308,8 @@ pub fn commit_dir(repo: &git2::Repository, dir: &Path, msg: &str, time: i64) -> 
                 let data = std::fs::read(e.path()).unwrap();
                 let b = repo.blob(&data).unwrap();
                 let exec = e.metadata().unwrap().permissions().mode() & 0o111 != 0;
-                tb.insert(&name, b, if exec { 0o100755 } else { 0o100644 }).unwrap();
+                tb.insert(&name, b, if exec { 0o100755 } else { 0o100644 })
+                    .unwrap();
             }
         }
         tb.write().unwrap()

@@ -153,7 +153,12 @@ pub fn json(url: &str) -> Value {
 }
 
 /// Waits until `pred` holds for the node's queue.
-pub fn wait_queue(base: &str, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub fn wait_queue(
+    base: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let q = json(&format!("{base}/api/v1/queue"));
@@ -161,7 +166,10 @@ pub fn wait_queue(base: &str, what: &str, timeout: Duration, pred: impl Fn(&[Val
         if pred(&entries) {
             return entries;
         }
-        assert!(Instant::now() < deadline, "{what}: not reached within {timeout:?}: {entries:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {timeout:?}: {entries:#?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -206,8 +214,22 @@ impl Mesh {
         let policy = dir.join("policy.cbor");
         let (m, n) = (public(&maintainer), public(&node_key));
         let mut args = vec![
-            "mesh", "init", "--key", s(&root), "--repo", "test", "--arch", std::env::consts::ARCH,
-            "--maintainer", &m, "--publisher", &n, "--lease-secs", "30", "--out", s(&policy),
+            "mesh",
+            "init",
+            "--key",
+            s(&root),
+            "--repo",
+            "test",
+            "--arch",
+            std::env::consts::ARCH,
+            "--maintainer",
+            &m,
+            "--publisher",
+            &n,
+            "--lease-secs",
+            "30",
+            "--out",
+            s(&policy),
         ];
         args.extend_from_slice(extra);
         pacmesh_ok(&args);
@@ -223,13 +245,28 @@ impl Mesh {
     pub fn start(&self, extra: &[&str]) -> (Proc, String) {
         let data = self.dir.join("data");
         let mut args = vec![
-            "node", "--policy", s(&self.policy), "--key", s(&self.node_key), "--publisher-key",
-            s(&self.node_key), "--data-dir", s(&data), "--http", "127.0.0.1:0", "--no-mdns",
+            "node",
+            "--policy",
+            s(&self.policy),
+            "--key",
+            s(&self.node_key),
+            "--publisher-key",
+            s(&self.node_key),
+            "--data-dir",
+            s(&data),
+            "--http",
+            "127.0.0.1:0",
+            "--no-mdns",
         ];
         args.extend_from_slice(extra);
         let p = Proc::spawn(&args);
         let line = p.wait_line("http listening on ", Duration::from_secs(60));
-        let base = line.split("listening on ").nth(1).unwrap().trim().to_string();
+        let base = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
         (p, base)
     }
 }
