@@ -73,6 +73,9 @@ pub enum Command {
     /// Submit and inspect queue entries on a node.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Packages trees (one PKGBUILD folder per package base, Chaotic-AUR layout).
+    #[command(subcommand)]
+    Tree(TreeCommand),
     /// Summary of a node: identity, policy, events, queue, published generations.
     Status {
         #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
@@ -206,9 +209,12 @@ pub enum QueueCommand {
         /// Folder of --git holding the PKGBUILD.
         #[arg(long, requires = "git")]
         subdir: Option<String>,
-        /// An AUR package base.
+        /// An AUR package (its AUR dependencies are enqueued too, first).
         #[arg(long, value_name = "NAME")]
         aur: Option<String>,
+        /// AUR base URL for --aur (RPC at URL/rpc/v5/info) [default: https://aur.archlinux.org].
+        #[arg(long, value_name = "URL", requires = "aur")]
+        aur_url: Option<String>,
         /// A packages tree (one folder per package base).
         #[arg(long, value_name = "GITURL")]
         tree: Option<String>,
@@ -242,6 +248,40 @@ pub enum QueueCommand {
         #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
         node: String,
         entry: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TreeCommand {
+    /// Enqueue the folders of a packages tree that changed since the last sync (all at the
+    /// first), those named by [deploy NAME] / [deploy all] in new commit messages, and remove
+    /// the package bases whose folders are gone.
+    Sync {
+        /// Maintainer key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        /// The tree's git URL.
+        #[arg(long, value_name = "URL")]
+        git: String,
+        /// Branch, tag or commit [default: the default branch].
+        #[arg(long = "ref")]
+        rev: Option<String>,
+        /// Target repository [default: the mesh's only one].
+        #[arg(long)]
+        repo: Option<String>,
+        /// Also enqueue every folder whose .CI/config has CI_ON_TRIGGER=NAME.
+        #[arg(long, value_name = "NAME")]
+        trigger: Option<String>,
+        /// Where the tree's git mirror is kept [default: $XDG_CACHE_HOME/pacmesh].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Print the plan without submitting anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -417,6 +457,7 @@ pub fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Queue(q) => queue_command(q),
+        Command::Tree(t) => crate::tree::tree_command(t),
         Command::Status { node, json } => {
             let s = crate::client::Client::new(&node).get_json("/api/v1/status")?;
             if json {
@@ -596,6 +637,7 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
             rev,
             subdir,
             aur,
+            aur_url,
             tree,
             needs,
             repo,
@@ -621,6 +663,7 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
                 needs,
                 source_date_epoch,
                 timeout_secs: timeout,
+                aur_url,
             })?;
             println!("{id}");
         }

@@ -169,6 +169,7 @@ fn publish_and_serve(
             needs: Vec::new(),
             source_date_epoch: Some(1_700_000_000),
             timeout_secs: None,
+            aur_url: None,
         })?;
         ids.push(id.to_string());
     }

@@ -228,6 +228,7 @@ impl ExecutorConfig {
         e.default_timeout = Duration::from_secs(cfg.timeout_secs.max(1));
         e.log_cap = cfg.log_cap_bytes;
         e.run_as = cfg.run_as;
+        e.source.aur_url = cfg.aur_url.clone();
         e.packager = format!("pacmesh node <{}@pacmesh.invalid>", core.key.peer_id());
         e
     }
@@ -252,6 +253,56 @@ struct Pick {
     attempt: u32,
     lease: Duration,
     timeout: Duration,
+    /// A dependency (`QueueEntry::after`) failed or was cancelled: report this entry failed.
+    broken_dependency: Option<String>,
+}
+
+/// Where an entry's dependencies (`QueueEntry::after`) stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterState {
+    /// All built (by quorum) or published.
+    Ready,
+    /// This one is still to be built (or not seen yet by this node).
+    Waiting(Hash),
+    /// One failed or was cancelled: why.
+    Broken(String),
+}
+
+/// Where `q`'s dependencies stand in `state`.
+pub fn after_state(state: &QueueState, q: &QueueEntry, quorum: u32) -> AfterState {
+    for dep in &q.after {
+        let Some(d) = state.entry(dep) else {
+            return AfterState::Waiting(*dep);
+        };
+        let label = d
+            .enqueued
+            .as_ref()
+            .map(|e| crate::views::source_label(&e.entry.source))
+            .unwrap_or_else(|| dep.fmt_short().to_string());
+        if d.enqueued.is_none() {
+            return AfterState::Waiting(*dep);
+        }
+        if d.cancelled.is_some() {
+            return AfterState::Broken(format!(
+                "dependency {label} (entry {}) was cancelled",
+                dep.fmt_short()
+            ));
+        }
+        if let Some(f) = d.failed().next() {
+            let why = match &f.outcome {
+                crate::state::ReportOutcome::Failed { reason, .. } => reason.as_str(),
+                _ => "",
+            };
+            return AfterState::Broken(format!(
+                "dependency {label} (entry {}) failed: {why}",
+                dep.fmt_short()
+            ));
+        }
+        if state.published(d).is_none() && d.builders_built().len() < quorum.max(1) as usize {
+            return AfterState::Waiting(*dep);
+        }
+    }
+    AfterState::Ready
 }
 
 /// Runs the executor until `shutdown` is true (see the [module docs](self)).
@@ -268,6 +319,10 @@ pub async fn run(
     // can be matched when a build is abandoned.
     cfg.work_root = std::fs::canonicalize(&cfg.work_root)
         .with_context(|| format!("cannot open {}", cfg.work_root.display()))?;
+    let expired = expire_source_cache(&cfg.source_cache, SOURCE_CACHE_TTL);
+    if expired > 0 {
+        tracing::info!(expired, "removed source cache entries unused for 30 days");
+    }
     let removed = clean_stale(&cfg.work_root);
     if removed > 0 {
         tracing::info!(removed, "removed stale work dirs");
@@ -292,9 +347,15 @@ pub async fn run(
     let mut task_entry: HashMap<tokio::task::Id, Hash> = HashMap::new();
     let mut book = Book::default();
 
+    let mut last_sweep = Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if last_sweep.elapsed() > Duration::from_secs(3600) {
+            last_sweep = Instant::now();
+            let cache = cfg.source_cache.clone();
+            tokio::task::spawn_blocking(move || expire_source_cache(&cache, SOURCE_CACHE_TTL));
         }
         book.cooldown.retain(|_, until| *until > Instant::now());
         book.wake = None;
@@ -566,6 +627,16 @@ fn pick(
                 }
                 continue;
             }
+            let broken_dependency = match after_state(state, q, policy.quorum) {
+                AfterState::Ready => None,
+                AfterState::Waiting(dep) => {
+                    if noted.insert(e.id) {
+                        tracing::info!(entry = %e.id.fmt_short(), dependency = %dep.fmt_short(), "waiting for a dependency to be built first");
+                    }
+                    continue;
+                }
+                AfterState::Broken(why) => Some(why),
+            };
             let timeout = match q.timeout_secs {
                 Some(s) => Duration::from_secs(u64::from(s.max(1))),
                 None if policy.build_timeout_secs > 0 => {
@@ -582,6 +653,7 @@ fn pick(
                     attempt: prev + 1,
                     lease,
                     timeout,
+                    broken_dependency,
                 },
             ));
         }
@@ -803,6 +875,9 @@ fn execute(
             None,
         ));
     }
+    if let Some(why) = &p.broken_dependency {
+        return failed(why.clone(), log_blob(&format!("==> pacmesh: {why}\n")));
+    }
     let dest = job_dir.join("source");
     let fetched = match source::fetch(&p.entry, &*core.blobs, &cfg.source, &dest, cancel) {
         Ok(f) => f,
@@ -830,9 +905,17 @@ fn execute(
         .or(fetched.commit_time)
         .unwrap_or(p.enqueued_secs)
         .max(1);
+    // A Chaotic-style folder: `.CI/config` may stretch the timeout and decides whether the
+    // downloaded sources stay cached. (Its errors fail the build in the sandbox's interfere
+    // phase, with the line named.)
+    let ci = pacmesh_repo::ciconfig::read_folder(&fetched.dir).ok().flatten();
+    let timeout = match ci.as_ref().and_then(|c| c.extra_timeout) {
+        Some(x) => p.timeout.mul_f64(x).max(Duration::from_secs(1)),
+        None => p.timeout,
+    };
     let mut bc = BuildConfig::new(job_dir.join("work"), &cfg.source_cache);
     bc.profile = cfg.profile.clone();
-    bc.timeout = p.timeout;
+    bc.timeout = timeout;
     bc.grace = cfg.grace;
     bc.log_cap = cfg.log_cap;
     bc.source_date_epoch = epoch;
@@ -840,7 +923,7 @@ fn execute(
     bc.arch = cfg.arch.clone();
     bc.bwrap = cfg.bwrap.clone();
     bc.run_as = cfg.run_as;
-    tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, "building");
+    tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, timeout_secs = timeout.as_secs(), "building");
     if cancel.load(Ordering::Relaxed) {
         return Err(NodeFault::new("abandoned".into(), None));
     }
@@ -857,7 +940,69 @@ fn execute(
     });
     let body = report_of(core, p, &result, fetched.commit.clone());
     let _ = result.cleanup();
+    if let Some(dir) = &result.source_cache_dir {
+        match &ci {
+            // Chaotic's default: sources are not kept without BUILDER_CACHE_SOURCES=true.
+            Some(c) if !c.cache_sources => {
+                let _ = pacmesh_sandbox::overlay::remove_tree(dir);
+            }
+            _ => touch(dir),
+        }
+    }
     body
+}
+
+/// How long a source cache entry is kept without being used.
+pub const SOURCE_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn touch(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes source cache entries not used for `ttl` (their mtime is set at each use); returns
+/// how many.
+pub fn expire_source_cache(cache: &Path, ttl: Duration) -> usize {
+    let Ok(rd) = std::fs::read_dir(cache) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut n = 0;
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !m.is_dir() {
+            continue;
+        }
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > ttl);
+        if old {
+            // Only when no build holds it (the sandbox takes this lock while it uses it).
+            let mut l = p.as_os_str().to_owned();
+            l.push(".lock");
+            let ok = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(std::path::PathBuf::from(&l))
+                .is_ok_and(|f| {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: flock on an fd we own, released when it closes.
+                    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+                });
+            if ok && pacmesh_sandbox::overlay::remove_tree(&p).is_ok() {
+                let _ = std::fs::remove_file(std::path::PathBuf::from(l));
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// A problem of this node rather than of the entry (disk, network, sandbox set-up): the
@@ -890,6 +1035,11 @@ fn describe(s: &Source) -> String {
             }
             d
         }
+        Source::Aur { pkgbase } => format!("aur {pkgbase}"),
+        Source::Tree { url, pkgbases, .. } => format!(
+            "tree {url} folder {}",
+            pkgbases.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+        ),
         other => other.kind().to_string(),
     }
 }
@@ -1056,6 +1206,25 @@ fn kill_job_processes(job_dir: &Path) {
 mod tests {
     use super::*;
     use pacmesh_protocol::{Event, PublicKey, SigningKey};
+
+    #[test]
+    fn source_cache_entries_expire_when_unused() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["old-1234", "fresh-5678"] {
+            std::fs::create_dir_all(t.path().join(n).join("sub")).unwrap();
+            std::fs::write(t.path().join(n).join("sub/f"), "x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(40 * 24 * 3600);
+        std::fs::File::open(t.path().join("old-1234"))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(expire_source_cache(t.path(), SOURCE_CACHE_TTL), 1);
+        assert!(!t.path().join("old-1234").exists());
+        assert!(t.path().join("fresh-5678/sub/f").exists());
+        touch(&t.path().join("fresh-5678"));
+        assert_eq!(expire_source_cache(t.path(), Duration::from_secs(3600)), 0);
+    }
     use pacmesh_sandbox::{Outcome, Phase};
 
     fn key(n: u8) -> PublicKey {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod aur;
 pub mod build_cmd;
 pub mod cli;
 pub mod client;
@@ -19,5 +20,6 @@ pub mod peers;
 pub mod publisher;
 pub mod source;
 pub mod state;
+pub mod tree;
 pub mod store;
 pub mod views;

@@ -141,6 +141,8 @@ pub struct QueueAdd {
     pub needs: Vec<String>,
     pub source_date_epoch: Option<u64>,
     pub timeout_secs: Option<u32>,
+    /// The AUR base for `--aur` (dependency resolution); `None`: the default.
+    pub aur_url: Option<String>,
 }
 
 /// Signs an Enqueue with the maintainer key and submits it; returns the entry id.
@@ -191,9 +193,9 @@ pub fn queue_add(a: &QueueAdd) -> Result<Hash> {
             rev: rev.clone(),
             subdir: subdir.clone(),
         },
-        AddSource::Aur(p) => Source::Aur {
-            pkgbase: name(p, "--aur")?,
-        },
+        AddSource::Aur(p) => {
+            return queue_add_aur(a, &client, &key, repo, needs, p);
+        }
         AddSource::Tree(url) => Source::Tree {
             url: url.clone(),
             rev: None,
@@ -218,6 +220,106 @@ pub fn author_log(key: &Path) -> std::path::PathBuf {
     let mut s = key.as_os_str().to_owned();
     s.push(".seq");
     s.into()
+}
+
+/// `queue add --aur NAME`: resolves NAME's AUR dependencies over the RPC and enqueues the
+/// package bases dependencies first, each naming the entries it needs in `after`. A package
+/// base already in the node's queue (waiting, claimed, built or published) is not enqueued
+/// again: a pending one is waited for, a published one is taken as it is. Returns NAME's
+/// entry; the dependencies' entries are printed on stderr.
+fn queue_add_aur(
+    a: &QueueAdd,
+    client: &Client,
+    key: &NodeKey,
+    repo: Name,
+    needs: Vec<Requirement>,
+    pkg: &str,
+) -> Result<Hash> {
+    let base = a
+        .aur_url
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_AUR_URL.to_string());
+    let aur = crate::aur::AurClient::new(&base);
+    let res = crate::aur::resolve(&aur, &[pkg]).map_err(|e| anyhow::anyhow!("--aur {pkg}: {e}"))?;
+    let target = res
+        .packages
+        .get(pkg)
+        .map(|p| p.package_base.clone())
+        .context("the AUR did not describe the package")?;
+    // What the node already has, by AUR package base.
+    let q = client.get_json("/api/v1/queue")?;
+    let mut existing: std::collections::BTreeMap<String, (Hash, bool)> = Default::default();
+    for e in q["entries"].as_array().into_iter().flatten() {
+        let (Some(pb), Some(id), Some(st)) = (
+            e["source"]["pkgbase"].as_str().filter(|_| e["source"]["kind"] == "aur"),
+            e["id"].as_str().and_then(|i| i.parse::<Hash>().ok()),
+            e["status"]["state"].as_str(),
+        ) else {
+            continue;
+        };
+        if e["repo"].as_str() != Some(repo.as_str()) {
+            continue;
+        }
+        match st {
+            "published" => {
+                existing.insert(pb.to_string(), (id, true));
+            }
+            "waiting" | "claimed" | "built" => {
+                existing.entry(pb.to_string()).or_insert((id, false));
+            }
+            _ => {}
+        }
+    }
+    let mut ids: std::collections::BTreeMap<String, Option<Hash>> = Default::default();
+    let mut main = None;
+    for pb in &res.order {
+        let deps: Vec<Hash> = res
+            .needs
+            .get(pb)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| ids.get(d).copied().flatten())
+            .collect();
+        if pb != &target
+            && let Some((id, published)) = existing.get(pb)
+        {
+            eprintln!(
+                "aur/{pb}: already {} (entry {id})",
+                if *published { "published" } else { "queued" }
+            );
+            ids.insert(pb.clone(), (!published).then_some(*id));
+            continue;
+        }
+        let mut entry = QueueEntry::new(
+            repo.clone(),
+            Source::Aur {
+                pkgbase: name(pb, "AUR package base")?,
+            },
+        );
+        entry.arches = a
+            .arches
+            .iter()
+            .map(|x| name(x, "--arch"))
+            .collect::<Result<_>>()?;
+        entry.needs = needs.clone();
+        entry.source_date_epoch = a.source_date_epoch;
+        entry.timeout_secs = a.timeout_secs;
+        entry.after = deps;
+        let id = client.submit(key, EventBody::Enqueue(entry))?;
+        if pb == &target {
+            main = Some(id);
+        } else {
+            eprintln!("aur/{pb}: enqueued as a dependency (entry {id})");
+        }
+        ids.insert(pb.clone(), Some(id));
+    }
+    if !res.external.is_empty() {
+        eprintln!(
+            "not in the AUR (expected from the distribution's repositories): {}",
+            res.external.iter().cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
+    main.context("the package was not enqueued")
 }
 
 /// Resolves a full id or a unique prefix of one against the node's queue.

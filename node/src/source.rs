@@ -5,7 +5,9 @@
 //! | --- | --- | --- | --- |
 //! | `dir` | unpack the `snapshot` blob (a tar made by [`snapshot_dir`]) | the enqueue event's time | none |
 //! | `git` | fetch into a bare mirror `GIT_CACHE/<blake3(url)>`, resolve `rev`, write the commit's tree (or `subdir`) | the commit's committer time | the commit id |
-//! | `aur`, `tree`, newer kinds | not supported by this node yet: [`SourceError::Unsupported`] | | |
+//! | `aur` | like `git` at `AUR_URL/<pkgbase>.git` ([`SourceConfig::aur_url`]), its default branch | the commit's committer time | the commit id |
+//! | `tree` naming one folder (what `pacmesh tree sync` enqueues) | like `git` with `subdir` = the folder | the commit's committer time | the commit id |
+//! | `tree` naming several or no folders, newer kinds | not supported by this node: [`SourceError::Unsupported`] | | |
 //!
 //! # Hostile input
 //!
@@ -39,7 +41,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Mutex, Once};
 
 use pacmesh_protocol::{Hash, QueueEntry, Source};
 
@@ -75,6 +77,8 @@ pub struct SourceConfig {
     pub allow_local_git: bool,
     /// Size caps.
     pub limits: SourceLimits,
+    /// The AUR base: `aur` sources are fetched from `AUR_URL/<pkgbase>.git`.
+    pub aur_url: String,
 }
 
 impl SourceConfig {
@@ -84,6 +88,7 @@ impl SourceConfig {
             git_cache: git_cache.into(),
             allow_local_git: true,
             limits: SourceLimits::default(),
+            aur_url: crate::config::DEFAULT_AUR_URL.to_string(),
         }
     }
 }
@@ -212,6 +217,25 @@ pub fn fetch(
         Source::Git { url, rev, subdir } => {
             git_checkout(cfg, url, rev.as_deref(), subdir.as_deref(), dest, cancel)
         }
+        Source::Aur { pkgbase } => {
+            let url = crate::aur::git_url(&cfg.aur_url, pkgbase.as_str());
+            // The AUR answers every name with a repository; an empty one (no commit) means
+            // there is no such package base.
+            git_checkout(cfg, &url, None, None, dest, cancel).map_err(|e| match e {
+                SourceError::NoSuchRev { .. } => SourceError::Refused(format!(
+                    "{url} has no commit: {pkgbase} is not (or no longer) in the AUR"
+                )),
+                e => e,
+            })
+        }
+        Source::Tree { url, rev, pkgbases } if pkgbases.len() == 1 => git_checkout(
+            cfg,
+            url,
+            rev.as_deref(),
+            Some(pkgbases[0].as_str()),
+            dest,
+            cancel,
+        ),
         other => Err(SourceError::Unsupported {
             kind: other.kind().to_string(),
         }),
@@ -220,7 +244,11 @@ pub fn fetch(
 
 /// Whether this node can fetch `source` at all (kinds it knows).
 pub fn is_supported(source: &Source) -> bool {
-    matches!(source, Source::Dir { .. } | Source::Git { .. })
+    match source {
+        Source::Dir { .. } | Source::Git { .. } | Source::Aur { .. } => true,
+        Source::Tree { pkgbases, .. } => pkgbases.len() == 1,
+        _ => false,
+    }
 }
 
 // ---- path rules ---------------------------------------------------------------------------
@@ -597,11 +625,13 @@ pub fn snapshot_dir_with(dir: &Path, limits: &SourceLimits) -> anyhow::Result<Ve
 // ---- git --------------------------------------------------------------------------------------
 
 /// One lock per mirror directory, so that two slots never fetch into one mirror at once (one
-/// process owns a data dir: the sled lock).
-fn mirror_lock(path: &Path) -> Arc<Mutex<()>> {
-    static LOCKS: Mutex<BTreeMap<PathBuf, Arc<Mutex<()>>>> = Mutex::new(BTreeMap::new());
+/// process owns a data dir: the sled lock). The locks live as long as the process (one small
+/// mutex per URL used).
+fn mirror_lock(path: &Path) -> &'static Mutex<()> {
+    static LOCKS: Mutex<BTreeMap<PathBuf, &'static Mutex<()>>> = Mutex::new(BTreeMap::new());
     let mut m = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-    m.entry(path.to_path_buf()).or_default().clone()
+    m.entry(path.to_path_buf())
+        .or_insert_with(|| Box::leak(Box::new(Mutex::new(()))))
 }
 
 fn is_local_url(url: &str) -> bool {
@@ -626,18 +656,14 @@ fn set_git_timeouts() {
     });
 }
 
-/// Fetches `url` into its bare mirror (branches, tags and the remote `HEAD`), resolves `rev`
-/// (branch, tag, full or abbreviated commit id, `refs/...`; `None`: the remote's `HEAD`) to a
-/// commit, and writes that commit's tree — or its `subdir` — into `dest`. Setting `cancel`
-/// stops the transfer.
-pub fn git_checkout(
+/// Fetches `url` into its bare mirror under [`SourceConfig::git_cache`] (branches, tags and
+/// the remote `HEAD` as `refs/pacmesh/remote-head`) and returns it, holding the mirror's lock
+/// until the guard is dropped. Setting `cancel` stops the transfer.
+pub fn git_mirror(
     cfg: &SourceConfig,
     url: &str,
-    rev: Option<&str>,
-    subdir: Option<&str>,
-    dest: &Path,
     cancel: &AtomicBool,
-) -> Result<Fetched, SourceError> {
+) -> Result<(git2::Repository, MirrorGuard), SourceError> {
     set_git_timeouts();
     if url.starts_with('-') {
         return Err(SourceError::Refused(format!(
@@ -651,7 +677,7 @@ pub fn git_checkout(
         .map_err(io_err(format!("cannot create {}", cfg.git_cache.display())))?;
     let mirror = mirror_path(&cfg.git_cache, url);
     let lock = mirror_lock(&mirror);
-    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = MirrorGuard(lock.lock().unwrap_or_else(|p| p.into_inner()));
     let (repo, fresh) = match git2::Repository::open_bare(&mirror) {
         Ok(r) => (r, false),
         Err(_) => {
@@ -700,6 +726,25 @@ pub fn git_checkout(
         }
         return Err(e);
     }
+    Ok((repo, guard))
+}
+
+/// Holds a mirror's lock (see [`git_mirror`]).
+pub struct MirrorGuard(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+/// Fetches `url` into its bare mirror (branches, tags and the remote `HEAD`), resolves `rev`
+/// (branch, tag, full or abbreviated commit id, `refs/...`; `None`: the remote's `HEAD`) to a
+/// commit, and writes that commit's tree — or its `subdir` — into `dest`. Setting `cancel`
+/// stops the transfer.
+pub fn git_checkout(
+    cfg: &SourceConfig,
+    url: &str,
+    rev: Option<&str>,
+    subdir: Option<&str>,
+    dest: &Path,
+    cancel: &AtomicBool,
+) -> Result<Fetched, SourceError> {
+    let (repo, _guard) = git_mirror(cfg, url, cancel)?;
     let commit = resolve_rev(&repo, rev).map_err(|e| match e {
         Some(e) => e,
         None => SourceError::NoSuchRev {
@@ -738,7 +783,7 @@ pub fn git_checkout(
 }
 
 /// `Err(None)`: no such revision.
-fn resolve_rev<'r>(
+pub(crate) fn resolve_rev<'r>(
     repo: &'r git2::Repository,
     rev: Option<&str>,
 ) -> Result<git2::Commit<'r>, Option<SourceError>> {
@@ -1242,14 +1287,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let blobs = crate::store::MemStore::new();
         let cfg = SourceConfig::new(t.path().join("git"));
-        let aur = QueueEntry::new(
+        let tree = QueueEntry::new(
             pacmesh_protocol::Name::new("extra").unwrap(),
-            Source::Aur {
-                pkgbase: pacmesh_protocol::Name::new("hello").unwrap(),
+            Source::Unknown {
+                kind: "from-the-future".into(),
             },
         );
         let e = fetch(
-            &aur,
+            &tree,
             &blobs,
             &cfg,
             &t.path().join("a"),

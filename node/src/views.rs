@@ -37,6 +37,7 @@ pub fn source_label(s: &Source) -> String {
             None => url.clone(),
         },
         Source::Aur { pkgbase } => format!("aur/{pkgbase}"),
+        Source::Tree { pkgbases, .. } if pkgbases.len() == 1 => format!("tree/{}", pkgbases[0]),
         Source::Tree { url, .. } => format!("tree {url}"),
         other => other.kind().to_string(),
     }

@@ -227,8 +227,11 @@ async fn failures_are_reported_and_the_queue_goes_on() {
         path: "/evil".into(),
         snapshot: Some(evil),
     }));
-    let aur_id = env.enqueue(env.entry(Source::Aur {
-        pkgbase: env::name("hello"),
+    // A kind this node cannot build (a whole packages tree as one entry).
+    let aur_id = env.enqueue(env.entry(Source::Tree {
+        url: "https://example.invalid/packages.git".into(),
+        rev: None,
+        pkgbases: Vec::new(),
     }));
     let slow = folder(
         env.dir.path(),

@@ -186,6 +186,13 @@ pub struct QueueEntry {
     pub source_date_epoch: Option<u64>,
     /// Build timeout in seconds; `None`: the policy's default.
     pub timeout_secs: Option<u32>,
+    /// Entries (ids of their `Enqueue` events) to build first: dependencies, e.g. AUR
+    /// packages this one depends on. A builder does not claim this entry while one of them is
+    /// still to be built; when one failed or was cancelled, this entry fails too. Optional on
+    /// the wire (absent = empty; added after version 1 without a version bump: older nodes
+    /// ignore it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Hash>,
 }
 
 impl QueueEntry {
@@ -198,12 +205,14 @@ impl QueueEntry {
             needs: Vec::new(),
             source_date_epoch: None,
             timeout_secs: None,
+            after: Vec::new(),
         }
     }
 
     fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
         check_len("enqueue arches", self.arches.len(), limits.max_list)?;
         check_len("enqueue needs", self.needs.len(), limits.max_list)?;
+        check_len("enqueue after", self.after.len(), limits.max_keys)?;
         self.source.validate(limits)
     }
 }

@@ -72,15 +72,17 @@ fn queue_entry() -> impl Strategy<Value = QueueEntry> {
         vec(requirement(), 0..5),
         option::of(any::<u64>()),
         option::of(any::<u32>()),
+        vec(hash(), 0..3),
     )
         .prop_map(
-            |(repo, source, arches, needs, source_date_epoch, timeout_secs)| QueueEntry {
+            |(repo, source, arches, needs, source_date_epoch, timeout_secs, after)| QueueEntry {
                 repo,
                 source,
                 arches,
                 needs,
                 source_date_epoch,
                 timeout_secs,
+                after,
             },
         )
 }

@@ -98,6 +98,42 @@ fn event_wire_format_per_body_kind() {
     }
 }
 
+/// `after` (added without a version bump): present only when not empty, so the plain
+/// `enqueue` golden above is unchanged, and an old node's decoder (which ignores unknown map
+/// keys) reads this one as the same entry without it.
+#[test]
+fn enqueue_with_after_wire_format() {
+    let mut q = queue_entry();
+    q.after = vec![h("dependency entry")];
+    let key = maintainer();
+    let ev = event(&key, 1, EventBody::Enqueue(q.clone()));
+    golden_signed(
+        "event_enqueue_after",
+        "Signed<Event> with body `enqueue` naming an entry to build first, seq 1",
+        &key,
+        &ev,
+    );
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct OldQueueEntry {
+        repo: Name,
+        source: Source,
+        arches: Vec<Name>,
+        needs: Vec<Requirement>,
+        source_date_epoch: Option<u64>,
+        timeout_secs: Option<u32>,
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&q, &mut bytes).unwrap();
+    let old: OldQueueEntry = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!(old.repo, q.repo);
+    // And a new node reads an entry without the key as `after: []`.
+    let mut plain = Vec::new();
+    ciborium::into_writer(&queue_entry(), &mut plain).unwrap();
+    let back: QueueEntry = ciborium::from_reader(plain.as_slice()).unwrap();
+    assert!(back.after.is_empty());
+}
+
 #[test]
 fn policy_wire_format() {
     golden_signed(

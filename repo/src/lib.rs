@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod buildinfo;
+pub mod ciconfig;
 pub mod db;
 pub mod desc;
 pub mod package;

@@ -2,6 +2,7 @@
 //!
 //! | phase | network | writable | command |
 //! |---|---|---|---|
+//! | [`Phase::Interfere`] (folders with `.CI/`) | none | `/build` | the interferes ([`crate::interfere`]) |
 //! | [`Phase::Srcinfo`] | none | `/build` | `makepkg --printsrcinfo` (stdout captured, parsed) |
 //! | [`Phase::FetchSources`] | host | `/build`, `/sources` (this source cache entry) | `makepkg --verifysource` |
 //! | [`Phase::InstallDeps`] (chroot) | only for remote repos | the layer (`/`) | `pacman -T`, `pacman -Sy --needed` as uid 0 |
@@ -86,6 +87,7 @@ const INSTALL_CAPS: &[&str] = &[
 #[non_exhaustive]
 pub enum Phase {
     Prepare,
+    Interfere,
     Srcinfo,
     FetchSources,
     InstallDeps,
@@ -103,6 +105,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Prepare => "prepare",
+            Phase::Interfere => "interfere",
             Phase::Srcinfo => "srcinfo",
             Phase::FetchSources => "fetch-sources",
             Phase::InstallDeps => "install-deps",
@@ -150,6 +153,9 @@ pub struct BuildConfig {
     /// without the lint pass; same output), falling back to `makepkg
     /// --printsrcinfo`. Default true.
     pub fast_srcinfo: bool,
+    /// Apply the folder's `.CI/` interferes and its `.CI/config` `CI_PACKAGE_BUMP`, and run
+    /// its `on-success.sh` / `on-failure.sh` ([`crate::interfere`]). Default true.
+    pub interfere: bool,
 }
 
 impl BuildConfig {
@@ -171,6 +177,7 @@ impl BuildConfig {
             keep_work_dir: false,
             run_as: None,
             fast_srcinfo: true,
+            interfere: true,
         }
     }
 }
@@ -546,6 +553,20 @@ impl Builder {
         };
         res.work_dir = ctx.dir.clone();
         let r = self.phases(&ctx, &mut log, &mut res, only_srcinfo);
+        if self.cfg.interfere && !only_srcinfo {
+            let hook = match &r {
+                Ok(()) => Some("on-success.sh"),
+                Err((Phase::Interfere, Outcome::Failed { code }, _))
+                    if *code == crate::interfere::SKIP_CODE =>
+                {
+                    None
+                }
+                Err(_) => Some("on-failure.sh"),
+            };
+            if let Some(h) = hook {
+                self.run_hook(&ctx, h, &mut log);
+            }
+        }
         if let Err((phase, outcome, msg)) = r {
             log.note(&format!(
                 "==> pacmesh: ERROR in phase {}: {msg} ({outcome})",
@@ -634,6 +655,11 @@ impl Builder {
             };
             (phase, outcome, msg)
         };
+
+        // ---- interferes (.CI/), offline --------------------------------------
+        if self.cfg.interfere {
+            self.interfere(ctx, log)?;
+        }
 
         // ---- phase 1: .SRCINFO, offline --------------------------------------
         let mut b = self.sandbox(ctx, false, false);
@@ -791,6 +817,16 @@ impl Builder {
         if matches!(self.cfg.profile, Profile::Host) {
             argv.push("--nodeps".into());
         }
+        if ctx.build.join("home/.pacmesh-caur-push.sh").is_file() {
+            let mut w: Vec<OsString> = vec![
+                "bash".into(),
+                "-c".into(),
+                crate::interfere::PUSH_WRAPPER.into(),
+                "pacmesh-push".into(),
+            ];
+            w.extend(argv);
+            argv = w;
+        }
         b.command(argv);
         b.remount_ro("/");
         let st = self.run_phase(ctx, Phase::Build, &b, None, log);
@@ -822,6 +858,82 @@ impl Builder {
         res.buildinfo = arts.iter().find_map(|a| a.buildinfo.clone());
         res.artifacts = arts;
         Ok(())
+    }
+
+    /// The interfere phase ([`crate::interfere`]); nothing to do without `.CI/`.
+    fn interfere(
+        &self,
+        ctx: &Ctx,
+        log: &mut LogCollector<'_>,
+    ) -> Result<(), (Phase, Outcome, String)> {
+        use crate::interfere as i;
+        let phase = Phase::Interfere;
+        let folder = ctx.build.join("pkgbuild");
+        let ci = folder.join(".CI");
+        if !std::fs::symlink_metadata(&ci).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let cfg = pacmesh_repo::ciconfig::read_folder(&folder).map_err(|e| {
+            (phase, Outcome::Failed { code: 1 }, e.to_string())
+        })?;
+        for w in cfg.iter().flat_map(|c| &c.warnings) {
+            log.note(&format!("==> pacmesh: .CI/config: {w}"));
+        }
+        let mut b = self.sandbox(ctx, false, false);
+        self.env(&mut b, SANDBOX_STARTDIR);
+        if let Some(bump) = cfg.and_then(|c| c.package_bump) {
+            b.setenv("PACMESH_PACKAGE_BUMP", bump.to_string());
+        }
+        b.command(["bash", "-c", i::INTERFERE_SCRIPT, "pacmesh-interfere"]);
+        b.remount_ro("/");
+        let st = self.run_phase(ctx, phase, &b, None, log);
+        match st.outcome {
+            Outcome::Success => Ok(()),
+            Outcome::Failed { code } if code == i::SKIP_CODE => Err((
+                phase,
+                st.outcome,
+                "skipped: .CI/prepare returned CI_CODE_SKIP".into(),
+            )),
+            Outcome::Failed { code } if code == i::PATCH_FAILED_CODE => Err((
+                phase,
+                st.outcome,
+                ".CI/interfere.patch does not apply".into(),
+            )),
+            Outcome::Failed { code } if code == i::PREPARE_FAILED_CODE => {
+                Err((phase, st.outcome, ".CI/prepare failed".into()))
+            }
+            Outcome::Failed { code } => Err((
+                phase,
+                st.outcome,
+                format!("applying the interferes failed (status {code})"),
+            )),
+            o => Err((phase, o.clone(), format!("interferes: {o}"))),
+        }
+    }
+
+    /// Runs `.CI/HOOK` if the folder has it (its status is only logged).
+    fn run_hook(&self, ctx: &Ctx, hook: &str, log: &mut LogCollector<'_>) {
+        let folder = ctx.build.join("pkgbuild");
+        if !std::fs::symlink_metadata(folder.join(".CI")).is_ok_and(|m| m.is_dir())
+            || !folder.join(".CI").join(hook).is_file()
+        {
+            return;
+        }
+        let mut b = self.sandbox(ctx, false, false);
+        self.env(&mut b, SANDBOX_STARTDIR);
+        b.command(["bash", "-c", crate::interfere::HOOK_SCRIPT, "pacmesh-hook", hook]);
+        b.remount_ro("/");
+        log.note(&format!("==> pacmesh: hook .CI/{hook}"));
+        let opts = RunOptions {
+            timeout: crate::interfere::HOOK_TIMEOUT,
+            grace: self.cfg.grace,
+            ..RunOptions::default()
+        };
+        let st = supervise::run_with_log(self.command(ctx, &b), &opts, log);
+        log.flush_partial();
+        if !st.outcome.is_success() {
+            log.note(&format!("==> pacmesh: hook .CI/{hook}: {}", st.outcome));
+        }
     }
 
     fn install_deps(

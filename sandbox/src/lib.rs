@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod build;
 pub mod bwrap;
+pub mod interfere;
 pub mod overlay;
 pub mod preflight;
 pub mod profile;

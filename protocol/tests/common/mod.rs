@@ -41,6 +41,7 @@ pub fn queue_entry() -> QueueEntry {
         needs: vec!["mem>=2G".parse().unwrap()],
         source_date_epoch: Some(1_700_000_000),
         timeout_secs: None,
+        after: Vec::new(),
     }
 }
 
