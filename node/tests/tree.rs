@@ -63,10 +63,11 @@ fn sync(mesh: &Mesh, base: &str, url: &str, cache: &Path) -> std::process::Outpu
 }
 
 fn entry<'a>(entries: &'a [Value], name: &str) -> &'a Value {
+    // The newest entry of that name (the queue lists entries by id, not by time).
     entries
         .iter()
-        .rev()
-        .find(|e| e["name"] == name)
+        .filter(|e| e["name"] == name)
+        .max_by_key(|e| e["enqueued_at"].as_u64())
         .unwrap_or_else(|| panic!("no entry {name}: {entries:#?}"))
 }
 
@@ -289,8 +290,9 @@ fn tree_sync_builds_interfered_folders_bumps_and_removes() {
         .as_array()
         .unwrap()
         .iter()
-        .rev()
-        .find(|e| e["name"] == "tree/app-b")
+        .filter(|e| e["name"] == "tree/app-b")
+        // The queue lists entries by id; the newest enqueue is the second sync's.
+        .max_by_key(|e| e["enqueued_at"].as_u64())
         .unwrap()["source"]["rev"]
         .clone();
     assert_eq!(app_rev, c2.to_string().as_str());
