@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result, anyhow, bail};
 use pacmesh_protocol::{Event, EventBody, Hash, PublicKey, Signed, Timestamp};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::ingest::{Ingest, IngestOutcome};
 use crate::keys::NodeKey;
@@ -36,6 +36,23 @@ pub struct Core {
     changed: watch::Sender<u64>,
     /// Serialises authoring so that two local events never race for one sequence number.
     author_lock: Mutex<()>,
+    /// Prometheus metrics (`GET /metrics`); other layers register into its registry.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Running builds' logs (`GET /logs/ENTRY`), fed by the executor or relayed from peers.
+    pub live_logs: crate::livelog::LiveLogs,
+    /// Disk and memory checks: whether this node takes new claims.
+    pub health: crate::health::Health,
+    /// Settings that SIGHUP reloads (webhooks, health limits).
+    pub reloadable: watch::Sender<crate::config::Reloadable>,
+    /// Every accepted event, decoded (webhooks; later the network layer).
+    accepted: broadcast::Sender<Accepted>,
+}
+
+/// An event the node accepted (see [`Core::subscribe_accepted`]).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: Hash,
+    pub event: Arc<Event>,
 }
 
 impl Core {
@@ -56,6 +73,11 @@ impl Core {
             data_dir,
             changed: watch::channel(0).0,
             author_lock: Mutex::new(()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            live_logs: crate::livelog::LiveLogs::new(),
+            health: crate::health::Health::new(),
+            reloadable: watch::channel(crate::config::Reloadable::default()).0,
+            accepted: broadcast::channel(1024).0,
         })
     }
 
@@ -72,13 +94,30 @@ impl Core {
         self.changed.subscribe()
     }
 
+    /// Every event accepted from now on, decoded. A receiver that falls more than 1024
+    /// events behind loses the oldest (`Lagged`).
+    pub fn subscribe_accepted(&self) -> broadcast::Receiver<Accepted> {
+        self.accepted.subscribe()
+    }
+
     /// Verifies, stores and applies a signed event from outside.
     pub fn ingest_bytes(&self, bytes: &[u8]) -> IngestOutcome {
         let outcome = self.ingest().ingest(bytes);
-        if let IngestOutcome::Accepted { id } = &outcome {
-            tracing::debug!(event = %id.fmt_short(), "accepted");
-            self.pin_referenced(id, bytes);
-            self.changed.send_modify(|n| *n += 1);
+        match &outcome {
+            IngestOutcome::Accepted { id } => {
+                tracing::debug!(event = %id.fmt_short(), "accepted");
+                self.metrics.event("accepted", "");
+                let ev = self.pin_referenced(id, bytes);
+                self.changed.send_modify(|n| *n += 1);
+                if let Some(ev) = ev {
+                    let _ = self.accepted.send(Accepted {
+                        id: *id,
+                        event: Arc::new(ev),
+                    });
+                }
+            }
+            IngestOutcome::Duplicate { .. } => self.metrics.event("duplicate", ""),
+            IngestOutcome::Rejected { reason } => self.metrics.event("rejected", reason.label()),
         }
         outcome
     }
@@ -86,13 +125,13 @@ impl Core {
     /// Pins every blob an accepted event refers to (snapshots, artifacts, logs, repository files)
     /// as `event:<id>`, so garbage collection keeps what the log needs. The event was verified
     /// by the ingest; it is only decoded again here.
-    fn pin_referenced(&self, id: &Hash, bytes: &[u8]) {
+    fn pin_referenced(&self, id: &Hash, bytes: &[u8]) -> Option<Event> {
         let limits = self.ingest().limits().clone();
         let Ok(signed) = Signed::<Event>::from_bytes(bytes, &limits) else {
-            return;
+            return None;
         };
         let Ok(ev) = pacmesh_protocol::Message::decode(&signed.payload, &limits) else {
-            return;
+            return None;
         };
         let ev: Event = ev;
         let tag = format!("event:{id}");
@@ -101,6 +140,7 @@ impl Core {
                 tracing::warn!(blob = %h.fmt_short(), "cannot pin: {e}");
             }
         }
+        Some(ev)
     }
 
     /// Signs `body` as this node and ingests it. Fails if the policy refuses it (e.g. this node
