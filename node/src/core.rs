@@ -46,6 +46,8 @@ pub struct Core {
     pub reloadable: watch::Sender<crate::config::Reloadable>,
     /// Every accepted event, decoded (webhooks; later the network layer).
     accepted: broadcast::Sender<Accepted>,
+    /// This node's capabilities as measured at start-up (status page, `/api/v1/status`).
+    capabilities: Mutex<Option<pacmesh_protocol::Capabilities>>,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -78,6 +80,7 @@ impl Core {
             health: crate::health::Health::new(),
             reloadable: watch::channel(crate::config::Reloadable::default()).0,
             accepted: broadcast::channel(1024).0,
+            capabilities: Mutex::new(None),
         })
     }
 
@@ -92,6 +95,19 @@ impl Core {
     /// A receiver that changes after every accepted event.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// This node's capabilities, if the daemon measured them.
+    pub fn capabilities(&self) -> Option<pacmesh_protocol::Capabilities> {
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records this node's capabilities (the daemon, at start-up).
+    pub fn set_capabilities(&self, c: pacmesh_protocol::Capabilities) {
+        *self.capabilities.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
     }
 
     /// Every event accepted from now on, decoded. A receiver that falls more than 1024

@@ -180,6 +180,8 @@ pub async fn run(
         );
     }
     let core = open(&cfg)?;
+    crate::ops::prepare(&core, &cfg);
+    core.set_capabilities(capabilities(&cfg));
     let c = core.clone();
     tokio::task::spawn_blocking(move || crate::generation::ensure_current(&c))
         .await?
@@ -197,6 +199,7 @@ pub async fn run(
             }
         });
     }
+    crate::ops::spawn(&mut tasks, &core, &cfg, stop_rx.clone());
     if cfg.build_enabled {
         pacmesh_sandbox::preflight().context(
             "this node cannot build (set build.enabled = false for a non-building node)",

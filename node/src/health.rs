@@ -127,10 +127,7 @@ impl Health {
             if st.refusals.is_empty() {
                 tracing::info!("resources are back: claiming new builds again");
             } else {
-                tracing::warn!(
-                    "refusing new claims: {}",
-                    st.refusals.join("; ")
-                );
+                tracing::warn!("refusing new claims: {}", st.refusals.join("; "));
             }
         }
         *cur = st.clone();
@@ -193,7 +190,11 @@ mod tests {
             "{why}"
         );
         h.set(Some(3 << 30), Some(100 << 20), &lim, Path::new("/data"));
-        assert!(h.refusal().unwrap().starts_with("memory: 100.0 MiB available"));
+        assert!(
+            h.refusal()
+                .unwrap()
+                .starts_with("memory: 100.0 MiB available")
+        );
         h.set(Some(3 << 30), Some(2 << 30), &lim, Path::new("/data"));
         assert_eq!(h.refusal(), None);
         let m = Metrics::new();

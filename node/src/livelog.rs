@@ -206,11 +206,7 @@ impl LiveLogs {
     /// Asks the relay, if any, for the log of a build running on `builder`. Returns whether a
     /// relay is installed.
     pub fn want_remote(&self, entry: Hash, builder: PublicKey, attempt: u32) -> bool {
-        let relay = self
-            .relay
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let relay = self.relay.read().unwrap_or_else(|p| p.into_inner()).clone();
         match relay {
             Some(r) => {
                 r.follow(entry, builder, attempt);
@@ -264,7 +260,12 @@ mod tests {
         assert!(bytes <= BACKLOG_BYTES, "{bytes}");
         assert!(f.skipped > 0);
         assert_eq!(f.skipped as usize + f.backlog.len(), 3001);
-        assert!(f.backlog.last().unwrap().ends_with("[line cut at 16384 bytes]"));
+        assert!(
+            f.backlog
+                .last()
+                .unwrap()
+                .ends_with("[line cut at 16384 bytes]")
+        );
         assert_eq!(logs.active()[0].lines, 3001);
     }
 

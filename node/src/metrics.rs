@@ -316,9 +316,7 @@ pub fn scrape(core: &Core) -> String {
             }
         }
         for (state, n) in QUEUE_STATES.iter().zip(counts) {
-            m.queue_entries
-                .get_or_create(&StateLabels { state })
-                .set(n);
+            m.queue_entries.get_or_create(&StateLabels { state }).set(n);
         }
         for (repo, arch) in state.published_repos() {
             if let Some(g) = state.latest_generation(repo, arch) {
@@ -346,8 +344,11 @@ mod tests {
         m.event("rejected", "bad_signature");
         let extra: Counter = Counter::default();
         m.with_registry(|r| {
-            r.sub_registry_with_prefix("libp2p")
-                .register("test", "a family from another layer", extra.clone())
+            r.sub_registry_with_prefix("libp2p").register(
+                "test",
+                "a family from another layer",
+                extra.clone(),
+            )
         });
         extra.inc();
         let text = m.encode();

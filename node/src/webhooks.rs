@@ -102,7 +102,11 @@ impl WebhookFile {
             (Some(_), Some(_)) => bail!("webhook {u}: give secret or secret_file, not both"),
             (Some(s), None) => Some(s.as_bytes().to_vec()),
             (None, Some(p)) => {
-                let p = if p.is_relative() { base.join(p) } else { p.clone() };
+                let p = if p.is_relative() {
+                    base.join(p)
+                } else {
+                    p.clone()
+                };
                 let s = std::fs::read_to_string(&p).with_context(|| {
                     format!("webhook {u}: cannot read secret_file {}", p.display())
                 })?;
@@ -119,7 +123,10 @@ impl WebhookFile {
                 .iter()
                 .map(|e| {
                     KINDS.iter().copied().find(|k| k == e).with_context(|| {
-                        format!("webhook {u}: unknown event {e:?} (use {})", KINDS.join(", "))
+                        format!(
+                            "webhook {u}: unknown event {e:?} (use {})",
+                            KINDS.join(", ")
+                        )
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -282,14 +289,26 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) -> Result
             }
             current = want;
         }
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return Ok("webhooks"),
-            r = hooks.changed() => if r.is_err() { return Ok("webhooks") },
-            msg = accepted.recv() => {
+        let msg = tokio::select! {
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() { return Ok("webhooks") }
+                continue;
+            }
+            r = hooks.changed() => {
+                if r.is_err() { return Ok("webhooks") }
+                continue;
+            }
+            msg = accepted.recv() => msg,
+        };
+        {
+            {
                 let Accepted { id, event } = match msg {
                     Ok(a) => a,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "webhooks fell behind the event stream; some notifications are lost");
+                        tracing::warn!(
+                            missed = n,
+                            "webhooks fell behind the event stream; some notifications are lost"
+                        );
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok("webhooks"),
@@ -305,14 +324,24 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) -> Result
                 let made = tokio::task::spawn_blocking(move || notifications(&c, &id, &ev)).await?;
                 for (kind, body) in made {
                     let body = Arc::new(serde_json::to_vec(&body)?);
-                    let n = Notification { kind, delivery: format!("{id}-{kind}"), body };
+                    let n = Notification {
+                        kind,
+                        delivery: format!("{id}-{kind}"),
+                        body,
+                    };
                     for (h, tx) in &senders {
                         if !h.events.contains(&kind) {
                             continue;
                         }
                         if tx.try_send(n.clone()).is_err() {
                             tracing::warn!(url = %h.url, kind, "webhook queue full: notification dropped");
-                            core.metrics.webhook_deliveries.get_or_create(&DeliveryLabels { event: kind, result: "dropped" }).inc();
+                            core.metrics
+                                .webhook_deliveries
+                                .get_or_create(&DeliveryLabels {
+                                    event: kind,
+                                    result: "dropped",
+                                })
+                                .inc();
                         }
                     }
                 }
@@ -419,7 +448,10 @@ mod tests {
         };
         let h = ok.resolve(base).unwrap();
         assert_eq!((h.events.clone(), h.retries), (vec!["publish"], 5));
-        assert!(!format!("{h:?}").contains("\"s\""), "the secret is not logged");
+        assert!(
+            !format!("{h:?}").contains("\"s\""),
+            "the secret is not logged"
+        );
         let bad = |f: &dyn Fn(&mut WebhookFile)| {
             let mut w = ok.clone();
             f(&mut w);
