@@ -332,6 +332,42 @@ pub fn scrape(core: &Core) -> String {
     m.encode()
 }
 
+/// The same exposition in the Prometheus text format 0.0.4 (what `promtool check metrics` and
+/// older scrapers read): counter families are named by their `_total` samples, `# UNIT` and
+/// `# EOF` lines are dropped.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            help = rest.split_once(' ').or(Some((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +402,9 @@ mod tests {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        let prom = to_prometheus_text(&text);
+        assert!(prom.contains("# HELP pacmesh_builds_total Builds run by this node, by outcome.\n# TYPE pacmesh_builds_total counter\n"), "{prom}");
+        assert!(prom.contains("# TYPE pacmesh_build_duration_seconds histogram\n"));
+        assert!(!prom.contains("# EOF") && !prom.contains("# UNIT"));
     }
 }

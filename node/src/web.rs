@@ -67,14 +67,28 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> Response {
+/// OpenMetrics text when the scraper asks for it (Prometheus does), the Prometheus text
+/// format 0.0.4 otherwise.
+async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
     match blocking(move || crate::metrics::scrape(&core)).await {
-        Ok(text) => (
+        Ok(text) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             text,
+        )
+            .into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::to_prometheus_text(&text),
         )
             .into_response(),
         Err(r) => r,
