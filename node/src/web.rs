@@ -187,7 +187,7 @@ const STYLE: &str = r#"
 @media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#c9d1d9;--mut:#8b949e;--line:#30363d;--chip:#161b22;--ok:#3fb950;--bad:#f85149;--run:#d29922;--pub:#58a6ff}}
 *{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,sans-serif;background:var(--bg);color:var(--fg)}
 header,main{padding:.6rem 1rem;max-width:80rem;margin:auto}header{border-bottom:1px solid var(--line)}
-h1{font-size:1.2rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}a{color:var(--pub)}
+h1{font-size:1.2rem;margin:.2rem 0}h1 .mono{word-break:break-all;font-size:.75em;font-weight:400}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}a{color:var(--pub)}
 .mut{color:var(--mut)}code,.mono{font-family:ui-monospace,monospace;font-size:.9em}
 .chips{display:flex;flex-wrap:wrap;gap:.35rem;margin:.4rem 0}.chip{padding:.15rem .6rem;border:1px solid var(--line);border-radius:1rem;background:var(--chip);text-decoration:none;color:var(--fg)}
 .chip.on{border-color:var(--pub);font-weight:600}
@@ -201,7 +201,7 @@ pre#log{background:var(--chip);border:1px solid var(--line);padding:.6rem;overfl
 "#;
 
 fn page_head(out: &mut String, title: &str) {
-    out.push_str("<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,initial-scale=1\"><title>");
+    out.push_str("<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,initial-scale=1\"><link rel=icon href=\"data:,\"><title>");
     esc_into(out, title);
     out.push_str("</title><style>");
     out.push_str(STYLE);
