@@ -22,6 +22,7 @@ pub mod publisher;
 pub mod source;
 pub mod state;
 pub mod store;
+pub mod term;
 pub mod views;
 pub mod web;
 pub mod webhooks;
