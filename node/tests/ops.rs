@@ -48,7 +48,12 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
         return;
     }
     let mesh = Mesh::new(60);
-    let node = NodeProc::start(&["--config", mesh.config("n1", "").to_str().unwrap()]);
+    let (url, hooks, _rt) = receiver(false);
+    let cfg = mesh.config(
+        "n1",
+        &format!("[[webhook]]\nurl = {url:?}\nevents = [\"publish\", \"package_update\"]\n"),
+    );
+    let node = NodeProc::start(&["--config", cfg.to_str().unwrap()]);
 
     let before = node.text("/metrics");
     promtool_check(&before);
@@ -145,6 +150,30 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
     assert_eq!(st["health"]["accepting_claims"], true);
     let plain = pacmesh_ok(&["queue", "ls", "--node", &node.base]);
     assert!(plain.contains("ops-hello") && !plain.contains('\x1b'), "{plain}");
+
+    // The publish and the package update were notified (unsigned: no secret configured).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hooks.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", hooks.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hooks = hooks.lock().unwrap().clone();
+    let bodies: Vec<Value> = hooks
+        .iter()
+        .map(|g| serde_json::from_slice(&g.body).unwrap())
+        .collect();
+    let publish = bodies.iter().find(|b| b["event"] == "publish").expect("publish");
+    assert_eq!(publish["generation"], 1);
+    assert_eq!(publish["packages"][0]["name"], "ops-hello");
+    let update = bodies
+        .iter()
+        .find(|b| b["event"] == "package_update")
+        .expect("package_update");
+    assert_eq!(update["updated"][0]["name"], "ops-hello");
+    assert_eq!(update["updated"][0]["new_version"], "1.0-1");
+    assert_eq!(update["updated"][0]["old_version"], Value::Null);
+    assert!(hooks.iter().all(|g| g.headers.get("x-pacmesh-signature-256").is_none()));
+    assert!(bodies.iter().all(|b| b["event"] != "build_failed"), "not subscribed");
 }
 
 /// One request the webhook receiver got.
@@ -154,8 +183,9 @@ struct Got {
     body: Vec<u8>,
 }
 
-/// A webhook receiver on 127.0.0.1 that answers 503 to the first request and 200 after.
-fn receiver() -> (String, Arc<Mutex<Vec<Got>>>, tokio::runtime::Runtime) {
+/// A webhook receiver on 127.0.0.1 that answers 503 to the first request (when `fail_first`)
+/// and 200 otherwise.
+fn receiver(fail_first: bool) -> (String, Arc<Mutex<Vec<Got>>>, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let got = Arc::new(Mutex::new(Vec::<Got>::new()));
     let g = got.clone();
@@ -174,7 +204,7 @@ fn receiver() -> (String, Arc<Mutex<Vec<Got>>>, tokio::runtime::Runtime) {
                         headers,
                         body: body.to_vec(),
                     });
-                    if v.len() == 1 {
+                    if fail_first && v.len() == 1 {
                         axum::http::StatusCode::SERVICE_UNAVAILABLE
                     } else {
                         axum::http::StatusCode::OK
@@ -192,7 +222,7 @@ fn a_webhook_receiver_gets_a_signed_failure_with_the_log_tail() {
     if !can_build() {
         return;
     }
-    let (url, got, _rt) = receiver();
+    let (url, got, _rt) = receiver(true);
     let mesh = Mesh::new(60);
     let secret = mesh.dir.path().join("hook.secret");
     std::fs::write(&secret, "s3cret-for-the-test\n").unwrap();
