@@ -60,8 +60,15 @@
 //! When `shutdown` turns true the executor stops claiming and abandons running builds: the
 //! sandbox's process group is killed (it would die with the process anyway: bwrap runs with
 //! `--die-with-parent`), the work dir is removed, and no report is made for the abandoned
-//! attempt (its lease lapses, or this node re-claims it at the next start). A maintainer's
-//! `cancel` of a running entry abandons its build the same way.
+//! attempt. The lease is handed back ([`release`]): a claim for the next attempt whose lease
+//! ends when it is made, so the entry is claimable again at once rather than when the lease
+//! would have lapsed. A maintainer's `cancel` of a running entry abandons its build the same
+//! way (without a release: a cancelled entry is claimed by nobody).
+//!
+//! # Resources
+//!
+//! While [`crate::health::Health::refusal`] says the node is short of disk or memory, nothing
+//! new is claimed; running builds go on.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -132,7 +139,8 @@ pub struct ExecutorConfig {
     /// The rank-proportional wait before claiming an entry that became claimable (see
     /// [`ClaimDelay`]); `None`: claim at once (a node alone in its mesh).
     pub claim_delay: Option<ClaimDelay>,
-    /// Where build log lines go as they are produced (for live logs over HTTP); lossy for
+    /// Where build log lines also go as they are produced (they always go to
+    /// [`Core::live_logs`], which `/logs/ENTRY` follows); lossy for
     /// slow receivers, like any broadcast channel. The stored log blob is complete.
     pub live_log: Option<broadcast::Sender<LogLine>>,
 }

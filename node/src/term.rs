@@ -155,10 +155,12 @@ fn terminal_columns() -> Option<usize> {
 pub fn status_text(s: &Value, color: bool) -> String {
     let mut out = String::new();
     for l in crate::mesh_cli::render_status(s).lines() {
-        match l.split_once(' ') {
+        // Labels are the first 12 columns ("public key  ...").
+        let at = l.char_indices().nth(12).map_or(l.len(), |(i, _)| i);
+        match Some(l.split_at(at)) {
             Some((k, v)) if color => {
-                out.push_str(&paint(k, "1", true));
-                out.push(' ');
+                out.push_str(&paint(k.trim_end(), "1", true));
+                out.push_str(&" ".repeat(k.len() - k.trim_end().len()));
                 out.push_str(v);
             }
             _ => out.push_str(l),
