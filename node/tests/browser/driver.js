@@ -73,5 +73,6 @@ function fail(msg) {
     console.log(JSON.stringify({ first, later, waited_ms: waited, note }));
   } finally {
     await context.close();
+    require('fs').rmSync(userDataDir, { recursive: true, force: true });
   }
 })().catch((e) => fail(e && e.stack || String(e)));
