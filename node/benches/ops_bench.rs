@@ -68,11 +68,19 @@ fn main() {
         lease_secs: 3600,
         build_timeout_secs: 3600,
     };
-    let policy = Signed::sign(root.signing_key(), &policy).unwrap().to_bytes();
+    let policy = Signed::sign(root.signing_key(), &policy)
+        .unwrap()
+        .to_bytes();
     let db = open_db(&dir.path().join("db"), &DbConfig::default()).unwrap();
     let (ingest, _) = Ingest::open(&db, root_pk, Some(&policy), IngestConfig::default()).unwrap();
     let (blobs, _) = FsStore::open(&dir.path().join("blobs"), &db).unwrap();
-    let core: Arc<Core> = Core::new(node, None, ingest, Arc::new(blobs), dir.path().to_path_buf());
+    let core: Arc<Core> = Core::new(
+        node,
+        None,
+        ingest,
+        Arc::new(blobs),
+        dir.path().to_path_buf(),
+    );
 
     let t = Instant::now();
     let mut ids = Vec::with_capacity(n);
@@ -104,7 +112,8 @@ fn main() {
             core.submit(EventBody::Failed {
                 entry: *id,
                 attempt: 1,
-                reason: "phase build: makepkg exited with code 4; log: error: frobnicator.c:42".into(),
+                reason: "phase build: makepkg exited with code 4; log: error: frobnicator.c:42"
+                    .into(),
                 log: None,
             })
             .unwrap();
@@ -126,13 +135,19 @@ fn main() {
         render_index(&core, &IndexQuery::default(), Timestamp::now())
     });
     let (met_med, met_max, text) = time(50, || pacmesh_node::metrics::scrape(&core));
-    assert!(html.matches("<tr data-state=").count() == n, "every entry is rendered");
+    assert!(
+        html.matches("<tr data-state=").count() == n,
+        "every entry is rendered"
+    );
     assert!(text.contains("pacmesh_queue_entries{state=\"claimed\"}"));
 
     // Over HTTP on 127.0.0.1 (axum, the same handlers).
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (addr, server) = rt
-        .block_on(pacmesh_node::http::bind(core.clone(), "127.0.0.1:0".parse().unwrap()))
+        .block_on(pacmesh_node::http::bind(
+            core.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
         .unwrap();
     rt.spawn(server);
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -141,7 +156,12 @@ fn main() {
         .into();
     let get = |path: &str| {
         let mut r = agent.get(&format!("http://{addr}{path}")).call().unwrap();
-        r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap().len()
+        r.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap()
+            .len()
     };
     get("/health");
     let (health_med, _, _) = time(50, || get("/health"));

@@ -127,10 +127,16 @@ impl Config {
         diff("build.base_root", self.base_root != new.base_root);
         diff("build.slots", self.slots != new.slots);
         diff("build.timeout_secs", self.timeout_secs != new.timeout_secs);
-        diff("build.log_cap_bytes", self.log_cap_bytes != new.log_cap_bytes);
+        diff(
+            "build.log_cap_bytes",
+            self.log_cap_bytes != new.log_cap_bytes,
+        );
         diff("build.arch", self.arch != new.arch);
         diff("build.run_as", self.run_as != new.run_as);
-        diff("publish.keep_generations", self.keep_generations != new.keep_generations);
+        diff(
+            "publish.keep_generations",
+            self.keep_generations != new.keep_generations,
+        );
         diff("publish.uid", self.publish_uid != new.publish_uid);
         v
     }

@@ -372,7 +372,9 @@ pub async fn run(
                 Ok(Ok(ev)) => {
                     tracing::info!(entry = %entry.fmt_short(), release = %ev.fmt_short(), "lease released")
                 }
-                Ok(Err(e)) => tracing::warn!(entry = %entry.fmt_short(), "cannot release the lease: {e:#}"),
+                Ok(Err(e)) => {
+                    tracing::warn!(entry = %entry.fmt_short(), "cannot release the lease: {e:#}")
+                }
                 Err(e) => tracing::warn!("lease release task failed: {e}"),
             }
         }
@@ -675,7 +677,15 @@ async fn job(
         ),
     );
     let cell: OutcomeCell = Arc::new(Mutex::new(None));
-    let end = job_inner(core.clone(), cfg, p.clone(), abandon_tx, abandon, cell.clone()).await;
+    let end = job_inner(
+        core.clone(),
+        cfg,
+        p.clone(),
+        abandon_tx,
+        abandon,
+        cell.clone(),
+    )
+    .await;
     let label = match end {
         JobEnd::Built => Some("success"),
         JobEnd::Failed => Some(
@@ -691,10 +701,17 @@ async fn job(
             let done_elsewhere = state.entry(&p.id).is_some_and(|e| {
                 e.cancelled.is_none()
                     && (state.published(e).is_some()
-                        || e.builders_built().iter().filter(|b| **b != core.public).count()
+                        || e.builders_built()
+                            .iter()
+                            .filter(|b| **b != core.public)
+                            .count()
                             >= quorum.max(1) as usize)
             });
-            Some(if done_elsewhere { "already_built" } else { "cancelled" })
+            Some(if done_elsewhere {
+                "already_built"
+            } else {
+                "cancelled"
+            })
         }
         JobEnd::ReportRefused => None,
     };

@@ -31,11 +31,15 @@ fn target_dir() -> PathBuf {
 fn status_page_and_live_log_in_chromium() {
     let chromium = std::env::var("PACMESH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !std::path::Path::new(&chromium).exists() {
-        eprintln!("SKIPPED: no chromium at {chromium} (Debian: apt-get install chromium; .ci/prereqs does)");
+        eprintln!(
+            "SKIPPED: no chromium at {chromium} (Debian: apt-get install chromium; .ci/prereqs does)"
+        );
         return;
     }
     if !have("node") || !have("npm") {
-        eprintln!("SKIPPED: node and npm are needed for the browser driver (.ci/prereqs installs them)");
+        eprintln!(
+            "SKIPPED: node and npm are needed for the browser driver (.ci/prereqs installs them)"
+        );
         return;
     }
     if !can_build() {
@@ -45,7 +49,13 @@ fn status_page_and_live_log_in_chromium() {
     std::fs::create_dir_all(&out).unwrap();
     if !out.join("node_modules/playwright-core").is_dir() {
         let o = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
             .arg(&out)
             .arg(PLAYWRIGHT)
             .output()

@@ -57,7 +57,10 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
 
     let before = node.text("/metrics");
     promtool_check(&before);
-    assert_eq!(sample(&before, "pacmesh_builds_total{outcome=\"success\"}"), Some(0.0));
+    assert_eq!(
+        sample(&before, "pacmesh_builds_total{outcome=\"success\"}"),
+        Some(0.0)
+    );
     assert_eq!(sample(&before, "pacmesh_publishes_total"), Some(0.0));
     // OpenMetrics for scrapers that ask for it.
     let (code, om) = get(
@@ -88,7 +91,10 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
         ("pacmesh_publishes_total", 1.0),
         ("pacmesh_queue_entries{state=\"published\"}", 1.0),
         ("pacmesh_queue_entries{state=\"waiting\"}", 0.0),
-        ("pacmesh_repo_generation{repo=\"opsrepo\",arch=\"x86_64\"}", 1.0),
+        (
+            "pacmesh_repo_generation{repo=\"opsrepo\",arch=\"x86_64\"}",
+            1.0,
+        ),
         ("pacmesh_node_accepting_claims", 1.0),
     ] {
         if series.contains("x86_64") && std::env::consts::ARCH != "x86_64" {
@@ -97,13 +103,20 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
         assert_eq!(sample(&after, series), Some(want), "{series} in\n{after}");
     }
     // enqueue, claim, built, publish at least; all accepted through the same ingest.
-    let accepted = sample(&after, "pacmesh_events_total{result=\"accepted\",reason=\"\"}").unwrap();
+    let accepted = sample(
+        &after,
+        "pacmesh_events_total{result=\"accepted\",reason=\"\"}",
+    )
+    .unwrap();
     assert!(accepted >= 4.0, "{accepted}");
     assert!(sample(&after, "pacmesh_build_duration_seconds_sum").unwrap() > 0.0);
 
     // The status page lists the entry as published; the filter keeps it out of "failed".
     let page = node.text("/");
-    assert!(page.contains("ops-hello") && page.contains("st-published"), "{page}");
+    assert!(
+        page.contains("ops-hello") && page.contains("st-published"),
+        "{page}"
+    );
     assert!(page.contains("<table id=nodes>") && page.contains("(this node)"));
     assert!(page.contains("opsrepo/"), "generations table: {page}");
     let failed = node.text("/?state=failed");
@@ -136,9 +149,15 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
     assert_eq!(code, 200);
     assert!(z.len() < blob.len(), "compressed");
     assert_eq!(zstd::decode_all(&z[..]).unwrap(), blob);
-    let (_, plain) = get(&node.url(&format!("/logs/{id}")), &[("accept-encoding", "identity")]);
+    let (_, plain) = get(
+        &node.url(&format!("/logs/{id}")),
+        &[("accept-encoding", "identity")],
+    );
     assert_eq!(plain, blob);
-    let (code, html) = get(&node.url(&format!("/logs/{id}")), &[("accept", "text/html")]);
+    let (code, html) = get(
+        &node.url(&format!("/logs/{id}")),
+        &[("accept", "text/html")],
+    );
     assert_eq!(code, 200);
     assert!(String::from_utf8(html).unwrap().contains("EventSource"));
     let (code, _) = get(&node.url("/logs/nothex"), &[]);
@@ -149,7 +168,10 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
         serde_json::from_str(&pacmesh_ok(&["status", "--json", "--node", &node.base])).unwrap();
     assert_eq!(st["health"]["accepting_claims"], true);
     let plain = pacmesh_ok(&["queue", "ls", "--node", &node.base]);
-    assert!(plain.contains("ops-hello") && !plain.contains('\x1b'), "{plain}");
+    assert!(
+        plain.contains("ops-hello") && !plain.contains('\x1b'),
+        "{plain}"
+    );
 
     // The publish and the package update were notified (unsigned: no secret configured).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,7 +184,10 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
         .iter()
         .map(|g| serde_json::from_slice(&g.body).unwrap())
         .collect();
-    let publish = bodies.iter().find(|b| b["event"] == "publish").expect("publish");
+    let publish = bodies
+        .iter()
+        .find(|b| b["event"] == "publish")
+        .expect("publish");
     assert_eq!(publish["generation"], 1);
     assert_eq!(publish["packages"][0]["name"], "ops-hello");
     let update = bodies
@@ -172,8 +197,15 @@ fn metrics_move_after_a_build_and_the_pages_show_it() {
     assert_eq!(update["updated"][0]["name"], "ops-hello");
     assert_eq!(update["updated"][0]["new_version"], "1.0-1");
     assert_eq!(update["updated"][0]["old_version"], Value::Null);
-    assert!(hooks.iter().all(|g| g.headers.get("x-pacmesh-signature-256").is_none()));
-    assert!(bodies.iter().all(|b| b["event"] != "build_failed"), "not subscribed");
+    assert!(
+        hooks
+            .iter()
+            .all(|g| g.headers.get("x-pacmesh-signature-256").is_none())
+    );
+    assert!(
+        bodies.iter().all(|b| b["event"] != "build_failed"),
+        "not subscribed"
+    );
 }
 
 /// One request the webhook receiver got.
@@ -242,14 +274,31 @@ fn a_webhook_receiver_gets_a_signed_failure_with_the_log_tail() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.lock().unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "the retry did not arrive: {:?}", got.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "the retry did not arrive: {:?}",
+            got.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
     let got = got.lock().unwrap().clone();
-    assert_eq!(got.len(), 2, "one failure, one retry after the 503, nothing else");
-    let h = |g: &Got, k: &str| g.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    assert_eq!(h(&got[0], "x-pacmesh-delivery"), h(&got[1], "x-pacmesh-delivery"));
+    assert_eq!(
+        got.len(),
+        2,
+        "one failure, one retry after the 503, nothing else"
+    );
+    let h = |g: &Got, k: &str| {
+        g.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        h(&got[0], "x-pacmesh-delivery"),
+        h(&got[1], "x-pacmesh-delivery")
+    );
     assert_eq!(got[0].body, got[1].body, "a retry sends the same bytes");
     let g = &got[1];
     assert_eq!(h(g, "x-pacmesh-event"), "build_failed");
@@ -274,18 +323,25 @@ fn a_webhook_receiver_gets_a_signed_failure_with_the_log_tail() {
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        tail.iter().any(|l| l.contains("error: frobnicator.c:42: no such frob")),
+        tail.iter()
+            .any(|l| l.contains("error: frobnicator.c:42: no such frob")),
         "{tail:#?}"
     );
     assert!(tail.iter().any(|l| l.contains("compiling the frobnicator")));
 
     let m = node.text("/metrics");
     assert_eq!(
-        sample(&m, "pacmesh_webhook_deliveries_total{event=\"build_failed\",result=\"ok\"}"),
+        sample(
+            &m,
+            "pacmesh_webhook_deliveries_total{event=\"build_failed\",result=\"ok\"}"
+        ),
         Some(1.0),
         "{m}"
     );
-    assert_eq!(sample(&m, "pacmesh_builds_total{outcome=\"failed\"}"), Some(1.0));
+    assert_eq!(
+        sample(&m, "pacmesh_builds_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -302,9 +358,18 @@ fn disk_guard_sighup_reload_live_log_and_sigterm_hand_back() {
     let st = node.json("/api/v1/status");
     assert_eq!(st["health"]["accepting_claims"], false, "{st:#}");
     let why = st["health"]["refusals"][0].as_str().unwrap();
-    assert!(why.starts_with("disk: ") && why.contains("min_free_disk_bytes"), "{why}");
-    assert!(node.text("/").contains("This node refuses new builds: disk: "));
-    assert_eq!(sample(&node.text("/metrics"), "pacmesh_node_accepting_claims"), Some(0.0));
+    assert!(
+        why.starts_with("disk: ") && why.contains("min_free_disk_bytes"),
+        "{why}"
+    );
+    assert!(
+        node.text("/")
+            .contains("This node refuses new builds: disk: ")
+    );
+    assert_eq!(
+        sample(&node.text("/metrics"), "pacmesh_node_accepting_claims"),
+        Some(0.0)
+    );
     let dir = mesh.pkgbuild(
         "ops-slow",
         "  for i in $(seq 1 40); do echo \"tick $i\"; sleep 1; done",
@@ -321,7 +386,10 @@ fn disk_guard_sighup_reload_live_log_and_sigterm_hand_back() {
     std::fs::write(&cfg, text).unwrap();
     node.signal(libc::SIGHUP);
     node.wait_state(&id, &["claimed"], Duration::from_secs(30));
-    assert_eq!(node.json("/api/v1/status")["health"]["accepting_claims"], true);
+    assert_eq!(
+        node.json("/api/v1/status")["health"]["accepting_claims"],
+        true
+    );
     node.wait_building(&id, Duration::from_secs(60));
 
     // The live log as text: lines arrive while the build prints one per second.
@@ -367,7 +435,13 @@ fn disk_guard_sighup_reload_live_log_and_sigterm_hand_back() {
     assert_eq!(claims.len(), 1, "{e:#}");
     assert_eq!(claims[0]["attempt"], 2);
     assert!(claims[0]["lease_until"].as_u64() <= claims[0]["time"].as_u64());
-    assert!(e["reports"].as_array().unwrap().is_empty(), "no report for the abandoned build");
+    assert!(
+        e["reports"].as_array().unwrap().is_empty(),
+        "no report for the abandoned build"
+    );
     let m = node.text("/metrics");
-    assert_eq!(sample(&m, "pacmesh_queue_entries{state=\"waiting\"}"), Some(1.0));
+    assert_eq!(
+        sample(&m, "pacmesh_queue_entries{state=\"waiting\"}"),
+        Some(1.0)
+    );
 }

@@ -98,7 +98,12 @@ fn the_node_unit_keeps_what_bubblewrap_needs() {
     ] {
         assert!(!directives.contains(&bad), "{bad} would break the sandbox");
     }
-    for good in ["DynamicUser", "StateDirectory", "ExecReload", "TimeoutStopSec"] {
+    for good in [
+        "DynamicUser",
+        "StateDirectory",
+        "ExecReload",
+        "TimeoutStopSec",
+    ] {
         assert!(directives.contains(&good), "{good} missing");
     }
 }

@@ -240,13 +240,16 @@ impl NodeProc {
         let deadline = Instant::now() + timeout;
         loop {
             let st = self.json("/api/v1/status");
-            if st["building"]
-                .as_array()
-                .is_some_and(|b| b.iter().any(|x| x["entry"] == id && x["lines"].as_u64() > Some(1)))
-            {
+            if st["building"].as_array().is_some_and(|b| {
+                b.iter()
+                    .any(|x| x["entry"] == id && x["lines"].as_u64() > Some(1))
+            }) {
                 return;
             }
-            assert!(Instant::now() < deadline, "not building within {timeout:?}: {st:#}");
+            assert!(
+                Instant::now() < deadline,
+                "not building within {timeout:?}: {st:#}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -275,12 +278,24 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
     }
     let mut r = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let code = r.status().as_u16();
-    (code, r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap_or_default())
+    (
+        code,
+        r.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap_or_default(),
+    )
 }
 
 /// The value of the sample `name{labels}` (exact match of the part before the value) in a
 /// Prometheus text exposition.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
