@@ -233,6 +233,16 @@ pub enum QueueCommand {
         /// Build timeout in seconds [default: the policy's].
         #[arg(long)]
         timeout: Option<u32>,
+        /// Wait until the entry is published, failed or cancelled (a spinner on a terminal);
+        /// exit 1 if it failed.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, seconds.
+        #[arg(long, default_value_t = 7200, requires = "wait")]
+        wait_timeout: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List the queue.
     Ls {
@@ -248,6 +258,9 @@ pub enum QueueCommand {
         #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
         node: String,
         entry: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -463,7 +476,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                print!("{}", crate::mesh_cli::render_status(&s));
+                print!("{}", crate::term::status_text(&s, crate::term::color()));
             }
             Ok(())
         }
@@ -644,7 +657,11 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
             arches,
             source_date_epoch,
             timeout,
+            wait,
+            wait_timeout,
+            json,
         } => {
+            let node_url = node.clone();
             let source = match (dir, git, aur, tree) {
                 (Some(d), ..) => AddSource::Dir(d),
                 (_, Some(url), ..) => AddSource::Git { url, rev, subdir },
@@ -665,19 +682,50 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
                 timeout_secs: timeout,
                 aur_url,
             })?;
-            println!("{id}");
+            if !wait {
+                if json {
+                    println!("{}", serde_json::json!({ "id": id.to_string() }));
+                } else {
+                    println!("{id}");
+                }
+                return Ok(());
+            }
+            if !json {
+                println!("{id}");
+            }
+            let client = crate::client::Client::new(&node_url);
+            let e = crate::term::wait_entry(
+                &client,
+                &id.to_string(),
+                std::time::Duration::from_secs(wait_timeout),
+                crate::term::interactive() && !json,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!("{}", e["status"]["state"].as_str().unwrap_or("?"));
+            }
         }
         QueueCommand::Ls { node, json } => {
             let q = crate::client::Client::new(&node).get_json("/api/v1/queue")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&q)?);
             } else {
-                print!("{}", crate::mesh_cli::render_queue(&q));
+                print!("{}", crate::term::queue_table(&q, crate::term::color()));
             }
         }
-        QueueCommand::Cancel { key, node, entry } => {
+        QueueCommand::Cancel {
+            key,
+            node,
+            entry,
+            json,
+        } => {
             let id = crate::mesh_cli::queue_cancel(&key, &node, &entry)?;
-            println!("cancelled (event {id})");
+            if json {
+                println!("{}", serde_json::json!({ "cancel_event": id.to_string() }));
+            } else {
+                println!("cancelled (event {id})");
+            }
         }
     }
     Ok(())

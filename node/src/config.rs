@@ -30,6 +30,12 @@ pub struct ConfigFile {
     pub publish: PublishSection,
     #[serde(default)]
     pub mesh: MeshSection,
+    /// Outbound notifications (reloaded on SIGHUP).
+    #[serde(default)]
+    pub webhook: Vec<crate::webhooks::WebhookFile>,
+    /// Resource limits below which the node refuses new claims (reloaded on SIGHUP).
+    #[serde(default)]
+    pub health: crate::health::HealthLimits,
 }
 
 /// `[mesh]`: how the node takes part in the libp2p mesh.
@@ -104,6 +110,75 @@ pub struct Config {
     pub relay_server: bool,
     pub relays: Vec<String>,
     pub max_connections: u32,
+    pub webhooks: Vec<crate::webhooks::Webhook>,
+    pub health: crate::health::HealthLimits,
+    /// The flags this was resolved from: SIGHUP resolves them again with the file re-read.
+    pub flags: Flags,
+}
+
+/// The part of the configuration a running node takes over on SIGHUP; everything else needs a
+/// restart (the node says which keys changed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloadable {
+    pub webhooks: Vec<crate::webhooks::Webhook>,
+    pub health: crate::health::HealthLimits,
+}
+
+impl Config {
+    /// The reloadable part.
+    pub fn reloadable(&self) -> Reloadable {
+        Reloadable {
+            webhooks: self.webhooks.clone(),
+            health: self.health,
+        }
+    }
+
+    /// Keys that differ from `new` and only take effect after a restart.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut diff = |k: &'static str, d: bool| {
+            if d {
+                v.push(k)
+            }
+        };
+        diff("data_dir", self.data_dir != new.data_dir);
+        diff("policy", self.policy != new.policy);
+        diff("key", self.key != new.key);
+        diff("publisher_key", self.publisher_key != new.publisher_key);
+        diff("http", self.http != new.http);
+        diff("listen", self.listen != new.listen);
+        diff("bootstrap", self.bootstrap != new.bootstrap);
+        diff("mdns", self.mdns != new.mdns);
+        diff("tags", self.tags != new.tags);
+        diff("aur_url", self.aur_url != new.aur_url);
+        diff("build.enabled", self.build_enabled != new.build_enabled);
+        diff("build.profile", self.profile != new.profile);
+        diff("build.base_root", self.base_root != new.base_root);
+        diff("build.slots", self.slots != new.slots);
+        diff("build.timeout_secs", self.timeout_secs != new.timeout_secs);
+        diff(
+            "build.log_cap_bytes",
+            self.log_cap_bytes != new.log_cap_bytes,
+        );
+        diff("build.arch", self.arch != new.arch);
+        diff("build.run_as", self.run_as != new.run_as);
+        diff(
+            "publish.keep_generations",
+            self.keep_generations != new.keep_generations,
+        );
+        diff("publish.uid", self.publish_uid != new.publish_uid);
+        diff(
+            "mesh",
+            self.mesh_enabled != new.mesh_enabled
+                || self.announce_interval != new.announce_interval
+                || self.sync_interval != new.sync_interval
+                || self.claim_step != new.claim_step
+                || self.relay_server != new.relay_server
+                || self.relays != new.relays
+                || self.max_connections != new.max_connections,
+        );
+        v
+    }
 }
 
 /// The default HTTP address of a node, and the default `--node` URL of client commands.
@@ -147,6 +222,7 @@ pub fn host_arch() -> String {
 impl Config {
     /// Flags over file over defaults; relative paths in the file are relative to the file.
     pub fn resolve(flags: Flags) -> Result<Config> {
+        let flags_given = flags.clone();
         let (file, base) = match &flags.config {
             Some(p) => (
                 ConfigFile::load(p)?,
@@ -213,7 +289,15 @@ impl Config {
         if run_as.is_some() && profile == "chroot" {
             bail!("build.run_as works with the host profile only");
         }
+        let webhooks = file
+            .webhook
+            .iter()
+            .map(|w| w.resolve(&base))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Config {
+            webhooks,
+            health: file.health,
+            flags: flags_given,
             run_as,
             policy: flags.policy.or(file.policy.map(rel)),
             publisher_key: flags.publisher_key.or(file.publisher_key.map(rel)),

@@ -38,10 +38,34 @@ pub struct Core {
     changed: watch::Sender<u64>,
     /// Serialises authoring so that two local events never race for one sequence number.
     author_lock: Mutex<()>,
-    /// Every accepted event with where it came from (the network layer gossips the local ones).
+    /// Prometheus metrics (`GET /metrics`); other layers register into its registry.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Running builds' logs (`GET /logs/ENTRY`), fed by the executor or relayed from peers.
+    pub live_logs: crate::livelog::LiveLogs,
+    /// Disk and memory checks: whether this node takes new claims.
+    pub health: crate::health::Health,
+    /// Settings that SIGHUP reloads (webhooks, health limits).
+    pub reloadable: watch::Sender<crate::config::Reloadable>,
+    /// Every accepted event, with its bytes, where it came from, and decoded (webhooks, the
+    /// network layer gossips the local ones).
     accepted: broadcast::Sender<Accepted>,
     /// The other nodes of the mesh, as their announcements describe them.
     pub peers: Mutex<PeerTable>,
+    /// This node's capabilities as measured at start-up (status page, `/api/v1/status`).
+    capabilities: Mutex<Option<pacmesh_protocol::Capabilities>>,
+}
+
+/// An event the node accepted (see [`Core::subscribe_accepted`]).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Its id.
+    pub id: Hash,
+    /// The event.
+    pub event: Arc<Event>,
+    /// The signed envelope bytes as received.
+    pub bytes: Arc<[u8]>,
+    /// Where it came from.
+    pub origin: Origin,
 }
 
 /// Where an event came from.
@@ -51,17 +75,6 @@ pub enum Origin {
     Local,
     /// Received from a peer (gossip or anti-entropy sync): gossip forwards it by itself.
     Peer,
-}
-
-/// An accepted event, as announced on [`Core::accepted`].
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// Its id.
-    pub id: Hash,
-    /// The signed envelope bytes as received.
-    pub bytes: Arc<[u8]>,
-    /// Where it came from.
-    pub origin: Origin,
 }
 
 impl Core {
@@ -82,7 +95,12 @@ impl Core {
             data_dir,
             changed: watch::channel(0).0,
             author_lock: Mutex::new(()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            live_logs: crate::livelog::LiveLogs::new(),
+            health: crate::health::Health::new(),
+            reloadable: watch::channel(crate::config::Reloadable::default()).0,
             accepted: broadcast::channel(1024).0,
+            capabilities: Mutex::new(None),
             peers: Mutex::new(PeerTable::default()),
         })
     }
@@ -100,6 +118,25 @@ impl Core {
         self.changed.subscribe()
     }
 
+    /// This node's capabilities, if the daemon measured them.
+    pub fn capabilities(&self) -> Option<pacmesh_protocol::Capabilities> {
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records this node's capabilities (the daemon, at start-up).
+    pub fn set_capabilities(&self, c: pacmesh_protocol::Capabilities) {
+        *self.capabilities.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+    }
+
+    /// Every event accepted from now on, decoded. A receiver that falls more than 1024
+    /// events behind loses the oldest (`Lagged`).
+    pub fn subscribe_accepted(&self) -> broadcast::Receiver<Accepted> {
+        self.accepted.subscribe()
+    }
+
     /// Verifies, stores and applies a signed event from a local client (HTTP, CLI).
     pub fn ingest_bytes(&self, bytes: &[u8]) -> IngestOutcome {
         self.ingest_from(bytes, Origin::Local)
@@ -108,23 +145,25 @@ impl Core {
     /// Verifies, stores and applies a signed event that came from `origin`.
     pub fn ingest_from(&self, bytes: &[u8], origin: Origin) -> IngestOutcome {
         let outcome = self.ingest().ingest(bytes);
-        if let IngestOutcome::Accepted { id } = &outcome {
-            tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");
-            self.pin_referenced(id, bytes);
-            let _ = self.accepted.send(Accepted {
-                id: *id,
-                bytes: Arc::from(bytes),
-                origin,
-            });
-            self.changed.send_modify(|n| *n += 1);
+        match &outcome {
+            IngestOutcome::Accepted { id } => {
+                tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");
+                self.metrics.event("accepted", "");
+                let ev = self.pin_referenced(id, bytes);
+                self.changed.send_modify(|n| *n += 1);
+                if let Some(ev) = ev {
+                    let _ = self.accepted.send(Accepted {
+                        id: *id,
+                        event: Arc::new(ev),
+                        bytes: Arc::from(bytes),
+                        origin,
+                    });
+                }
+            }
+            IngestOutcome::Duplicate { .. } => self.metrics.event("duplicate", ""),
+            IngestOutcome::Rejected { reason } => self.metrics.event("rejected", reason.label()),
         }
         outcome
-    }
-
-    /// Accepted events as they come (lossy for a receiver that lags: it must then fall back to
-    /// anti-entropy).
-    pub fn accepted(&self) -> broadcast::Receiver<Accepted> {
-        self.accepted.subscribe()
     }
 
     /// Wakes the waiters without an event (a blob they may wait for arrived).
@@ -140,13 +179,13 @@ impl Core {
     /// Pins every blob an accepted event refers to (snapshots, artifacts, logs, repository files)
     /// as `event:<id>`, so garbage collection keeps what the log needs. The event was verified
     /// by the ingest; it is only decoded again here.
-    fn pin_referenced(&self, id: &Hash, bytes: &[u8]) {
+    fn pin_referenced(&self, id: &Hash, bytes: &[u8]) -> Option<Event> {
         let limits = self.ingest().limits().clone();
         let Ok(signed) = Signed::<Event>::from_bytes(bytes, &limits) else {
-            return;
+            return None;
         };
         let Ok(ev) = pacmesh_protocol::Message::decode(&signed.payload, &limits) else {
-            return;
+            return None;
         };
         let ev: Event = ev;
         let tag = format!("event:{id}");
@@ -155,6 +194,7 @@ impl Core {
                 tracing::warn!(blob = %h.fmt_short(), "cannot pin: {e}");
             }
         }
+        Some(ev)
     }
 
     /// Signs `body` as this node and ingests it. Fails if the policy refuses it (e.g. this node

@@ -180,6 +180,8 @@ pub async fn run(
     let bootstrap = crate::net::parse_addrs(&cfg.bootstrap)?;
     let relays = crate::net::parse_addrs(&cfg.relays)?;
     let core = open(&cfg)?;
+    crate::ops::prepare(&core, &cfg);
+    core.set_capabilities(capabilities(&cfg));
     let c = core.clone();
     tokio::task::spawn_blocking(move || crate::generation::ensure_current(&c))
         .await?
@@ -243,6 +245,7 @@ pub async fn run(
     } else {
         None
     };
+    crate::ops::spawn(&mut tasks, &core, &cfg, stop_rx.clone());
     if cfg.build_enabled {
         pacmesh_sandbox::preflight().context(
             "this node cannot build (set build.enabled = false for a non-building node)",

@@ -60,13 +60,20 @@
 //! When `shutdown` turns true the executor stops claiming and abandons running builds: the
 //! sandbox's process group is killed (it would die with the process anyway: bwrap runs with
 //! `--die-with-parent`), the work dir is removed, and no report is made for the abandoned
-//! attempt (its lease lapses, or this node re-claims it at the next start). A maintainer's
-//! `cancel` of a running entry abandons its build the same way.
+//! attempt. The lease is handed back ([`release`]): a claim for the next attempt whose lease
+//! ends when it is made, so the entry is claimable again at once rather than when the lease
+//! would have lapsed. A maintainer's `cancel` of a running entry abandons its build the same
+//! way (without a release: a cancelled entry is claimed by nobody).
+//!
+//! # Resources
+//!
+//! While [`crate::health::Health::refusal`] says the node is short of disk or memory, nothing
+//! new is claimed; running builds go on.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -132,7 +139,8 @@ pub struct ExecutorConfig {
     /// The rank-proportional wait before claiming an entry that became claimable (see
     /// [`ClaimDelay`]); `None`: claim at once (a node alone in its mesh).
     pub claim_delay: Option<ClaimDelay>,
-    /// Where build log lines go as they are produced (for live logs over HTTP); lossy for
+    /// Where build log lines also go as they are produced (they always go to
+    /// [`Core::live_logs`], which `/logs/ENTRY` follows); lossy for
     /// slow receivers, like any broadcast channel. The stored log blob is complete.
     pub live_log: Option<broadcast::Sender<LogLine>>,
     /// Builds running now (for capability announcements).
@@ -344,7 +352,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jobs: JoinSet<JobEnd> = JoinSet::new();
     let mut running: HashMap<Hash, watch::Sender<bool>> = HashMap::new();
-    let mut task_entry: HashMap<tokio::task::Id, Hash> = HashMap::new();
+    let mut task_entry: HashMap<tokio::task::Id, (Hash, u32)> = HashMap::new();
     let mut book = Book::default();
 
     let mut last_sweep = Instant::now();
@@ -369,7 +377,7 @@ pub async fn run(
                     tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, claim = %ev.fmt_short(), "claimed");
                     let (tx, rx) = watch::channel(false);
                     let h = jobs.spawn(job(core.clone(), cfg.clone(), p.clone(), tx.clone(), rx));
-                    task_entry.insert(h.id(), p.id);
+                    task_entry.insert(h.id(), (p.id, p.attempt));
                     running.insert(p.id, tx);
                     cfg.busy.store(running.len() as u32, Ordering::Relaxed);
                 }
@@ -398,7 +406,7 @@ pub async fn run(
                         (e.id(), None)
                     }
                 };
-                if let Some(entry) = task_entry.remove(&id) {
+                if let Some((entry, _)) = task_entry.remove(&id) {
                     running.remove(&entry);
                     cfg.busy.store(running.len() as u32, Ordering::Relaxed);
                     match end {
@@ -426,7 +434,29 @@ pub async fn run(
     for tx in running.values() {
         let _ = tx.send(true);
     }
-    let drain = async { while jobs.join_next().await.is_some() {} };
+    // Hand the abandoned builds back: a claim with a later attempt whose lease ends now
+    // replaces ours, is not live, and so makes the entry claimable again at once (by any
+    // builder) instead of after the lease.
+    let drain = async {
+        while let Some(done) = jobs.join_next_with_id().await {
+            let Ok((tid, JobEnd::Abandoned)) = done else {
+                continue;
+            };
+            let Some((entry, attempt)) = task_entry.get(&tid).copied() else {
+                continue;
+            };
+            let c = core.clone();
+            match tokio::task::spawn_blocking(move || release(&c, entry, attempt)).await {
+                Ok(Ok(ev)) => {
+                    tracing::info!(entry = %entry.fmt_short(), release = %ev.fmt_short(), "lease released")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(entry = %entry.fmt_short(), "cannot release the lease: {e:#}")
+                }
+                Err(e) => tracing::warn!("lease release task failed: {e}"),
+            }
+        }
+    };
     if tokio::time::timeout(cfg.grace + Duration::from_secs(30), drain)
         .await
         .is_err()
@@ -435,6 +465,19 @@ pub async fn run(
     }
     tracing::info!("executor stopped");
     Ok(())
+}
+
+/// Gives up this node's claim on `entry` (attempt `attempt`, abandoned at shutdown): a claim
+/// for attempt + 1 with `lease_until` = its own time. The state keeps a builder's greatest
+/// claim by (attempt, lease), so this one replaces the running one; a lease that ends at once
+/// is not live, so the entry is claimable again ([`QueueState::is_claimable`]).
+/// [`own_attempts`] does not count such a release as an attempt.
+pub fn release(core: &Core, entry: Hash, attempt: u32) -> Result<Hash> {
+    core.submit(EventBody::Claim {
+        entry,
+        attempt: attempt + 1,
+        lease_until: Timestamp::now(),
+    })
 }
 
 /// Removes `job-*` dirs under `work_root`; returns how many.
@@ -491,7 +534,15 @@ fn superseded(
 
 /// The attempts this node made on `e` so far (its highest attempt number).
 fn own_attempts(e: &EntryRecord, me: &pacmesh_protocol::PublicKey) -> u32 {
-    let claimed = e.claims.get(me).map_or(0, |c| c.attempt);
+    // A release (lease ending at the claim's own time, see [`release`]) hands an attempt
+    // back; it is not one.
+    let claimed = e.claims.get(me).map_or(0, |c| {
+        if c.lease_until <= c.time {
+            c.attempt.saturating_sub(1)
+        } else {
+            c.attempt
+        }
+    });
     let reported = e
         .reports
         .keys()
@@ -569,6 +620,13 @@ fn pick(
         eligible_since,
         wake,
     } = book;
+    if let Some(why) = core.health.refusal() {
+        if noted.insert(Hash::from_bytes([0; 32])) {
+            tracing::warn!("not claiming: {why}");
+        }
+        return None;
+    }
+    noted.remove(&Hash::from_bytes([0; 32]));
     let now = Timestamp::now();
     let me = core.public;
     let mut candidates: Vec<(Timestamp, Pick)> = Vec::new();
@@ -691,13 +749,91 @@ fn claim(core: &Core, p: &Pick, now: Timestamp) -> Result<Hash> {
     })
 }
 
-/// One claimed entry, from source to report.
+/// How the sandbox run of a job ended, for `pacmesh_builds_total` (set by [`execute`]).
+type OutcomeCell = Arc<Mutex<Option<&'static str>>>;
+
+/// One claimed entry: its live log stream and its metrics around [`job_inner`].
 async fn job(
     core: Arc<Core>,
     cfg: Arc<ExecutorConfig>,
     p: Pick,
     abandon_tx: watch::Sender<bool>,
+    abandon: watch::Receiver<bool>,
+) -> JobEnd {
+    core.live_logs.begin(p.id, p.attempt, core.public);
+    core.live_logs.push(
+        p.id,
+        p.attempt,
+        &format!(
+            "==> pacmesh: attempt {} on node {} ({})",
+            p.attempt,
+            core.key.peer_id(),
+            describe(&p.entry.source)
+        ),
+    );
+    let cell: OutcomeCell = Arc::new(Mutex::new(None));
+    let end = job_inner(
+        core.clone(),
+        cfg,
+        p.clone(),
+        abandon_tx,
+        abandon,
+        cell.clone(),
+    )
+    .await;
+    let label = match end {
+        JobEnd::Built => Some("success"),
+        JobEnd::Failed => Some(
+            cell.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or("failed"),
+        ),
+        JobEnd::Retry => Some("node_error"),
+        JobEnd::Abandoned => {
+            let ingest = core.ingest();
+            let quorum = ingest.policy().quorum;
+            let state = ingest.state();
+            let done_elsewhere = state.entry(&p.id).is_some_and(|e| {
+                e.cancelled.is_none()
+                    && (state.published(e).is_some()
+                        || e.builders_built()
+                            .iter()
+                            .filter(|b| **b != core.public)
+                            .count()
+                            >= quorum.max(1) as usize)
+            });
+            Some(if done_elsewhere {
+                "already_built"
+            } else {
+                "cancelled"
+            })
+        }
+        JobEnd::ReportRefused => None,
+    };
+    if let Some(l) = label {
+        core.metrics.build_outcome(l);
+    }
+    let said = match end {
+        JobEnd::Built => "built",
+        JobEnd::Failed => "failed",
+        JobEnd::Abandoned => "abandoned",
+        JobEnd::Retry => "node error: will retry",
+        JobEnd::ReportRefused => "report refused",
+    };
+    core.live_logs
+        .push(p.id, p.attempt, &format!("==> pacmesh: {said}"));
+    core.live_logs.end(p.id, p.attempt, said);
+    end
+}
+
+/// One claimed entry, from source to report.
+async fn job_inner(
+    core: Arc<Core>,
+    cfg: Arc<ExecutorConfig>,
+    p: Pick,
+    abandon_tx: watch::Sender<bool>,
     mut abandon: watch::Receiver<bool>,
+    cell: OutcomeCell,
 ) -> JobEnd {
     let job_dir = cfg
         .work_root
@@ -754,7 +890,7 @@ async fn job(
     let work = {
         let (core, cfg, p, dir) = (core.clone(), cfg.clone(), p.clone(), job_dir.clone());
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || execute(&core, &cfg, &p, &dir, &cancel))
+        tokio::task::spawn_blocking(move || execute(&core, &cfg, &p, &dir, &cancel, &cell))
     };
     tokio::pin!(work);
     let outcome = tokio::select! {
@@ -853,6 +989,7 @@ fn execute(
     p: &Pick,
     job_dir: &Path,
     cancel: &AtomicBool,
+    cell: &OutcomeCell,
 ) -> Result<EventBody, NodeFault> {
     let failed = |reason: String, log: Option<Hash>| {
         Ok(EventBody::Failed {
@@ -930,6 +1067,7 @@ fn execute(
     let short = p.id.fmt_short();
     let result = Builder::new(bc).build(&fetched.dir, &mut |line: &str| {
         tracing::trace!(entry = %short, "{line}");
+        core.live_logs.push(p.id, p.attempt, line);
         if let Some(tx) = &cfg.live_log {
             let _ = tx.send(LogLine {
                 entry: p.id,
@@ -938,6 +1076,21 @@ fn execute(
             });
         }
     });
+    if !cancel.load(Ordering::Relaxed) {
+        core.metrics
+            .build_duration
+            .observe(result.duration.as_secs_f64());
+        let label = match &result.outcome {
+            pacmesh_sandbox::Outcome::TimedOut => "timed_out",
+            pacmesh_sandbox::Outcome::SandboxError { .. } => {
+                core.metrics.sandbox_failures.inc();
+                "node_error"
+            }
+            o if o.is_success() => "success",
+            _ => "failed",
+        };
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(label);
+    }
     let body = report_of(core, p, &result, fetched.commit.clone());
     let _ = result.cleanup();
     if let Some(dir) = &result.source_cache_dir {

@@ -3,6 +3,7 @@
 //! | method and path | what |
 //! | --- | --- |
 //! | `GET /health` | `ok` |
+//! | `GET /`, `/pkg`, `/logs/ENTRY`, `/metrics` | status page, package history, live logs, Prometheus ([`crate::web`]) |
 //! | `GET /NAME/os/ARCH/FILE` | the served generation of a repository (what pacman fetches) |
 //! | `GET /api/v1/status` | node identity, policy, counters, queue summary, state digest, generations |
 //! | `GET /api/v1/queue` | every queue entry with its status |
@@ -71,6 +72,7 @@ pub fn router(core: Arc<Core>) -> Router {
         )
         .route("/api/v1/blobs/{hash}", get(get_blob))
         .route("/{repo}/os/{arch}/{file}", get(repo_file))
+        .merge(crate::web::routes())
         .with_state(core)
 }
 

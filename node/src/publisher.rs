@@ -662,6 +662,7 @@ impl Publisher {
             packages = manifest.packages.len(), changes = %changes.join(" "),
             "published"
         );
+        core.metrics.publishes.inc();
         generation::install(blobs, &core.data_dir, &manifest, Some(self.cfg.keep))
             .context("published, but could not serve the new generation yet")?;
         Ok(Some(manifest))

@@ -204,5 +204,22 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
         "generations": generations,
         "claims": claims,
         "peers": core.peers().view(now),
+        "health": health(core),
+        "building": core.live_logs.active().iter().map(|a| json!({
+            "entry": a.entry.to_string(), "builder": a.builder.to_string(),
+            "attempt": a.attempt, "started": a.started.0, "lines": a.lines,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Whether this node takes new claims, and why not.
+pub fn health(core: &Core) -> Value {
+    let h = core.health.snapshot();
+    json!({
+        "accepting_claims": h.refusals.is_empty(),
+        "refusals": h.refusals,
+        "disk_free_bytes": h.disk_free_bytes,
+        "memory_available_bytes": h.memory_available_bytes,
+        "checked": h.checked.map(|t| t.0),
     })
 }

@@ -413,7 +413,7 @@ pub async fn start(
 
 /// Forwards events accepted from local clients to the swarm for gossip.
 fn spawn_local_gossip(core: Arc<Core>, tx: mpsc::Sender<Command>, mut stop: watch::Receiver<bool>) {
-    let mut rx = core.accepted();
+    let mut rx = core.subscribe_accepted();
     tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
