@@ -8,6 +8,7 @@ pub mod core;
 pub mod daemon;
 pub mod demo;
 pub mod executor;
+pub mod fetch;
 pub mod generation;
 pub mod http;
 pub mod ingest;
