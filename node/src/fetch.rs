@@ -597,6 +597,51 @@ impl Fetcher {
             report.resumed_segments = resumed;
             state = Some((ob, p, usize::MAX));
         }
+        // A blob of at most one segment (the usual package, signature or database): one
+        // request, checked against the hash itself; no outboard needed.
+        if state.is_none() && expected_len.is_none_or(|l| l <= SEGMENT_LEN) {
+            for i in 0..n_src {
+                if dropped.contains_key(&i) {
+                    continue;
+                }
+                let name = self.sources[i].name();
+                match self.sources[i].fetch_range(blob, 0, SEGMENT_LEN).await {
+                    Ok(d) => {
+                        report.bytes_received += d.len() as u64;
+                        if Hash::new(&d) == blob {
+                            let store = self.store.clone();
+                            let n = d.len() as u64;
+                            tokio::task::spawn_blocking(move || {
+                                store.import_reader(&mut &d[..], Some(&blob))
+                            })
+                            .await
+                            .map_err(|e| anyhow!("{e}"))?
+                            .with_context(|| format!("Failed to store fetched blob {blob}"))?;
+                            report.fetched_segments = 1;
+                            if let Some(f) = &progress {
+                                f(n);
+                            }
+                            return Ok(report);
+                        }
+                        if (d.len() as u64) < SEGMENT_LEN || expected_len.is_some() {
+                            tracing::warn!(source = %name, blob = %blob.fmt_short(), "blob does not verify; source dropped");
+                            report.bad_sources.insert(name.clone());
+                            self.strike(&name);
+                            dropped.insert(i, "sent bad bytes".into());
+                        } else {
+                            break; // a larger blob: outboard and segments
+                        }
+                    }
+                    Err(SourceError::NotFound) => {
+                        dropped.insert(i, "does not have it".into());
+                    }
+                    Err(SourceError::Failed(e)) => {
+                        errors[i] += 1;
+                        tracing::debug!(source = %name, "fetch failed: {e}");
+                    }
+                }
+            }
+        }
         let mut outboard_tried: BTreeSet<usize> = BTreeSet::new();
         let mut seg_failed: HashMap<u64, BTreeSet<usize>> = HashMap::new();
         let mut queue: BTreeSet<u64> = BTreeSet::new();
@@ -1228,7 +1273,8 @@ mod tests {
         let d = data(8 * S + 5, 7);
         let h = Hash::new(&d);
         let e = env();
-        let dying = [MemSource::new("dies", &d, Behaviour::DiesAfter(3))];
+        // The first request is the one-segment probe (a 4 MiB prefix, not kept), then 3 segments.
+        let dying = [MemSource::new("dies", &d, Behaviour::DiesAfter(4))];
         let err = rt().block_on(fetcher(&e, &dying).fetch(h, None, None));
         assert!(err.is_err());
         assert!(!e.store.has(&h).unwrap(), "never a partial blob in the store");

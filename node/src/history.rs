@@ -83,20 +83,20 @@ pub fn history_json(state: &QueueState, repo: &Name, arches: &[Name]) -> Value {
     json!({ "repo": repo.to_string(), "generations": out })
 }
 
-/// The manifest of a rollback: generation `latest + 1` on top of `latest` (its publish event
-/// id `latest_event`), with exactly the files of `target`, signed by `publisher`.
+/// The manifest of a rollback: generation `latest_generation + 1` on top of the latest one
+/// (its publish event id `latest_event`), with exactly the files of `target`, signed by `publisher`.
 pub fn rollback_manifest(
     target: &RepoManifest,
-    latest: &RepoManifest,
+    latest_generation: u64,
     latest_event: Hash,
     publisher: PublicKey,
     time: Timestamp,
 ) -> RepoManifest {
     RepoManifest {
         version: MANIFEST_VERSION,
-        repo: latest.repo.clone(),
-        arch: latest.arch.clone(),
-        generation: latest.generation + 1,
+        repo: target.repo.clone(),
+        arch: target.arch.clone(),
+        generation: latest_generation + 1,
         previous: Some(latest_event),
         time,
         publisher,
@@ -106,6 +106,78 @@ pub fn rollback_manifest(
         files_db_sig: target.files_db_sig,
         packages: target.packages.clone(),
     }
+}
+
+/// `pacmesh repo history NAME`: the node's history JSON.
+pub fn fetch_history(node: &str, repo: &str) -> anyhow::Result<Value> {
+    crate::client::Client::new(node).get_json(&format!("/api/v1/repos/{repo}/history"))
+}
+
+/// `pacmesh repo rollback NAME GEN --key FILE`: for every architecture of `repo` (or only
+/// `arch`) whose chain holds generation `generation`, signs with `key` (which must be a
+/// publisher of the mesh) a new generation equal to it on top of the latest one, and submits
+/// it to the node. Returns `(arch, new generation, event id)`.
+pub fn rollback(
+    key: &crate::keys::NodeKey,
+    node: &str,
+    repo: &str,
+    generation: u64,
+    arch: Option<&str>,
+) -> anyhow::Result<Vec<(String, u64, Hash)>> {
+    use anyhow::{Context, bail};
+    use pacmesh_protocol::{Event, EventBody, Limits, MeshPolicy, Roles, Signed};
+    let client = crate::client::Client::new(node);
+    let limits = Limits::default();
+    let me = PublicKey::from(key.signing_key());
+    let policy_bytes = client.get_bytes("/api/v1/policy")?;
+    let policy = Signed::<MeshPolicy>::from_bytes(&policy_bytes, &limits)
+        .context("the node sent a malformed policy")?
+        .verify_and_decode(&limits)
+        .context("the node sent a policy that does not verify")?;
+    if !policy.role_of(&me).contains(Roles::PUBLISHER) {
+        bail!("key {me} is not a publisher in the mesh policy (version {}); only a publisher can roll back", policy.policy_version);
+    }
+    let hist = fetch_history(node, repo)?;
+    let gens = hist["generations"].as_array().cloned().unwrap_or_default();
+    let mut arches: Vec<String> = gens
+        .iter()
+        .filter_map(|g| g["arch"].as_str().map(str::to_string))
+        .filter(|a| arch.is_none_or(|x| x == a))
+        .collect();
+    arches.dedup();
+    if arches.is_empty() {
+        bail!("{repo}: no published generations{}", arch.map(|a| format!(" for {a}")).unwrap_or_default());
+    }
+    let mut done = Vec::new();
+    for a in arches {
+        let chain: Vec<&Value> = gens.iter().filter(|g| g["arch"] == a.as_str()).collect();
+        let tip = chain[0];
+        let tip_gen = tip["generation"].as_u64().context("history without generation numbers")?;
+        let tip_event: Hash = tip["event"].as_str().context("history without event ids")?.parse()?;
+        let Some(target) = chain.iter().find(|g| g["generation"].as_u64() == Some(generation)) else {
+            bail!("{repo}/{a}: generation {generation} is not in the history (latest is {tip_gen})");
+        };
+        if tip_gen == generation {
+            bail!("{repo}/{a}: generation {generation} is already the latest");
+        }
+        let id: Hash = target["event"].as_str().context("history without event ids")?.parse()?;
+        let bytes = client.get_bytes(&format!("/api/v1/events/{id}"))?;
+        let ev: Event = Signed::<Event>::from_bytes(&bytes, &limits)
+            .context("the node sent a malformed event")?
+            .verify_and_decode(&limits)
+            .context("the node sent an event that does not verify")?;
+        let EventBody::Publish(m) = ev.body else {
+            bail!("event {id} is not a publish");
+        };
+        if m.repo.as_str() != repo || m.arch.as_str() != a || m.generation != generation {
+            bail!("event {id} is not generation {generation} of {repo}/{a}");
+        }
+        let new = rollback_manifest(&m, tip_gen, tip_event, me, Timestamp::now());
+        let n = new.generation;
+        let eid = client.submit(key, EventBody::Publish(new))?;
+        done.push((a, n, eid));
+    }
+    Ok(done)
 }
 
 /// Renders history JSON (from [`history_json`]) for a terminal.

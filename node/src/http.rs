@@ -203,7 +203,7 @@ async fn upload_blob(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
 }
 
-async fn get_blob(
+pub(crate) async fn get_blob(
     State(core): State<Arc<Core>>,
     Path(hash): Path<String>,
     headers: axum::http::HeaderMap,

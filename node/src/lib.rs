@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod inspect;
 pub mod keys;
 pub mod mesh_cli;
+pub mod mirror;
 pub mod publisher;
 pub mod source;
 pub mod state;
