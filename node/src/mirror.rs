@@ -163,6 +163,8 @@ pub struct Mirror {
     agent: ureq::Agent,
     /// Payload bytes received by the fetcher since start (benchmarks).
     pub bytes_fetched: AtomicU64,
+    /// Followed peers caught sending bytes that do not verify, with a count.
+    bad_sources: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 fn read_root(policy: &[u8], limits: &Limits) -> Result<pacmesh_protocol::PublicKey> {
@@ -236,6 +238,7 @@ impl Mirror {
             fetcher,
             agent,
             bytes_fetched: AtomicU64::new(0),
+            bad_sources: Default::default(),
         })
     }
 
@@ -407,6 +410,7 @@ impl Mirror {
                 received += r.bytes_received;
                 for bad in r.bad_sources {
                     tracing::warn!(source = %bad, "a followed peer sent bytes that do not verify");
+                    *self.bad_sources.lock().unwrap().entry(bad).or_default() += 1;
                 }
             }
             self.bytes_fetched.fetch_add(received, Ordering::Relaxed);
@@ -520,6 +524,7 @@ impl Mirror {
             "events": ingest.counters(),
             "repos": repos,
             "bytes_fetched": self.bytes_fetched.load(Ordering::Relaxed),
+            "bad_sources": self.bad_sources.lock().unwrap().clone(),
         })
     }
 }
