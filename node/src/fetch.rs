@@ -326,7 +326,9 @@ impl HttpSource {
                     if status == 200 && range.is_some() {
                         body.truncate(limit as usize);
                     } else {
-                        return Err(SourceError::Failed(format!("{url}: body over {limit} bytes")));
+                        return Err(SourceError::Failed(format!(
+                            "{url}: body over {limit} bytes"
+                        )));
                     }
                 }
                 Ok(body)
@@ -554,7 +556,12 @@ impl Fetcher {
     }
 
     fn strike(&self, name: &str) {
-        *self.banned.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        *self
+            .banned
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default() += 1;
     }
 
     fn unstrike(&self, name: &str) {
@@ -801,7 +808,8 @@ impl Fetcher {
                                     .write_all_at(&data, off)
                                     .context("Failed to write a partial blob")?;
                                 p.have[seg as usize] = true;
-                                p.save_bitmap().context("Failed to write a partial bitmap")?;
+                                p.save_bitmap()
+                                    .context("Failed to write a partial bitmap")?;
                                 queue.remove(&seg);
                                 report.fetched_segments += 1;
                                 if let Some(f) = &progress {
@@ -868,7 +876,9 @@ impl Fetcher {
         drop(pending);
         let (part_p, _, _) = self.paths(&blob);
         let (ob, p, _) = state.expect("complete");
-        p.part.sync_all().context("Failed to fsync a fetched blob")?;
+        p.part
+            .sync_all()
+            .context("Failed to fsync a fetched blob")?;
         drop(p);
         let store = self.store.clone();
         let len = ob.len;
@@ -1109,7 +1119,19 @@ mod tests {
 
     #[test]
     fn outboard_merges_to_the_blake3_hash() {
-        for len in [0, 1, 1024, 1025, S - 1, S, S + 1, 2 * S, 3 * S + 5, 5 * S, 8 * S + 1] {
+        for len in [
+            0,
+            1,
+            1024,
+            1025,
+            S - 1,
+            S,
+            S + 1,
+            2 * S,
+            3 * S + 5,
+            5 * S,
+            8 * S + 1,
+        ] {
             let d = data(len, len as u8);
             let (h, ob) = Outboard::compute(&mut &d[..]).unwrap();
             assert_eq!(h, Hash::new(&d), "len {len}");
@@ -1153,7 +1175,9 @@ mod tests {
             MemSource::new("c", &d, Behaviour::Honest),
         ];
         let f = fetcher(&e, &srcs);
-        let r = rt().block_on(f.fetch(h, Some(d.len() as u64), None)).unwrap();
+        let r = rt()
+            .block_on(f.fetch(h, Some(d.len() as u64), None))
+            .unwrap();
         assert_eq!(r.bytes_received, d.len() as u64);
         assert_eq!(r.fetched_segments, 7);
         assert!(r.bad_sources.is_empty());
@@ -1165,7 +1189,11 @@ mod tests {
         assert!(used >= 2, "the segments came from several sources");
         // Nothing left behind; a second fetch is a no-op.
         assert_eq!(fs::read_dir(&e.partial).unwrap().count(), 0);
-        assert!(rt().block_on(f.fetch(h, None, None)).unwrap().already_present);
+        assert!(
+            rt().block_on(f.fetch(h, None, None))
+                .unwrap()
+                .already_present
+        );
     }
 
     #[test]
@@ -1192,7 +1220,9 @@ mod tests {
             MemSource::new("bad", &small, Behaviour::Corrupt),
             MemSource::new("good", &small, Behaviour::Honest),
         ];
-        let r = rt().block_on(fetcher(&e, &srcs).fetch(hs, None, None)).unwrap();
+        let r = rt()
+            .block_on(fetcher(&e, &srcs).fetch(hs, None, None))
+            .unwrap();
         assert_eq!(e.store.read(&hs).unwrap(), small);
         assert!(r.bad_sources.contains("bad"));
     }
@@ -1211,10 +1241,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no source could deliver"), "{err}");
-        assert!(err.contains("x: sent bad bytes") && err.contains("y: does not have it"), "{err}");
+        assert!(
+            err.contains("x: sent bad bytes") && err.contains("y: does not have it"),
+            "{err}"
+        );
         assert!(!e.store.has(&h).unwrap());
         let none: [Arc<MemSource>; 0] = [];
-        assert!(rt().block_on(fetcher(&e, &none).fetch(h, None, None)).is_err());
+        assert!(
+            rt().block_on(fetcher(&e, &none).fetch(h, None, None))
+                .is_err()
+        );
     }
 
     #[test]
@@ -1226,7 +1262,9 @@ mod tests {
             MemSource::new("flaky1", &d, Behaviour::Flaky),
             MemSource::new("flaky2", &d, Behaviour::Flaky),
         ];
-        let r = rt().block_on(fetcher(&e, &srcs).fetch(h, None, None)).unwrap();
+        let r = rt()
+            .block_on(fetcher(&e, &srcs).fetch(h, None, None))
+            .unwrap();
         assert_eq!(e.store.read(&h).unwrap(), d);
         assert!(r.bad_sources.is_empty(), "errors are not bad bytes: {r:?}");
     }
@@ -1241,7 +1279,9 @@ mod tests {
             MemSource::new("garbage", &d, Behaviour::GarbageOutboard),
             MemSource::new("good", &d, Behaviour::Honest),
         ];
-        let r = rt().block_on(fetcher(&e, &srcs).fetch(h, None, None)).unwrap();
+        let r = rt()
+            .block_on(fetcher(&e, &srcs).fetch(h, None, None))
+            .unwrap();
         assert_eq!(e.store.read(&h).unwrap(), d);
         assert!(r.bad_sources.contains("garbage"));
         // A lying length (chaining values right): caught by the expected size...
@@ -1262,10 +1302,15 @@ mod tests {
             MemSource::new("good1", &d, Behaviour::Honest),
             MemSource::new("good2", &d, Behaviour::Honest),
         ];
-        let r = rt().block_on(fetcher(&e, &srcs).fetch(h, None, None)).unwrap();
+        let r = rt()
+            .block_on(fetcher(&e, &srcs).fetch(h, None, None))
+            .unwrap();
         assert_eq!(e.store.read(&h).unwrap(), d);
         assert!(r.bad_sources.contains("liar"), "{r:?}");
-        assert!(!r.bad_sources.contains("good1") && !r.bad_sources.contains("good2"), "{r:?}");
+        assert!(
+            !r.bad_sources.contains("good1") && !r.bad_sources.contains("good2"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -1277,7 +1322,10 @@ mod tests {
         let dying = [MemSource::new("dies", &d, Behaviour::DiesAfter(4))];
         let err = rt().block_on(fetcher(&e, &dying).fetch(h, None, None));
         assert!(err.is_err());
-        assert!(!e.store.has(&h).unwrap(), "never a partial blob in the store");
+        assert!(
+            !e.store.has(&h).unwrap(),
+            "never a partial blob in the store"
+        );
         // Damage one of the saved segments on disk: re-verified at resume, fetched again.
         let part = e.partial.join(format!("{}.part", h.to_hex()));
         let have = fs::read(e.partial.join(format!("{}.have", h.to_hex()))).unwrap();
@@ -1288,7 +1336,9 @@ mod tests {
         drop(f);
         // A new fetcher (a restarted process) with an honest source.
         let good = [MemSource::new("good", &d, Behaviour::Honest)];
-        let r = rt().block_on(fetcher(&e, &good).fetch(h, None, None)).unwrap();
+        let r = rt()
+            .block_on(fetcher(&e, &good).fetch(h, None, None))
+            .unwrap();
         assert_eq!(e.store.read(&h).unwrap(), d);
         assert_eq!(r.resumed_segments, 2, "{r:?}");
         assert_eq!(r.fetched_segments, 7, "{r:?}");

@@ -135,7 +135,10 @@ pub fn rollback(
         .verify_and_decode(&limits)
         .context("the node sent a policy that does not verify")?;
     if !policy.role_of(&me).contains(Roles::PUBLISHER) {
-        bail!("key {me} is not a publisher in the mesh policy (version {}); only a publisher can roll back", policy.policy_version);
+        bail!(
+            "key {me} is not a publisher in the mesh policy (version {}); only a publisher can roll back",
+            policy.policy_version
+        );
     }
     let hist = fetch_history(node, repo)?;
     let gens = hist["generations"].as_array().cloned().unwrap_or_default();
@@ -146,21 +149,37 @@ pub fn rollback(
         .collect();
     arches.dedup();
     if arches.is_empty() {
-        bail!("{repo}: no published generations{}", arch.map(|a| format!(" for {a}")).unwrap_or_default());
+        bail!(
+            "{repo}: no published generations{}",
+            arch.map(|a| format!(" for {a}")).unwrap_or_default()
+        );
     }
     let mut done = Vec::new();
     for a in arches {
         let chain: Vec<&Value> = gens.iter().filter(|g| g["arch"] == a.as_str()).collect();
         let tip = chain[0];
-        let tip_gen = tip["generation"].as_u64().context("history without generation numbers")?;
-        let tip_event: Hash = tip["event"].as_str().context("history without event ids")?.parse()?;
-        let Some(target) = chain.iter().find(|g| g["generation"].as_u64() == Some(generation)) else {
-            bail!("{repo}/{a}: generation {generation} is not in the history (latest is {tip_gen})");
+        let tip_gen = tip["generation"]
+            .as_u64()
+            .context("history without generation numbers")?;
+        let tip_event: Hash = tip["event"]
+            .as_str()
+            .context("history without event ids")?
+            .parse()?;
+        let Some(target) = chain
+            .iter()
+            .find(|g| g["generation"].as_u64() == Some(generation))
+        else {
+            bail!(
+                "{repo}/{a}: generation {generation} is not in the history (latest is {tip_gen})"
+            );
         };
         if tip_gen == generation {
             bail!("{repo}/{a}: generation {generation} is already the latest");
         }
-        let id: Hash = target["event"].as_str().context("history without event ids")?.parse()?;
+        let id: Hash = target["event"]
+            .as_str()
+            .context("history without event ids")?
+            .parse()?;
         let bytes = client.get_bytes(&format!("/api/v1/events/{id}"))?;
         let ev: Event = Signed::<Event>::from_bytes(&bytes, &limits)
             .context("the node sent a malformed event")?
@@ -191,7 +210,12 @@ pub fn render(v: &Value) -> String {
         let t = g["time"].as_u64().unwrap_or(0);
         let secs = t / 1000;
         let when = format_time(secs);
-        let publisher: String = g["publisher"].as_str().unwrap_or("").chars().take(12).collect();
+        let publisher: String = g["publisher"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(12)
+            .collect();
         s.push_str(&format!(
             "{} generation {}  {}  publisher {}…  {} packages\n",
             g["arch"].as_str().unwrap_or(""),

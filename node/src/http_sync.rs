@@ -35,7 +35,10 @@ pub async fn sync(State(core): State<Arc<Core>>, body: Bytes) -> Response {
 /// `GET /api/v1/blobs/HASH/outboard`.
 pub async fn outboard(State(core): State<Arc<Core>>, Path(hash): Path<String>) -> Response {
     let Ok(hash) = hash.parse::<Hash>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{hash:?} is not a blake3 hash"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a blake3 hash"),
+        );
     };
     match blocking(move || crate::fetch::outboard_of(&core.blobs, &hash)).await {
         Ok(Ok(Some(bytes))) => {
@@ -108,7 +111,10 @@ pub async fn blob_range(core: &Core, hash: Hash, range: &HeaderValue) -> Respons
 /// `GET /api/v1/events/ID`: the stored signed event.
 pub async fn event(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<Hash>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not an event id"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an event id"),
+        );
     };
     match blocking(move || core.ingest().events().get(&id)).await {
         Ok(Ok(Some(bytes))) => {
@@ -123,7 +129,10 @@ pub async fn event(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Res
 /// `GET /api/v1/repos/NAME/history`.
 pub async fn history(State(core): State<Arc<Core>>, Path(repo): Path<String>) -> Response {
     let Ok(repo) = Name::new(repo.clone()) else {
-        return error(StatusCode::BAD_REQUEST, format!("{repo:?} is not a repository name"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{repo:?} is not a repository name"),
+        );
     };
     let r = blocking(move || {
         let ingest = core.ingest();
@@ -133,7 +142,10 @@ pub async fn history(State(core): State<Arc<Core>>, Path(repo): Path<String>) ->
     .await;
     match r {
         Ok(Some(v)) => axum::Json(v).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no such repository in the mesh policy"),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "no such repository in the mesh policy",
+        ),
         Err(r) => r,
     }
 }

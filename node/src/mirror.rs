@@ -48,7 +48,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::stream::{self, StreamExt};
 use pacmesh_protocol::{
-    Hash, Limits, Message, MeshPolicy, Name, RepoManifest, Signed, SyncResponse,
+    Hash, Limits, MeshPolicy, Message, Name, RepoManifest, Signed, SyncResponse,
 };
 use serde_json::json;
 
@@ -182,7 +182,9 @@ impl Mirror {
             );
         }
         if cfg.follow.is_empty() {
-            bail!("nothing to follow: give at least one --follow URL (a node's or mirror's HTTP address)");
+            bail!(
+                "nothing to follow: give at least one --follow URL (a node's or mirror's HTTP address)"
+            );
         }
         for d in [&cfg.data_dir, &cfg.out] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -224,7 +226,11 @@ impl Mirror {
             .into();
         // Leftovers of a killed run: generation directories never renamed into place.
         for repo in fs::read_dir(&cfg.out).into_iter().flatten().flatten() {
-            for e in fs::read_dir(repo.path().join("gen")).into_iter().flatten().flatten() {
+            for e in fs::read_dir(repo.path().join("gen"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
                 if n.starts_with(".tmp-") || n.starts_with(".trash-") {
@@ -288,8 +294,7 @@ impl Mirror {
             let c = self.core.clone();
             let complete = resp.complete;
             let outcomes =
-                tokio::task::spawn_blocking(move || c.ingest().ingest_sync_response(&resp))
-                    .await?;
+                tokio::task::spawn_blocking(move || c.ingest().ingest_sync_response(&resp)).await?;
             let new = outcomes
                 .iter()
                 .filter(|o| matches!(o, IngestOutcome::Accepted { .. }))
@@ -314,7 +319,9 @@ impl Mirror {
                 .iter()
                 .flat_map(|r| r.arches.iter().map(move |a| (r.name.clone(), a.clone())))
                 .map(|(r, a)| {
-                    let g = state.latest_generation(&r, &a).map(|g| (g.event, g.manifest));
+                    let g = state
+                        .latest_generation(&r, &a)
+                        .map(|g| (g.event, g.manifest));
                     (r, a, g)
                 })
                 .collect()
@@ -365,8 +372,7 @@ impl Mirror {
             serde_json::to_vec(m)?,
         )?;
         // Fetch what is missing.
-        let sizes: BTreeMap<Hash, u64> =
-            m.packages.iter().map(|p| (p.blake3, p.size)).collect();
+        let sizes: BTreeMap<Hash, u64> = m.packages.iter().map(|p| (p.blake3, p.size)).collect();
         let mut missing = Vec::new();
         for h in &blobs {
             if !self.core.blobs.has(h)? {
@@ -390,9 +396,9 @@ impl Mirror {
                 b.set_message(format!("{repo}/{arch} generation {g}"));
                 b
             });
-            let progress: Option<Progress> = bar.clone().map(|b| {
-                Arc::new(move |n: u64| b.inc(n)) as Progress
-            });
+            let progress: Option<Progress> = bar
+                .clone()
+                .map(|b| Arc::new(move |n: u64| b.inc(n)) as Progress);
             let results: Vec<Result<crate::fetch::FetchReport>> = stream::iter(missing.iter())
                 .map(|h| {
                     self.fetcher
@@ -564,7 +570,12 @@ fn place(store: &FsStore, hash: &Hash, dest: &Path) -> Result<()> {
 /// Builds `OUT/NAME/gen/G/os/ARCH` for `m` from the store. Blobs in `fresh` (just fetched)
 /// are checked against the manifest's size and SHA-256 too (their BLAKE3 was verified while
 /// fetching); the others were checked when first placed.
-fn materialise(store: &FsStore, out: &Path, m: &RepoManifest, fresh: &BTreeSet<Hash>) -> Result<()> {
+fn materialise(
+    store: &FsStore,
+    out: &Path,
+    m: &RepoManifest,
+    fresh: &BTreeSet<Hash>,
+) -> Result<()> {
     let (repo, arch, g) = (m.repo.as_str(), m.arch.as_str(), m.generation);
     let gen_root = out.join(repo).join("gen");
     fs::create_dir_all(&gen_root)?;
@@ -621,7 +632,9 @@ fn materialise(store: &FsStore, out: &Path, m: &RepoManifest, fresh: &BTreeSet<H
     })();
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(e.context(format!("Failed to materialise {repo}/{arch} generation {g}")));
+        return Err(e.context(format!(
+            "Failed to materialise {repo}/{arch} generation {g}"
+        )));
     }
     let final_dir = gen_dir(out, repo, arch, g);
     let parent = final_dir.parent().expect("gen/G/os");
@@ -635,7 +648,13 @@ fn materialise(store: &FsStore, out: &Path, m: &RepoManifest, fresh: &BTreeSet<H
     fs::rename(&tmp, &final_dir)
         .with_context(|| format!("Failed to rename {} into place", tmp.display()))?;
     fsync_dir(parent)?;
-    tracing::info!(repo, arch, generation = g, packages = m.packages.len(), "generation materialised");
+    tracing::info!(
+        repo,
+        arch,
+        generation = g,
+        packages = m.packages.len(),
+        "generation materialised"
+    );
     Ok(())
 }
 
@@ -656,11 +675,13 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
         )
         .route(
             "/api/v1/sync",
-            post(crate::http_sync::sync)
-                .layer(axum::extract::DefaultBodyLimit::max(sync_limit)),
+            post(crate::http_sync::sync).layer(axum::extract::DefaultBodyLimit::max(sync_limit)),
         )
         .route("/api/v1/events/{id}", get(crate::http_sync::event))
-        .route("/api/v1/repos/{repo}/history", get(crate::http_sync::history))
+        .route(
+            "/api/v1/repos/{repo}/history",
+            get(crate::http_sync::history),
+        )
         .with_state(core);
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -671,17 +692,21 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
                 async move {
                     match tokio::task::spawn_blocking(move || m.status()).await {
                         Ok(v) => axum::Json(v).into_response(),
-                        Err(e) => crate::http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                        Err(e) => {
+                            crate::http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        }
                     }
                 }
             }),
         )
         .route(
             "/{repo}/os/{arch}/{file}",
-            get(move |UrlPath((repo, arch, file)): UrlPath<(String, String, String)>| {
-                let m = m2.clone();
-                async move { serve_current(&m.cfg.out, &repo, &arch, &file).await }
-            }),
+            get(
+                move |UrlPath((repo, arch, file)): UrlPath<(String, String, String)>| {
+                    let m = m2.clone();
+                    async move { serve_current(&m.cfg.out, &repo, &arch, &file).await }
+                },
+            ),
         )
         .route(
             "/{repo}/gen/{generation}/os/{arch}/{file}",
@@ -696,8 +721,11 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
                             return crate::http::error(StatusCode::NOT_FOUND, "no such file");
                         }
                         let p = gen_dir(&m.cfg.out, &repo, &arch, g).join(&file);
-                        crate::http_sync::serve_file(&p, &format!("{repo}/gen/{g}/os/{arch}/{file}"))
-                            .await
+                        crate::http_sync::serve_file(
+                            &p,
+                            &format!("{repo}/gen/{g}/os/{arch}/{file}"),
+                        )
+                        .await
                     }
                 },
             ),
@@ -719,7 +747,10 @@ async fn serve_current(out: &Path, repo: &str, arch: &str, file: &str) -> Respon
         return crate::http::error(StatusCode::NOT_FOUND, "no such file");
     }
     let Some(g) = served_generation(out, repo, arch) else {
-        return crate::http::error(StatusCode::NOT_FOUND, format!("{repo}/os/{arch}: nothing served"));
+        return crate::http::error(
+            StatusCode::NOT_FOUND,
+            format!("{repo}/os/{arch}: nothing served"),
+        );
     };
     let p = gen_dir(out, repo, arch, g).join(file);
     let mut r = crate::http_sync::serve_file(&p, &format!("{repo}/os/{arch}/{file}")).await;
@@ -755,7 +786,9 @@ pub async fn run(
         println!("pacmesh: mirror http listening on http://{local}");
         addr = Some(local);
         let app = router(mirror.clone());
-        server = Some(tokio::spawn(async move { axum::serve(listener, app).await }));
+        server = Some(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
     }
     on_start(addr);
     tokio::pin!(shutdown);

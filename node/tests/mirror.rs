@@ -157,7 +157,11 @@ impl Proc {
 
     fn base(&self, needle: &str) -> String {
         let line = self.wait_line(needle, Duration::from_secs(60));
-        line.split("listening on ").nth(1).unwrap().trim().to_string()
+        line.split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     fn kill9(&mut self) {
@@ -188,7 +192,15 @@ fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
         .get("x-pacmesh-generation")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    (code, r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap_or_default(), g)
+    (
+        code,
+        r.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap_or_default(),
+        g,
+    )
 }
 
 fn json(url: &str) -> Value {
@@ -318,7 +330,9 @@ impl Mesh {
                 size: bytes.len() as u64,
             });
         }
-        let log = c.put_blob(format!("build log of {pkgbase}\n").as_bytes()).unwrap();
+        let log = c
+            .put_blob(format!("build log of {pkgbase}\n").as_bytes())
+            .unwrap();
         c.submit(
             &self.builder,
             EventBody::Built {
@@ -414,7 +428,12 @@ impl Pacman {
 
     fn pacman(&self, args: &[&str]) -> Output {
         let root = self.root();
-        for d in ["var/lib/pacman", "var/cache/pacman/pkg", "var/log", "etc/pacman.d/hooks"] {
+        for d in [
+            "var/lib/pacman",
+            "var/cache/pacman/pkg",
+            "var/log",
+            "etc/pacman.d/hooks",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         run(
@@ -433,7 +452,12 @@ impl Pacman {
                 .arg(self.dir.join("gnupg"))
                 .arg("--config")
                 .arg(self.dir.join("pacman.conf"))
-                .args(["--noconfirm", "--noprogressbar", "--noscriptlet", "--disable-download-timeout"])
+                .args([
+                    "--noconfirm",
+                    "--noprogressbar",
+                    "--noscriptlet",
+                    "--disable-download-timeout",
+                ])
                 .args(args),
             Duration::from_secs(180),
         )
@@ -466,7 +490,10 @@ fn check_set(base: &str, pgp: &OpenPgpKey, pinned: bool) -> Result<u64, String> 
     if code != 200 {
         return Err(format!("db: HTTP {code}"));
     }
-    let g: u64 = g.ok_or("no generation header")?.parse().map_err(|_| "bad header")?;
+    let g: u64 = g
+        .ok_or("no generation header")?
+        .parse()
+        .map_err(|_| "bad header")?;
     let dir = if pinned {
         format!("{base}/{REPO}/gen/{g}/os/{ARCH}")
     } else {
@@ -489,7 +516,10 @@ fn check_set(base: &str, pgp: &OpenPgpKey, pinned: bool) -> Result<u64, String> 
         let want = e.sha256sum.clone().unwrap_or_default();
         let got = Sha256::digest(&bytes).to_hex();
         if want != got {
-            return Err(format!("generation {g}: {}: sha256 {got}, database says {want}", e.filename));
+            return Err(format!(
+                "generation {g}: {}: sha256 {got}, database says {want}",
+                e.filename
+            ));
         }
         let (code, psig, _) = get(&format!("{dir}/{}.sig", e.filename));
         if code != 200 {
@@ -507,9 +537,11 @@ fn mirror_serves_generations_pacman_upgrades_and_rolls_back() {
     let mesh = Mesh::new(t.path());
     mesh.publish("hello", &[pkg("hello", "1.0-1")], 1);
     let (_mirror, mbase) = mesh.mirror("out", &[&mesh.base], &["--keep", "2"]);
-    wait_until("mirror serves generation 1", Duration::from_secs(60), || {
-        mirror_served(&mbase) == Some(1)
-    });
+    wait_until(
+        "mirror serves generation 1",
+        Duration::from_secs(60),
+        || mirror_served(&mbase) == Some(1),
+    );
     let out = t.path().join("out");
     assert_eq!(
         std::fs::read_link(out.join(REPO).join("os").join(ARCH)).unwrap(),
@@ -540,9 +572,11 @@ fn mirror_serves_generations_pacman_upgrades_and_rolls_back() {
     let mut b = pkg("splitty-b", "1.0-1");
     b.lines[0] = ("pkgbase".into(), "splitty".into());
     mesh.publish("splitty", &[a, b], 3);
-    wait_until("mirror serves generation 3", Duration::from_secs(60), || {
-        mirror_served(&mbase) == Some(3)
-    });
+    wait_until(
+        "mirror serves generation 3",
+        Duration::from_secs(60),
+        || mirror_served(&mbase) == Some(3),
+    );
     assert_eq!(check_set(&mbase, &pgp, false), Ok(3));
     if let Some(p) = &pacman {
         let o = p.pacman(&["-Syudd"]);
@@ -553,25 +587,48 @@ fn mirror_serves_generations_pacman_upgrades_and_rolls_back() {
     // Rollback to generation 1: generation 4 equals it; pacman -Suu downgrades.
     let o = run(
         Command::new(BIN).args([
-            "repo", "rollback", REPO, "1", "--key", s(&mesh.node_key), "--node", &mesh.base,
+            "repo",
+            "rollback",
+            REPO,
+            "1",
+            "--key",
+            s(&mesh.node_key),
+            "--node",
+            &mesh.base,
         ]),
         Duration::from_secs(60),
     );
     assert!(o.status.success(), "rollback: {}", show(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("generation 4"), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("generation 4"),
+        "{}",
+        show(&o)
+    );
     // A key that is not a publisher cannot roll back.
     let o = run(
         Command::new(BIN).args([
-            "repo", "rollback", REPO, "2", "--key",
-            s(&t.path().join("keys/stranger.key")), "--node", &mesh.base,
+            "repo",
+            "rollback",
+            REPO,
+            "2",
+            "--key",
+            s(&t.path().join("keys/stranger.key")),
+            "--node",
+            &mesh.base,
         ]),
         Duration::from_secs(60),
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a publisher"), "{}", show(&o));
-    wait_until("mirror serves generation 4", Duration::from_secs(60), || {
-        mirror_served(&mbase) == Some(4)
-    });
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a publisher"),
+        "{}",
+        show(&o)
+    );
+    wait_until(
+        "mirror serves generation 4",
+        Duration::from_secs(60),
+        || mirror_served(&mbase) == Some(4),
+    );
     assert_eq!(check_set(&mbase, &pgp, true), Ok(4));
     if let Some(p) = &pacman {
         let o = p.pacman(&["-Syuudd"]);
@@ -587,7 +644,9 @@ fn mirror_serves_generations_pacman_upgrades_and_rolls_back() {
     let h: Value = serde_json::from_str(&h).unwrap();
     let gens = h["generations"].as_array().unwrap();
     assert_eq!(
-        gens.iter().map(|g| g["generation"].as_u64().unwrap()).collect::<Vec<_>>(),
+        gens.iter()
+            .map(|g| g["generation"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         vec![4, 3, 2, 1]
     );
     assert_eq!(gens[0]["updated"][0]["name"], "hello");
@@ -601,7 +660,10 @@ fn mirror_serves_generations_pacman_upgrades_and_rolls_back() {
     assert_eq!(removed, ["splitty-a", "splitty-b"]);
     assert_eq!(gens[3]["added"][0]["name"], "hello");
     let text = pacmesh_ok(&["repo", "history", REPO, "--node", &mesh.base]);
-    assert!(text.contains("generation 4") && text.contains("v hello 2.0-1 -> 1.0-1"), "{text}");
+    assert!(
+        text.contains("generation 4") && text.contains("v hello 2.0-1 -> 1.0-1"),
+        "{text}"
+    );
 
     // --keep 2: generations 3 and 4 kept, pinned URLs of older ones are gone.
     let kept = json(&format!("{mbase}/api/v1/status"))["repos"][0]["kept"].clone();
@@ -768,7 +830,12 @@ fn serve(
         .get("content-range")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let mut data = resp.body_mut().with_config().limit(1 << 30).read_to_vec().map_err(std::io::Error::other)?;
+    let mut data = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .map_err(std::io::Error::other)?;
     let is_blob = path.starts_with("/api/v1/blobs/") && !path.ends_with("/outboard");
     let m = mode.load(Ordering::SeqCst);
     if is_blob && status < 300 {
@@ -782,7 +849,8 @@ fn serve(
         let limits = Limits::default();
         let mut sr = SyncResponse::decode(&data, &limits).map_err(std::io::Error::other)?;
         for f in forged.lock().unwrap().iter() {
-            sr.events.push(Signed::<Event>::from_bytes(f, &limits).unwrap());
+            sr.events
+                .push(Signed::<Event>::from_bytes(f, &limits).unwrap());
         }
         data = sr.encode().unwrap();
     }
@@ -822,7 +890,11 @@ fn forged_publish(key: &NodeKey, seq: u64, m: RepoManifest) -> Vec<u8> {
 
 fn latest_manifest(base: &str) -> (Hash, RepoManifest) {
     let h = json(&format!("{base}/api/v1/repos/{REPO}/history"));
-    let id: Hash = h["generations"][0]["event"].as_str().unwrap().parse().unwrap();
+    let id: Hash = h["generations"][0]["event"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let (_, bytes, _) = get(&format!("{base}/api/v1/events/{id}"));
     let ev = Signed::<Event>::from_bytes(&bytes, &Limits::default())
         .unwrap()
@@ -864,11 +936,17 @@ fn hostile_peers_are_refused_and_a_killed_mirror_resumes() {
 
     // The hostile peer is listed first: its bytes are tried first.
     let (mirror, mbase) = mesh.mirror("out", &[&hostile.base, &mesh.base], &[]);
-    wait_until("mirror serves generation 1", Duration::from_secs(60), || {
-        mirror_served(&mbase) == Some(1)
-    });
+    wait_until(
+        "mirror serves generation 1",
+        Duration::from_secs(60),
+        || mirror_served(&mbase) == Some(1),
+    );
     let pgp = mesh.pgp();
-    assert_eq!(check_set(&mbase, &pgp, true), Ok(1), "never the corrupt bytes");
+    assert_eq!(
+        check_set(&mbase, &pgp, true),
+        Ok(1),
+        "never the corrupt bytes"
+    );
     let st = json(&format!("{mbase}/api/v1/status"));
     assert!(
         st["bad_sources"][&hostile.base].as_u64().unwrap_or(0) >= 1,
@@ -876,8 +954,14 @@ fn hostile_peers_are_refused_and_a_killed_mirror_resumes() {
     );
     let rejected = &st["events"]["rejected"];
     assert!(rejected["not_allowed"].as_u64().unwrap_or(0) >= 1, "{st:#}");
-    assert!(rejected["unknown_previous"].as_u64().unwrap_or(0) >= 1, "{st:#}");
-    assert!(rejected["broken_manifest_chain"].as_u64().unwrap_or(0) >= 1, "{st:#}");
+    assert!(
+        rejected["unknown_previous"].as_u64().unwrap_or(0) >= 1,
+        "{st:#}"
+    );
+    assert!(
+        rejected["broken_manifest_chain"].as_u64().unwrap_or(0) >= 1,
+        "{st:#}"
+    );
     // A refused manifest changes nothing: still generation 1 after more rounds.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(mirror_served(&mbase), Some(1));
@@ -906,11 +990,19 @@ fn hostile_peers_are_refused_and_a_killed_mirror_resumes() {
             .flatten()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".have"))
-            .map(|e| std::fs::read(e.path()).unwrap_or_default().iter().filter(|&&b| b == 1).count())
+            .map(|e| {
+                std::fs::read(e.path())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|&&b| b == 1)
+                    .count()
+            })
             .max()
             .unwrap_or(0)
     };
-    wait_until("the mirror is mid-fetch", Duration::from_secs(60), || segments_done() >= 3);
+    wait_until("the mirror is mid-fetch", Duration::from_secs(60), || {
+        segments_done() >= 3
+    });
     mirror.kill9();
     let out = t.path().join("out");
     assert_eq!(
@@ -925,9 +1017,11 @@ fn hostile_peers_are_refused_and_a_killed_mirror_resumes() {
     let before = hostile.blob_bytes.load(Ordering::SeqCst);
     let (_mirror, mbase2) = mesh.mirror("out", &[&mesh.base], &[]);
     let _ = mbase;
-    wait_until("mirror serves generation 2", Duration::from_secs(120), || {
-        mirror_served(&mbase2) == Some(2)
-    });
+    wait_until(
+        "mirror serves generation 2",
+        Duration::from_secs(120),
+        || mirror_served(&mbase2) == Some(2),
+    );
     let fetched = json(&format!("{mbase2}/api/v1/status"))["bytes_fetched"]
         .as_u64()
         .unwrap();
@@ -945,9 +1039,11 @@ fn readers_never_see_a_mismatched_set_while_generations_switch() {
     let mesh = Mesh::new(t.path());
     mesh.publish("cycle", &[pkg("cycle", "1-1"), pkg("steady", "1-1")], 1);
     let (_mirror, mbase) = mesh.mirror("out", &[&mesh.base], &["--keep", "3"]);
-    wait_until("mirror serves generation 1", Duration::from_secs(60), || {
-        mirror_served(&mbase) == Some(1)
-    });
+    wait_until(
+        "mirror serves generation 1",
+        Duration::from_secs(60),
+        || mirror_served(&mbase) == Some(1),
+    );
     let pgp = Arc::new(mesh.pgp());
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
