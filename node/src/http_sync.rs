@@ -16,17 +16,33 @@ use crate::core::Core;
 use crate::http::{blocking, error};
 
 /// `POST /api/v1/sync`: CBOR `SyncRequest` (size-limited by the protocol limits) → CBOR
-/// `SyncResponse`.
-pub async fn sync(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let r = blocking(move || {
+/// `SyncResponse`; with `x-pacmesh-delta-bases`, the [`crate::delta`] framing instead.
+pub async fn sync(
+    State(core): State<Arc<Core>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bases = headers
+        .get(crate::delta::BASES_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(crate::delta::parse_bases);
+    let r = blocking(move || -> Result<(&'static str, Vec<u8>), String> {
         let ingest = core.ingest();
         let req = SyncRequest::decode(&body, ingest.limits()).map_err(|e| e.to_string())?;
         let resp = ingest.sync_response(&req).map_err(|e| e.to_string())?;
-        resp.encode().map_err(|e| e.to_string())
+        match bases {
+            Some(bases) => {
+                let load = |id: &Hash| ingest.events().get(id).ok().flatten();
+                let bytes =
+                    crate::delta::encode_response(&resp, &bases, load, ingest.limits());
+                Ok((crate::delta::CONTENT_TYPE, bytes))
+            }
+            None => Ok(("application/cbor", resp.encode().map_err(|e| e.to_string())?)),
+        }
     })
     .await;
     match r {
-        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response(),
+        Ok(Ok((ct, bytes))) => ([(header::CONTENT_TYPE, ct)], bytes).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("sync request: {e}")),
         Err(r) => r,
     }

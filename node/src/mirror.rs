@@ -163,6 +163,8 @@ pub struct Mirror {
     agent: ureq::Agent,
     /// Payload bytes received by the fetcher since start (benchmarks).
     pub bytes_fetched: AtomicU64,
+    /// Sync response bytes received since start.
+    pub bytes_synced: AtomicU64,
     /// Followed peers caught sending bytes that do not verify, with a count.
     bad_sources: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -244,6 +246,7 @@ impl Mirror {
             fetcher,
             agent,
             bytes_fetched: AtomicU64::new(0),
+            bytes_synced: AtomicU64::new(0),
             bad_sources: Default::default(),
         })
     }
@@ -269,28 +272,58 @@ impl Mirror {
     async fn sync_with(&self, url: &str) -> Result<usize> {
         let mut accepted = 0;
         for _round in 0..1000 {
-            let (req, limits) = {
+            let (req, limits, bases) = {
                 let ingest = self.core.ingest();
-                (ingest.sync_request(1000), ingest.limits().clone())
+                let state = ingest.state();
+                // The newest manifests held: the node may send new ones as deltas of them.
+                let bases: Vec<String> = state
+                    .published_repos()
+                    .filter_map(|(r, a)| state.latest_generation(r, a))
+                    .map(|g| g.event.to_string())
+                    .take(crate::delta::MAX_BASES)
+                    .collect();
+                (ingest.sync_request(1000), ingest.limits().clone(), bases.join(","))
             };
             let body = req.encode()?;
             let agent = self.agent.clone();
             let endpoint = format!("{}/api/v1/sync", url.trim_end_matches('/'));
             let max = limits.max_sync_bytes as u64;
-            let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let (bytes, is_delta) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, bool)> {
                 let mut r = agent
                     .post(&endpoint)
                     .header("content-type", "application/cbor")
+                    .header(crate::delta::BASES_HEADER, &bases)
                     .send(&body[..])
                     .map_err(|e| anyhow!("{endpoint}: {e}"))?;
                 if !r.status().is_success() {
                     bail!("{endpoint}: HTTP {}", r.status());
                 }
-                Ok(r.body_mut().with_config().limit(max).read_to_vec()?)
+                let delta = r
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes() == crate::delta::CONTENT_TYPE.as_bytes());
+                Ok((r.body_mut().with_config().limit(max).read_to_vec()?, delta))
             })
             .await??;
-            let resp = SyncResponse::decode(&bytes, &limits)
-                .map_err(|e| anyhow!("sync response from {url}: {e}"))?;
+            self.bytes_synced
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let resp = if is_delta {
+                let c = self.core.clone();
+                let l = limits.clone();
+                tokio::task::spawn_blocking(move || {
+                    let ingest = c.ingest();
+                    crate::delta::decode_response(
+                        &bytes,
+                        |id| ingest.events().get(id).ok().flatten(),
+                        &l,
+                    )
+                })
+                .await?
+                .map_err(|e| anyhow!("sync response from {url}: {e}"))?
+            } else {
+                SyncResponse::decode(&bytes, &limits)
+                    .map_err(|e| anyhow!("sync response from {url}: {e}"))?
+            };
             let c = self.core.clone();
             let complete = resp.complete;
             let outcomes =
@@ -530,6 +563,7 @@ impl Mirror {
             "events": ingest.counters(),
             "repos": repos,
             "bytes_fetched": self.bytes_fetched.load(Ordering::Relaxed),
+            "bytes_synced": self.bytes_synced.load(Ordering::Relaxed),
             "bad_sources": self.bad_sources.lock().unwrap().clone(),
         })
     }
