@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 
-use pacmesh_protocol::{Event, Hash, Limits, PublicKey, Signed, SyncResponse, SYNC_VERSION};
+use pacmesh_protocol::{Event, Hash, Limits, PublicKey, SYNC_VERSION, Signed, SyncResponse};
 
 /// Content type of a delta sync response.
 pub const CONTENT_TYPE: &str = "application/x-pacmesh-sync-delta";
@@ -205,10 +205,16 @@ pub fn decode_response(
     limits: &Limits,
 ) -> Result<SyncResponse, String> {
     if body.len() > limits.max_sync_bytes {
-        return Err(format!("sync response over {} bytes", limits.max_sync_bytes));
+        return Err(format!(
+            "sync response over {} bytes",
+            limits.max_sync_bytes
+        ));
     }
     let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let end = at.checked_add(n).filter(|&e| e <= body.len()).ok_or("sync delta truncated")?;
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= body.len())
+            .ok_or("sync delta truncated")?;
         let s = &body[*at..end];
         *at = end;
         Ok(s)
@@ -219,12 +225,17 @@ pub fn decode_response(
     }
     let version = take(&mut at, 1)?[0];
     if version != 1 {
-        return Err(format!("delta sync version {version} is newer than this node understands"));
+        return Err(format!(
+            "delta sync version {version} is newer than this node understands"
+        ));
     }
     let complete = take(&mut at, 1)?[0] == 1;
     let count = u32::from_be_bytes(take(&mut at, 4)?.try_into().expect("4")) as usize;
     if count > limits.max_sync_events {
-        return Err(format!("{count} events, more than {}", limits.max_sync_events));
+        return Err(format!(
+            "{count} events, more than {}",
+            limits.max_sync_events
+        ));
     }
     let max_event = limits.max_event_bytes.max(limits.max_manifest_bytes);
     let mut events = Vec::with_capacity(count);
@@ -243,7 +254,8 @@ pub fn decode_response(
                 let sig: [u8; 64] = take(&mut at, 64)?.try_into().expect("64");
                 let n = u32::from_be_bytes(take(&mut at, 4)?.try_into().expect("4")) as usize;
                 let d = take(&mut at, n)?;
-                let base_bytes = load(&base).ok_or_else(|| format!("delta base {base} is not here"))?;
+                let base_bytes =
+                    load(&base).ok_or_else(|| format!("delta base {base} is not here"))?;
                 let base_payload = Signed::<Event>::from_bytes(&base_bytes, limits)
                     .map_err(|e| e.to_string())?
                     .payload;
@@ -290,7 +302,11 @@ mod tests {
         let d = diff(&base, &target);
         assert!(d.len() < 1000, "{}", d.len());
         assert_eq!(apply(&base, &d, 1 << 20).unwrap(), target);
-        for (b, t) in [(&b""[..], &b"abc"[..]), (b"abc", b""), (b"short", b"shorter still")] {
+        for (b, t) in [
+            (&b""[..], &b"abc"[..]),
+            (b"abc", b""),
+            (b"short", b"shorter still"),
+        ] {
             assert_eq!(apply(b, &diff(b, t), 1 << 20).unwrap(), t);
         }
         let other = noise(5000, 9);
@@ -301,16 +317,35 @@ mod tests {
     fn hostile_deltas_fail_cleanly() {
         let base = b"0123456789abcdef0123456789abcdef";
         assert!(apply(base, &[1, 30, 10], 100).is_err(), "copy past the end");
-        assert!(apply(base, &[0, 5, b'a'], 100).is_err(), "insert past the end");
+        assert!(
+            apply(base, &[0, 5, b'a'], 100).is_err(),
+            "insert past the end"
+        );
         assert!(apply(base, &[7], 100).is_err());
-        assert!(apply(base, &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1], 100).is_err());
+        assert!(
+            apply(
+                base,
+                &[
+                    0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1
+                ],
+                100
+            )
+            .is_err()
+        );
         // A small delta cannot blow up past the limit.
         let mut d = Vec::new();
         for _ in 0..1000 {
             d.extend_from_slice(&[1, 0, 32]);
         }
         assert!(apply(base, &d, 1000).unwrap_err().contains("over"));
-        assert!(decode_response(b"PMSD\x01\x01\xff\xff\xff\xff", |_| None, &Limits::default()).is_err());
+        assert!(
+            decode_response(
+                b"PMSD\x01\x01\xff\xff\xff\xff",
+                |_| None,
+                &Limits::default()
+            )
+            .is_err()
+        );
         assert!(decode_response(b"XXXX", |_| None, &Limits::default()).is_err());
     }
 }

@@ -33,11 +33,13 @@ pub async fn sync(
         match bases {
             Some(bases) => {
                 let load = |id: &Hash| ingest.events().get(id).ok().flatten();
-                let bytes =
-                    crate::delta::encode_response(&resp, &bases, load, ingest.limits());
+                let bytes = crate::delta::encode_response(&resp, &bases, load, ingest.limits());
                 Ok((crate::delta::CONTENT_TYPE, bytes))
             }
-            None => Ok(("application/cbor", resp.encode().map_err(|e| e.to_string())?)),
+            None => Ok((
+                "application/cbor",
+                resp.encode().map_err(|e| e.to_string())?,
+            )),
         }
     })
     .await;
@@ -118,9 +120,9 @@ pub async fn blob_range(core: &Core, hash: Hash, range: &HeaderValue) -> Respons
             header::CONTENT_RANGE,
             format!("bytes {off}-{}/{size}", off + len - 1),
         )
-        .body(Body::from_stream(tokio_util::io::ReaderStream::new(
-            f.take(len),
-        )))
+        .body(Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10),
+        ))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 

@@ -282,29 +282,34 @@ impl Mirror {
                     .map(|g| g.event.to_string())
                     .take(crate::delta::MAX_BASES)
                     .collect();
-                (ingest.sync_request(1000), ingest.limits().clone(), bases.join(","))
+                (
+                    ingest.sync_request(1000),
+                    ingest.limits().clone(),
+                    bases.join(","),
+                )
             };
             let body = req.encode()?;
             let agent = self.agent.clone();
             let endpoint = format!("{}/api/v1/sync", url.trim_end_matches('/'));
             let max = limits.max_sync_bytes as u64;
-            let (bytes, is_delta) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, bool)> {
-                let mut r = agent
-                    .post(&endpoint)
-                    .header("content-type", "application/cbor")
-                    .header(crate::delta::BASES_HEADER, &bases)
-                    .send(&body[..])
-                    .map_err(|e| anyhow!("{endpoint}: {e}"))?;
-                if !r.status().is_success() {
-                    bail!("{endpoint}: HTTP {}", r.status());
-                }
-                let delta = r
-                    .headers()
-                    .get("content-type")
-                    .is_some_and(|v| v.as_bytes() == crate::delta::CONTENT_TYPE.as_bytes());
-                Ok((r.body_mut().with_config().limit(max).read_to_vec()?, delta))
-            })
-            .await??;
+            let (bytes, is_delta) =
+                tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, bool)> {
+                    let mut r = agent
+                        .post(&endpoint)
+                        .header("content-type", "application/cbor")
+                        .header(crate::delta::BASES_HEADER, &bases)
+                        .send(&body[..])
+                        .map_err(|e| anyhow!("{endpoint}: {e}"))?;
+                    if !r.status().is_success() {
+                        bail!("{endpoint}: HTTP {}", r.status());
+                    }
+                    let delta = r
+                        .headers()
+                        .get("content-type")
+                        .is_some_and(|v| v.as_bytes() == crate::delta::CONTENT_TYPE.as_bytes());
+                    Ok((r.body_mut().with_config().limit(max).read_to_vec()?, delta))
+                })
+                .await??;
             self.bytes_synced
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let resp = if is_delta {
