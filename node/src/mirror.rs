@@ -833,7 +833,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut failures = 0u32;
     loop {
-        let r = mirror.once().await;
+        let r = tokio::select! {
+            // Stopping mid-step is safe: the served generation only changes by a rename.
+            () = &mut shutdown => break,
+            r = mirror.once() => r,
+        };
         let pause = match r {
             Ok(_) => {
                 failures = 0;
