@@ -7,7 +7,7 @@
 //!    `rsync -a --delete` of the same generation directories.
 //! 2. **Providers**: `PACMESH_BENCH_GIB` (1) GiB in 4 blobs fetched by the fetch engine from 1
 //!    and from 3 provider nodes over HTTP, unthrottled (loopback, CPU-bound) and with each
-//!    provider's upload limited to `PACMESH_BENCH_UPLINK_MIB` (200) MiB/s by the relay.
+//!    provider's upload limited to `PACMESH_BENCH_UPLINK_MIB` (40) MiB/s by the relay.
 //!
 //! `cargo bench -p pacmesh-node --bench mirror_bench` (or `--profile dev` to skip the release
 //! build of every dependency; the figures then name the profile).
@@ -373,7 +373,7 @@ impl Read for Noise {
 
 fn providers(rt: &tokio::runtime::Runtime, dir: &Path) {
     let gib = env("PACMESH_BENCH_GIB", 1);
-    let uplink = env("PACMESH_BENCH_UPLINK_MIB", 200) << 20;
+    let uplink = env("PACMESH_BENCH_UPLINK_MIB", 40) << 20;
     let total = gib << 30;
     println!("== fetch {gib} GiB (4 blobs) from 1 and from 3 providers");
     // One content store shared by three provider nodes (each its own event store and HTTP).
