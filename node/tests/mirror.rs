@@ -1086,3 +1086,70 @@ fn readers_never_see_a_mismatched_set_while_generations_switch() {
     eprintln!("{total} consistent sets read across generations {all:?}");
     assert!(all.len() >= 4, "readers saw the switches: {all:?}");
 }
+
+#[test]
+fn mirror_cli_refuses_what_it_cannot_do() {
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("root.key");
+    pacmesh_ok(&["key", "gen", "--out", s(&key)]);
+    let policy = t.path().join("policy.cbor");
+    pacmesh_ok(&[
+        "mesh",
+        "init",
+        "--key",
+        s(&key),
+        "--repo",
+        REPO,
+        "--arch",
+        ARCH,
+        "--out",
+        s(&policy),
+    ]);
+    let out = t.path().join("out");
+    let data = t.path().join("data");
+    let base = [
+        "mirror",
+        "--policy",
+        s(&policy),
+        "--out",
+        s(&out),
+        "--data-dir",
+        s(&data),
+        "--once",
+    ];
+    // libp2p bootstrap peers: not in this version; a clear error, exit 1.
+    let mut args = base.to_vec();
+    args.extend([
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/4001",
+        "--follow",
+        "http://127.0.0.1:9",
+    ]);
+    let o = run(Command::new(BIN).args(&args), Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--follow"),
+        "{}",
+        show(&o)
+    );
+    // Nothing to follow.
+    let o = run(Command::new(BIN).args(base), Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nothing to follow"),
+        "{}",
+        show(&o)
+    );
+    // Usage errors exit 2.
+    let o = run(
+        Command::new(BIN).args(["mirror", "--out", "x"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    // An unreachable peer: --once still exits 0 (nothing published yet), serving nothing.
+    let mut args = base.to_vec();
+    args.extend(["--follow", "http://127.0.0.1:9"]);
+    let o = run(Command::new(BIN).args(&args), Duration::from_secs(60));
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(!out.join(REPO).exists());
+}
