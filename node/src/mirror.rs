@@ -167,6 +167,10 @@ pub struct Mirror {
     pub bytes_synced: AtomicU64,
     /// Followed peers caught sending bytes that do not verify, with a count.
     bad_sources: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Per client and (repo, arch): the generation of its last database read, and when.
+    sticky: std::sync::Mutex<
+        std::collections::HashMap<(std::net::IpAddr, String, String, String), (u64, Instant)>,
+    >,
 }
 
 fn read_root(policy: &[u8], limits: &Limits) -> Result<pacmesh_protocol::PublicKey> {
@@ -248,6 +252,7 @@ impl Mirror {
             bytes_fetched: AtomicU64::new(0),
             bytes_synced: AtomicU64::new(0),
             bad_sources: Default::default(),
+            sticky: Default::default(),
         })
     }
 
@@ -741,9 +746,27 @@ pub fn router(mirror: Arc<Mirror>) -> Router {
         .route(
             "/{repo}/os/{arch}/{file}",
             get(
-                move |UrlPath((repo, arch, file)): UrlPath<(String, String, String)>| {
+                move |UrlPath((repo, arch, file)): UrlPath<(String, String, String)>,
+                      req: axum::extract::Request| {
                     let m = m2.clone();
-                    async move { serve_current(&m.cfg.out, &repo, &arch, &file).await }
+                    async move {
+                        let peer = req
+                            .extensions()
+                            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                            .map(|c| c.0);
+                        let headers = req.headers();
+                        let client = peer.map(|p| {
+                            let ua = headers
+                                .get(axum::http::header::USER_AGENT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .chars()
+                                .take(200)
+                                .collect::<String>();
+                            (p.ip(), ua)
+                        });
+                        m.serve_current(client, &repo, &arch, &file).await
+                    }
                 },
             ),
         )
@@ -779,24 +802,63 @@ fn ok_names(names: &[&str]) -> bool {
         .all(|s| !s.is_empty() && !s.starts_with('.') && !s.contains(['/', '\\', '\0']))
 }
 
-/// A file of the served generation: the symlink is resolved once, and the response names the
-/// generation, so a client can fetch the rest of a consistent set from `/NAME/gen/G/os/ARCH/`.
-async fn serve_current(out: &Path, repo: &str, arch: &str, file: &str) -> Response {
-    if !ok_names(&[repo, arch, file]) {
-        return crate::http::error(StatusCode::NOT_FOUND, "no such file");
+/// How long a client's database read pins the generation its other reads come from.
+const STICKY_FOR: Duration = Duration::from_secs(600);
+
+/// A client as the mirror's server tells them apart: address and user agent.
+type ClientKey = (std::net::IpAddr, String);
+
+impl Mirror {
+    /// A file under `/NAME/os/ARCH/`. The symlink is resolved once per request and the
+    /// response names the generation (`X-Pacmesh-Generation`). A database read (`NAME.db`,
+    /// `NAME.files`, with or without `.tar.zst`) always gets the served generation and is
+    /// remembered per client (address + user agent, for [`STICKY_FOR`]); the client's other
+    /// reads (`NAME.db.sig`, packages, their signatures) then come from that generation while
+    /// it is kept, so pacman's separate requests for a database, its signature and its
+    /// packages form one consistent set even across a switch.
+    async fn serve_current(
+        &self,
+        client: Option<ClientKey>,
+        repo: &str,
+        arch: &str,
+        file: &str,
+    ) -> Response {
+        let out = &self.cfg.out;
+        if !ok_names(&[repo, arch, file]) {
+            return crate::http::error(StatusCode::NOT_FOUND, "no such file");
+        }
+        let Some(current) = served_generation(out, repo, arch) else {
+            return crate::http::error(
+                StatusCode::NOT_FOUND,
+                format!("{repo}/os/{arch}: nothing served"),
+            );
+        };
+        let is_db = [".db", ".db.tar.zst", ".files", ".files.tar.zst"]
+            .iter()
+            .any(|ext| file.strip_suffix(ext) == Some(repo));
+        let key = client.map(|(ip, ua)| (ip, ua, repo.to_string(), arch.to_string()));
+        let mut g = current;
+        if let Some(k) = &key {
+            let mut sticky = self.sticky.lock().unwrap();
+            if is_db {
+                if sticky.len() > 10_000 {
+                    sticky.retain(|_, (_, t)| t.elapsed() < STICKY_FOR);
+                }
+                sticky.insert(k.clone(), (current, Instant::now()));
+            } else if let Some((sg, t)) = sticky.get(k)
+                && t.elapsed() < STICKY_FOR
+                && gen_dir(out, repo, arch, *sg).join(file).is_file()
+            {
+                g = *sg;
+            }
+        }
+        let p = gen_dir(out, repo, arch, g).join(file);
+        let mut r = crate::http_sync::serve_file(&p, &format!("{repo}/os/{arch}/{file}")).await;
+        if let Ok(v) = HeaderValue::from_str(&g.to_string()) {
+            r.headers_mut().insert("x-pacmesh-generation", v);
+        }
+        r
     }
-    let Some(g) = served_generation(out, repo, arch) else {
-        return crate::http::error(
-            StatusCode::NOT_FOUND,
-            format!("{repo}/os/{arch}: nothing served"),
-        );
-    };
-    let p = gen_dir(out, repo, arch, g).join(file);
-    let mut r = crate::http_sync::serve_file(&p, &format!("{repo}/os/{arch}/{file}")).await;
-    if let Ok(v) = HeaderValue::from_str(&g.to_string()) {
-        r.headers_mut().insert("x-pacmesh-generation", v);
-    }
-    r
 }
 
 /// Runs a mirror until `shutdown` resolves: serves HTTP (if configured), then syncs and steps
@@ -825,9 +887,13 @@ pub async fn run(
         println!("pacmesh: mirror http listening on http://{local}");
         addr = Some(local);
         let app = router(mirror.clone());
-        server = Some(tokio::spawn(
-            async move { axum::serve(listener, app).await },
-        ));
+        server = Some(tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        }));
     }
     on_start(addr);
     tokio::pin!(shutdown);

@@ -185,7 +185,16 @@ fn agent() -> ureq::Agent {
 }
 
 fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
-    let mut r = agent().get(url).call().expect("GET");
+    get_as(url, "pacmesh-test")
+}
+
+/// A GET with a user agent (the mirror tells clients apart by address and user agent).
+fn get_as(url: &str, ua: &str) -> (u16, Vec<u8>, Option<String>) {
+    let mut r = agent()
+        .get(url)
+        .header("user-agent", ua)
+        .call()
+        .expect("GET");
     let code = r.status().as_u16();
     let g = r
         .headers()
@@ -481,11 +490,33 @@ impl Drop for Pacman {
     }
 }
 
+/// How a reader fetches the rest of a set after the database.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Signature and packages from `/NAME/gen/G/os/ARCH/` of the generation the database
+    /// response named.
+    Pinned,
+    /// Signature pinned, packages from `/NAME/os/ARCH/`.
+    OsPackages,
+    /// Everything from `/NAME/os/ARCH/`, in separate requests, like pacman (and slowly: 100 ms
+    /// after the database).
+    Pacman,
+}
+
 /// Checks one consistent set read from `base`: the database, its signature and every package
-/// it lists (SHA-256 as the database says, signature by the publisher). `pinned`: signature and
-/// packages from `/NAME/gen/G/os/ARCH/` of the generation the database response named;
-/// otherwise from `/NAME/os/ARCH/` like pacman. Returns the generation read.
+/// it lists (SHA-256 as the database says, signature by the publisher), read as `mode` says
+/// with user agent `ua`. Returns the generation read.
 fn check_set(base: &str, pgp: &OpenPgpKey, pinned: bool) -> Result<u64, String> {
+    let mode = if pinned {
+        Mode::Pinned
+    } else {
+        Mode::OsPackages
+    };
+    check_set_as(base, pgp, mode, "pacmesh-test")
+}
+
+fn check_set_as(base: &str, pgp: &OpenPgpKey, mode: Mode, ua: &str) -> Result<u64, String> {
+    let get = |url: &str| get_as(url, ua);
     let (code, db, g) = get(&format!("{base}/{REPO}/os/{ARCH}/{REPO}.db"));
     if code != 200 {
         return Err(format!("db: HTTP {code}"));
@@ -494,12 +525,17 @@ fn check_set(base: &str, pgp: &OpenPgpKey, pinned: bool) -> Result<u64, String> 
         .ok_or("no generation header")?
         .parse()
         .map_err(|_| "bad header")?;
-    let dir = if pinned {
-        format!("{base}/{REPO}/gen/{g}/os/{ARCH}")
-    } else {
-        format!("{base}/{REPO}/os/{ARCH}")
+    if let Mode::Pacman = mode {
+        // A slow client: a switch is likely to happen before its next request.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pinned_dir = format!("{base}/{REPO}/gen/{g}/os/{ARCH}");
+    let os_dir = format!("{base}/{REPO}/os/{ARCH}");
+    let (dir, sig_dir) = match mode {
+        Mode::Pinned => (&pinned_dir, &pinned_dir),
+        Mode::OsPackages => (&os_dir, &pinned_dir),
+        Mode::Pacman => (&os_dir, &os_dir),
     };
-    let sig_dir = format!("{base}/{REPO}/gen/{g}/os/{ARCH}");
     let (code, sig, _) = get(&format!("{sig_dir}/{REPO}.db.sig"));
     if code != 200 {
         return Err(format!("db.sig: HTTP {code}"));
@@ -1046,7 +1082,7 @@ fn readers_never_see_a_mismatched_set_while_generations_switch() {
     );
     let pgp = Arc::new(mesh.pgp());
     let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..4)
+    let readers: Vec<_> = (0..6)
         .map(|i| {
             let (b, p, stop) = (mbase.clone(), pgp.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -1054,7 +1090,8 @@ fn readers_never_see_a_mismatched_set_while_generations_switch() {
                 let mut sets = 0;
                 let mut errors = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
-                    match check_set(&b, &p, i % 2 == 0) {
+                    let mode = [Mode::Pinned, Mode::OsPackages, Mode::Pacman][i % 3];
+                    match check_set_as(&b, &p, mode, &format!("reader-{i}")) {
                         Ok(g) => {
                             seen.insert(g);
                             sets += 1;
