@@ -308,3 +308,95 @@ fn a_sync_batch_may_carry_a_chain_in_any_order() {
     );
     assert_eq!(latest(&b).0, 2);
 }
+
+/// A mirror following a node over HTTP receives a new `publish` as a delta of the manifest it
+/// holds (a fraction of its size), rebuilds it, verifies it and serves the generation.
+#[test]
+fn http_sync_sends_publish_events_as_deltas() {
+    use pacmesh_node::mirror::{Mirror, MirrorConfig};
+    use std::sync::atomic::Ordering;
+    let t = tempfile::tempdir().unwrap();
+    let node = open_node(&t.path().join("node"), PUB_A);
+    let entry = node
+        .submit_as(
+            &key(MAINT),
+            EventBody::Enqueue(QueueEntry::new(
+                name(REPO),
+                Source::Aur {
+                    pkgbase: name("many"),
+                },
+            )),
+        )
+        .unwrap();
+    let log = node.blobs.import_bytes(b"log\n").unwrap();
+    let artifacts: Vec<Artifact> = (0..120)
+        .map(|i| {
+            let bytes = SyntheticPackage::new(&format!("p{i:03}"), "1.0-1").archive_bytes();
+            Artifact {
+                file_name: FileName::new(format!("p{i:03}-1.0-1-{ARCH}.pkg.tar.zst")).unwrap(),
+                blake3: node.blobs.import_bytes(&bytes).unwrap(),
+                sha256: Sha256::digest(&bytes),
+                size: bytes.len() as u64,
+            }
+        })
+        .collect();
+    node.submit_as(
+        &key(BUILDER),
+        EventBody::Built {
+            entry,
+            attempt: 1,
+            artifacts,
+            log,
+            source_commit: None,
+        },
+    )
+    .unwrap();
+    publish_once(&node, &PublisherConfig::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = rt.block_on(async {
+        let (a, server) = pacmesh_node::http::bind(node.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        tokio::spawn(server);
+        a
+    });
+    let policy_file = t.path().join("policy.cbor");
+    std::fs::write(&policy_file, policy()).unwrap();
+    let mut cfg = MirrorConfig::new(
+        policy_file,
+        t.path().join("out"),
+        vec![format!("http://{addr}")],
+    );
+    cfg.data_dir = t.path().join("mirror");
+    cfg.progress = false;
+    let mirror = Mirror::open(cfg).unwrap();
+    assert_eq!(rt.block_on(mirror.once()).unwrap().len(), 1);
+    let first = mirror.bytes_synced.load(Ordering::Relaxed);
+
+    enqueue_built(&node, "p007", "2.0-1", (MAINT, BUILDER));
+    let m = publish_once(&node, &PublisherConfig::default()).unwrap();
+    let manifest_len = pacmesh_protocol::encode(&m[0]).unwrap().len() as u64;
+    assert!(manifest_len > 15_000, "{manifest_len}");
+    let switched = rt.block_on(mirror.once()).unwrap();
+    assert_eq!(switched.len(), 1);
+    assert_eq!(switched[0].2, 2);
+    let second = mirror.bytes_synced.load(Ordering::Relaxed) - first;
+    assert!(
+        second < manifest_len / 4,
+        "generation 2's events took {second} bytes; its manifest alone is {manifest_len}"
+    );
+    // The rebuilt event is the publisher's, byte for byte (same id as on the node).
+    let on_node = latest(&node).1;
+    let on_mirror = mirror
+        .core
+        .ingest()
+        .state()
+        .latest_generation(&name(REPO), &name(ARCH))
+        .unwrap()
+        .event;
+    assert_eq!(on_node, on_mirror);
+}
