@@ -428,6 +428,13 @@ impl Mirror {
             let total: u64 = missing.iter().filter_map(|h| sizes.get(h)).sum();
             let t = Instant::now();
             tracing::info!(%repo, %arch, generation = g, blobs = missing.len(), bytes = total, "fetching");
+            if !self.cfg.progress {
+                println!(
+                    "pacmesh: fetching {repo}/{arch} generation {g}: {} files, {:.1} MiB of packages",
+                    missing.len(),
+                    total as f64 / (1 << 20) as f64
+                );
+            }
             let bar = self.cfg.progress.then(|| {
                 let b = indicatif::ProgressBar::new(total);
                 b.set_style(
@@ -464,6 +471,14 @@ impl Mirror {
             }
             self.bytes_fetched.fetch_add(received, Ordering::Relaxed);
             tracing::info!(%repo, %arch, generation = g, bytes = received, ms = t.elapsed().as_millis() as u64, rate = %crate::fetch::rate(received, t), "fetched");
+            if !self.cfg.progress {
+                println!(
+                    "pacmesh: fetched {repo}/{arch} generation {g}: {:.1} MiB in {:.1} s ({})",
+                    received as f64 / (1 << 20) as f64,
+                    t.elapsed().as_secs_f64(),
+                    crate::fetch::rate(received, t)
+                );
+            }
         }
         // Materialise and switch (blocking file work).
         let (store, out2, m2) = (self.core.blobs.clone(), out.clone(), m.clone());
