@@ -726,6 +726,28 @@ fn mirror_serves_generations_pacman_upgrades_and_rolls_back() {
         200,
         "still referenced by generation 3"
     );
+    // Generation 2's databases are in no kept generation: collected from the mirror's store
+    // (the node keeps them: its log references them).
+    let manifest_of = |g: u64| -> RepoManifest {
+        let id = gens.iter().find(|x| x["generation"] == g).unwrap()["event"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, bytes, _) = get(&format!("{}/api/v1/events/{id}", mesh.base));
+        let ev = Signed::<Event>::from_bytes(&bytes, &Limits::default())
+            .unwrap()
+            .verify_and_decode(&Limits::default())
+            .unwrap();
+        match ev.body {
+            EventBody::Publish(m) => m,
+            _ => panic!("not a publish"),
+        }
+    };
+    let (m2, m3) = (manifest_of(2), manifest_of(3));
+    assert_eq!(get(&format!("{mbase}/api/v1/blobs/{}", m2.db)).0, 404);
+    assert_eq!(get(&format!("{mbase}/api/v1/blobs/{}", m2.files_db)).0, 404);
+    assert_eq!(get(&format!("{mbase}/api/v1/blobs/{}", m3.db)).0, 200);
+    assert_eq!(get(&format!("{}/api/v1/blobs/{}", mesh.base, m2.db)).0, 200);
 }
 
 /// Every package listed by generation `g`'s database is in its pinned directory.
