@@ -410,6 +410,20 @@ pub struct Fetcher {
     cfg: FetchConfig,
     /// Sources caught twice sending bad bytes: never asked again.
     banned: Mutex<HashMap<String, u32>>,
+    /// Segment requests in flight per source, over every blob being fetched at once
+    /// ([`FetchConfig::per_source`] caps it).
+    busy: Arc<Vec<std::sync::atomic::AtomicUsize>>,
+    /// One fetch per blob at a time (they share the partial files).
+    blob_locks: Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one of a source's request slots; released on drop (answered or abandoned).
+struct Slot(Arc<Vec<std::sync::atomic::AtomicUsize>>, usize);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0[self.1].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 struct Partial {
@@ -440,12 +454,19 @@ impl Fetcher {
         sources: Vec<Arc<dyn BlobSource>>,
         cfg: FetchConfig,
     ) -> Self {
+        let n = sources.len();
         Fetcher {
             store,
             dir,
             sources,
             cfg,
             banned: Mutex::new(HashMap::new()),
+            blob_locks: Mutex::new(HashMap::new()),
+            busy: Arc::new(
+                (0..n)
+                    .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                    .collect(),
+            ),
         }
     }
 
@@ -579,6 +600,30 @@ impl Fetcher {
         expected_len: Option<u64>,
         progress: Option<Progress>,
     ) -> Result<FetchReport> {
+        let lock = self
+            .blob_locks
+            .lock()
+            .unwrap()
+            .entry(blob)
+            .or_default()
+            .clone();
+        let r = {
+            let _one = lock.lock().await;
+            self.fetch_locked(blob, expected_len, progress).await
+        };
+        let mut locks = self.blob_locks.lock().unwrap();
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&blob);
+        }
+        r
+    }
+
+    async fn fetch_locked(
+        &self,
+        blob: Hash,
+        expected_len: Option<u64>,
+        progress: Option<Progress>,
+    ) -> Result<FetchReport> {
         let mut report = FetchReport::default();
         if self.store.has(&blob)? {
             report.already_present = true;
@@ -706,7 +751,8 @@ impl Fetcher {
                     let pick = (0..n_src)
                         .filter(|i| {
                             usable(*i, &dropped)
-                                && in_flight[*i] < self.cfg.per_source
+                                && self.busy[*i].load(std::sync::atomic::Ordering::SeqCst)
+                                    < self.cfg.per_source
                                 && failed.is_none_or(|f| !f.contains(i))
                         })
                         .min_by_key(|i| (in_flight[*i], errors[*i]));
@@ -720,8 +766,12 @@ impl Fetcher {
                     room -= 1;
                     in_flight_segs.insert(seg);
                     let s = self.sources[i].clone();
+                    self.busy[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let slot = Slot(self.busy.clone(), i);
                     pending.push(Box::pin(async move {
-                        Done::Segment(i, seg, s.fetch_range(blob, off, len).await)
+                        let r = s.fetch_range(blob, off, len).await;
+                        drop(slot);
+                        Done::Segment(i, seg, r)
                     }));
                 }
                 if pending.is_empty() {
@@ -733,6 +783,14 @@ impl Fetcher {
                             "blob {blob}: no source could deliver it ({})",
                             why(&self.sources, &dropped, n_src)
                         );
+                    }
+                    if live.iter().all(|i| {
+                        self.busy[*i].load(std::sync::atomic::Ordering::SeqCst)
+                            >= self.cfg.per_source
+                    }) {
+                        // Busy with other blobs: wait for a slot.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
                     }
                     // Live sources all failed some segment already: let them retry.
                     seg_failed.clear();
@@ -985,6 +1043,11 @@ mod tests {
         how: Behaviour,
         calls: AtomicU64,
         served: AtomicU64,
+        /// Ranges being served now, and the most at once.
+        now: AtomicU64,
+        peak: AtomicU64,
+        /// Other blobs this source also has.
+        more: Vec<(Hash, Vec<u8>)>,
     }
 
     impl MemSource {
@@ -996,6 +1059,9 @@ mod tests {
                 how,
                 calls: AtomicU64::new(0),
                 served: AtomicU64::new(0),
+                now: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+                more: Vec::new(),
             })
         }
     }
@@ -1006,10 +1072,17 @@ mod tests {
         }
         fn outboard(&self, blob: Hash) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
             Box::pin(async move {
-                if blob != self.hash || self.how == Behaviour::Empty {
+                let data = if blob == self.hash {
+                    &self.data
+                } else if let Some((_, d)) = self.more.iter().find(|(h, _)| *h == blob) {
+                    d
+                } else {
+                    return Err(SourceError::NotFound);
+                };
+                if self.how == Behaviour::Empty {
                     return Err(SourceError::NotFound);
                 }
-                let (_, mut ob) = Outboard::compute(&mut &self.data[..]).unwrap();
+                let (_, mut ob) = Outboard::compute(&mut &data[..]).unwrap();
                 match self.how {
                     Behaviour::LyingLength => ob.len -= 1,
                     Behaviour::GarbageOutboard => {
@@ -1031,8 +1104,18 @@ mod tests {
             len: u64,
         ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
             Box::pin(async move {
-                tokio::task::yield_now().await;
-                if blob != self.hash || self.how == Behaviour::Empty {
+                let data = if blob == self.hash {
+                    &self.data
+                } else if let Some((_, d)) = self.more.iter().find(|(h, _)| *h == blob) {
+                    d
+                } else {
+                    return Err(SourceError::NotFound);
+                };
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                if self.how == Behaviour::Empty {
                     return Err(SourceError::NotFound);
                 }
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
@@ -1045,9 +1128,9 @@ mod tests {
                     }
                     _ => {}
                 }
-                let start = (offset as usize).min(self.data.len());
-                let end = (offset + len).min(self.data.len() as u64) as usize;
-                let mut v = self.data[start..end].to_vec();
+                let start = (offset as usize).min(data.len());
+                let end = (offset + len).min(data.len() as u64) as usize;
+                let mut v = data[start..end].to_vec();
                 match self.how {
                     Behaviour::Corrupt if !v.is_empty() => {
                         let m = v.len() / 2;
@@ -1346,5 +1429,52 @@ mod tests {
             good[0].served.load(Ordering::SeqCst),
             d.len() as u64 - 2 * SEGMENT_LEN
         );
+    }
+
+    #[test]
+    fn per_source_requests_are_capped_across_blobs() {
+        let blobs: Vec<Vec<u8>> = (0..3).map(|i| data(5 * S + 1, 20 + 2 * i)).collect();
+        let mut src = MemSource::new("one", &blobs[0], Behaviour::Honest);
+        Arc::get_mut(&mut src).unwrap().more = blobs[1..]
+            .iter()
+            .map(|b| (Hash::new(b), b.clone()))
+            .collect();
+        let e = env();
+        let f = fetcher(&e, std::slice::from_ref(&src));
+        let rt = rt();
+        rt.block_on(async {
+            let futs = blobs
+                .iter()
+                .map(|b| f.fetch(Hash::new(b), Some(b.len() as u64), None));
+            for r in futures::future::join_all(futs).await {
+                r.unwrap();
+            }
+        });
+        for b in &blobs {
+            assert_eq!(e.store.read(&Hash::new(b)).unwrap(), *b);
+        }
+        let peak = src.peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= FetchConfig::default().per_source as u64,
+            "{peak} requests at once to one source"
+        );
+        assert!(peak >= 2, "requests run in parallel: {peak}");
+    }
+
+    #[test]
+    fn the_same_blob_fetched_twice_at_once() {
+        let d = data(3 * S + 7, 40);
+        let h = Hash::new(&d);
+        let e = env();
+        let src = [MemSource::new("a", &d, Behaviour::Honest)];
+        let f = fetcher(&e, &src);
+        let (a, b) =
+            rt().block_on(async { futures::join!(f.fetch(h, None, None), f.fetch(h, None, None)) });
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            a.already_present != b.already_present,
+            "one fetched it, the other found it"
+        );
+        assert_eq!(e.store.read(&h).unwrap(), d);
     }
 }
