@@ -95,6 +95,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Follow the mesh's signed repositories and serve them: fetch, verify, switch atomically.
+    Mirror(MirrorArgs),
     /// Show what a .SRCINFO, .PKGINFO, .BUILDINFO, package file or repository database says.
     Inspect {
         path: PathBuf,
@@ -185,6 +187,37 @@ pub struct NodeArgs {
     /// TOML config file (see examples/node.toml); flags override it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The signed mesh policy (names the mesh and its publishers).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// libp2p bootstrap peer (repeatable; not in this version yet: use --follow).
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// A node or mirror to follow over HTTP (repeatable): events and blobs come from all.
+    #[arg(long, value_name = "URL")]
+    pub follow: Vec<String>,
+    /// Where to lay out the repositories (OUT/NAME/os/ARCH, OUT/NAME/gen/G/os/ARCH).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Serve OUT over HTTP here (127.0.0.1:0 picks a port and prints it).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Generations kept per repository and architecture.
+    #[arg(long, default_value_t = 10)]
+    pub keep: usize,
+    /// Event and content store [default: $XDG_DATA_HOME/pacmesh/mirror-<hash of OUT>].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between sync rounds.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Sync once, serve the newest generations, exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,6 +353,27 @@ pub enum RepoCommand {
         db: PathBuf,
         #[arg(required = true)]
         packages: Vec<PathBuf>,
+    },
+    /// Generations of a repository on a node: number, time, publisher, package changes.
+    History {
+        name: String,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a new generation equal to generation GEN (signed with a publisher key).
+    Rollback {
+        name: String,
+        generation: u64,
+        /// A publisher key of the mesh.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        /// Only this architecture [default: every one whose history holds GEN].
+        #[arg(long)]
+        arch: Option<String>,
     },
     /// Remove packages (by pkgname) from a database; package files stay on disk.
     Remove {
@@ -471,6 +525,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Queue(q) => queue_command(q),
         Command::Tree(t) => crate::tree::tree_command(t),
+        Command::Mirror(a) => mirror_command(a),
         Command::Status { node, json } => {
             let s = crate::client::Client::new(&node).get_json("/api/v1/status")?;
             if json {
@@ -560,8 +615,57 @@ fn default_uid(key: &NodeKey) -> String {
     format!("pacmesh node <{}@pacmesh.invalid>", key.peer_id())
 }
 
+fn mirror_command(a: MirrorArgs) -> Result<()> {
+    let mut cfg = crate::mirror::MirrorConfig::new(a.policy, a.out, a.follow);
+    cfg.bootstrap = a.bootstrap;
+    cfg.keep = a.keep;
+    cfg.interval = std::time::Duration::from_secs(a.interval.max(1));
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(h) = a.http {
+        cfg.http = Some(
+            h.parse()
+                .with_context(|| format!("--http {h:?} is not an address like 127.0.0.1:8080"))?,
+        );
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    if a.once {
+        return rt.block_on(async move {
+            let m = tokio::task::spawn_blocking(move || crate::mirror::Mirror::open(cfg)).await??;
+            m.once().await?;
+            Ok(())
+        });
+    }
+    rt.block_on(crate::mirror::run(cfg, crate::daemon::stop_signal(), |_| {}))
+}
+
 fn repo_command(cmd: RepoCommand) -> Result<()> {
     match cmd {
+        RepoCommand::History { name, node, json } => {
+            let v = crate::history::fetch_history(&node, &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", crate::history::render(&v));
+            }
+        }
+        RepoCommand::Rollback {
+            name,
+            generation,
+            key,
+            node,
+            arch,
+        } => {
+            let key = NodeKey::load(&key)?;
+            for (a, g, id) in
+                crate::history::rollback(&key, &node, &name, generation, arch.as_deref())?
+            {
+                println!(
+                    "published {name}/{a} generation {g} (equal to generation {generation}), event {id}"
+                );
+            }
+        }
         RepoCommand::Add {
             key,
             remove,

@@ -144,7 +144,7 @@ pub fn list_generations(data_dir: &Path, repo: &str, arch: &str) -> Result<Vec<u
 
 /// The file names of the database files of repository `repo`:
 /// `(db, db link, files, files link)`.
-fn db_names(repo: &str) -> [String; 4] {
+pub(crate) fn db_names(repo: &str) -> [String; 4] {
     [
         format!("{repo}.db.tar.zst"),
         format!("{repo}.db"),
@@ -166,7 +166,7 @@ pub fn manifest_blobs(m: &RepoManifest) -> BTreeSet<Hash> {
 
 /// Checks that the manifest's file names cannot clash with each other or
 /// with the database files and signatures.
-fn check_names(m: &RepoManifest) -> Result<()> {
+pub(crate) fn check_names(m: &RepoManifest) -> Result<()> {
     let reserved: BTreeSet<String> = db_names(&m.repo)
         .into_iter()
         .flat_map(|n| [format!("{n}.sig"), n])
@@ -223,7 +223,7 @@ pub(crate) fn copy_out(blobs: &dyn BlobStore, hash: &Hash, dest: &Path) -> Resul
 
 /// Makes everything written to the file system holding `dir` durable: one
 /// `syncfs(2)` instead of an `fsync` per file.
-fn sync_fs(dir: &Path) -> Result<()> {
+pub(crate) fn sync_fs(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let d = File::open(dir).with_context(|| format!("Failed to open {}", dir.display()))?;
     // SAFETY: a valid open file descriptor, owned by `d` for the call.
@@ -264,7 +264,7 @@ fn place(
 }
 
 /// Checks the file at `dest` against the manifest: BLAKE3, size, SHA-256.
-fn check_file(hash: &Hash, dest: &Path, size: Option<u64>, sha256: Option<&Sha256>) -> Result<()> {
+pub(crate) fn check_file(hash: &Hash, dest: &Path, size: Option<u64>, sha256: Option<&Sha256>) -> Result<()> {
     let mut f = File::open(dest).with_context(|| format!("Failed to open {}", dest.display()))?;
     let mut b3 = blake3::Hasher::new();
     let mut sha = sha2::Sha256::new();
@@ -306,14 +306,14 @@ fn check_file(hash: &Hash, dest: &Path, size: Option<u64>, sha256: Option<&Sha25
     Ok(())
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("Failed to fsync directory {}", dir.display()))
 }
 
 /// Creates a symlink `link -> target` atomically (temporary name, rename).
-fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+pub(crate) fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
     let dir = link.parent().context("symlink without a parent")?;
     let name = link
         .file_name()
@@ -330,7 +330,7 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
     Ok(())
 }
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()

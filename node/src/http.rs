@@ -12,7 +12,12 @@
 //! | `GET /api/v1/policy` | the signed mesh policy (CBOR) |
 //! | `POST /api/v1/events` | a `Signed<Event>` (CBOR); 200 accepted/duplicate, 4xx with the reason |
 //! | `PUT /api/v1/blobs` | upload a blob (a source snapshot); answers its blake3 |
-//! | `GET /api/v1/blobs/HASH` | a blob (build logs, packages, snapshots), verified on read |
+//! | `GET /api/v1/blobs/HASH` | a blob (build logs, packages, snapshots), verified on read; with `Range: bytes=A-B` the part asked for, unverified (fetchers verify it against the outboard) |
+//! | `GET /api/v1/blobs/HASH/outboard` | the blob's length and segment chaining values ([`crate::fetch`]) |
+//! | `POST /api/v1/sync` | anti-entropy: a CBOR `SyncRequest` answered by a CBOR `SyncResponse` |
+//! | `GET /api/v1/events/ID` | one stored `Signed<Event>` (CBOR), as received |
+//! | `GET /api/v1/repos/NAME/history` | the generations of a repository (every architecture), newest first, with package changes |
+//! | `GET /NAME/gen/G/os/ARCH/FILE` | a file of generation G (kept generations only), read-only |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,9 +56,9 @@ pub async fn bind(
 }
 
 pub fn router(core: Arc<Core>) -> Router {
-    let events_limit = {
+    let (events_limit, sync_limit) = {
         let l = core.ingest().limits().clone();
-        l.max_event_bytes.max(l.max_manifest_bytes) + 1024
+        (l.max_event_bytes.max(l.max_manifest_bytes) + 1024, l.max_sync_bytes)
     };
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -71,18 +76,29 @@ pub fn router(core: Arc<Core>) -> Router {
             put(upload_blob).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/api/v1/blobs/{hash}", get(get_blob))
+        .route("/api/v1/blobs/{hash}/outboard", get(crate::http_sync::outboard))
+        .route(
+            "/api/v1/sync",
+            post(crate::http_sync::sync).layer(DefaultBodyLimit::max(sync_limit)),
+        )
+        .route("/api/v1/events/{id}", get(crate::http_sync::event))
+        .route("/api/v1/repos/{repo}/history", get(crate::http_sync::history))
+        .route(
+            "/{repo}/gen/{generation}/os/{arch}/{file}",
+            get(crate::http_sync::generation_file),
+        )
         .route("/{repo}/os/{arch}/{file}", get(repo_file))
         .merge(crate::web::routes())
         .with_state(core)
 }
 
-fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
 /// Runs a read of the node's state off the async workers: the ingest lock may be held by a
 /// durable write.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Response> {
     tokio::task::spawn_blocking(f)
@@ -189,13 +205,20 @@ async fn upload_blob(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
 }
 
-async fn get_blob(State(core): State<Arc<Core>>, Path(hash): Path<String>) -> Response {
+pub(crate) async fn get_blob(
+    State(core): State<Arc<Core>>,
+    Path(hash): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let Ok(hash) = hash.parse::<Hash>() else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("{hash:?} is not a blake3 hash"),
         );
     };
+    if let Some(range) = headers.get(header::RANGE) {
+        return crate::http_sync::blob_range(&core, hash, range).await;
+    }
     // Verified by hashing the file first (streaming, bounded memory), then streamed; the file
     // is read-only and named by its hash, so what was verified is what is sent.
     let c = core.clone();

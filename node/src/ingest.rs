@@ -71,8 +71,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use pacmesh_protocol::{
-    AuthorHead, DecodeError, Event, EventBody, Hash, Limits, MeshPolicy, Message, PolicyError,
-    PublicKey, SYNC_VERSION, Signed, SyncRequest, SyncResponse, VerifyError,
+    AuthorHead, DecodeError, Event, EventBody, Hash, Limits, MeshPolicy, Message, Name,
+    PolicyError, PublicKey, RepoManifest, SYNC_VERSION, Signed, SyncRequest, SyncResponse,
+    VerifyError,
 };
 
 use crate::state::QueueState;
@@ -146,6 +147,29 @@ pub enum RejectReason {
         /// The maximum.
         max_secs: u64,
     },
+    /// A `publish` whose manifest names another publisher than its signer.
+    #[error("manifest publisher {publisher} is not the event's signer {signer}")]
+    ManifestPublisher {
+        /// The manifest's `publisher`.
+        publisher: PublicKey,
+        /// The signer.
+        signer: PublicKey,
+    },
+    /// A `publish` whose manifest's `previous` is not a known `publish` of the generation
+    /// before it in the same repository and architecture.
+    #[error("manifest chain: {repo}/{arch} generation {generation}: {detail}")]
+    ManifestChain {
+        /// Repository.
+        repo: Name,
+        /// Architecture.
+        arch: Name,
+        /// The refused generation.
+        generation: u64,
+        /// `true`: `previous` is not known here (yet) — anti-entropy may bring it.
+        unknown: bool,
+        /// What is wrong.
+        detail: String,
+    },
     /// The node could not store the event (not the sender's fault; retry
     /// later).
     #[error("storage failure: {0}")]
@@ -167,6 +191,9 @@ impl RejectReason {
             RejectReason::Equivocation { .. } => "equivocation",
             RejectReason::BrokenChain { .. } => "broken_chain",
             RejectReason::LeaseTooLong { .. } => "lease_too_long",
+            RejectReason::ManifestPublisher { .. } => "manifest_publisher",
+            RejectReason::ManifestChain { unknown: true, .. } => "unknown_previous",
+            RejectReason::ManifestChain { .. } => "broken_manifest_chain",
             RejectReason::Storage(_) => "storage",
         }
     }
@@ -174,7 +201,10 @@ impl RejectReason {
     /// Whether the sender is to blame (for peer scoring / gossip
     /// validation: `Reject` vs `Ignore`).
     pub fn is_peer_fault(&self) -> bool {
-        !matches!(self, RejectReason::Storage(_))
+        !matches!(
+            self,
+            RejectReason::Storage(_) | RejectReason::ManifestChain { unknown: true, .. }
+        )
     }
 }
 
@@ -338,6 +368,9 @@ pub struct Ingest {
     counters: Counters,
     /// Ids stored in the current call but not applied yet (batch dedupe).
     pending: BTreeSet<Hash>,
+    /// `publish` events stored in the current call but not applied yet: id → (repo, arch,
+    /// generation), so a batch may carry a chain of generations.
+    pending_publish: BTreeMap<Hash, (Name, Name, u64)>,
 }
 
 fn parse_policy(
@@ -518,6 +551,7 @@ impl Ingest {
             limits,
             counters,
             pending: BTreeSet::new(),
+            pending_publish: BTreeMap::new(),
         };
         Ok((ingest, report))
     }
@@ -596,6 +630,7 @@ impl Ingest {
             }
         });
         self.pending.clear();
+        self.pending_publish.clear();
         self.finish(r)
     }
 
@@ -605,8 +640,27 @@ impl Ingest {
         &mut self,
         batch: impl IntoIterator<Item = &'a [u8]>,
     ) -> Vec<IngestOutcome> {
-        let checked: Vec<Result<Checked, RejectReason>> =
-            batch.into_iter().map(|b| self.check_and_store(b)).collect();
+        let batch: Vec<&[u8]> = batch.into_iter().collect();
+        let mut checked: Vec<Result<Checked, RejectReason>> =
+            batch.iter().map(|b| self.check_and_store(b)).collect();
+        // A `publish` may arrive before the one it follows (authors are sent in key order):
+        // retry those once the rest of the batch is stored, while that makes progress.
+        loop {
+            let mut progress = false;
+            for (i, b) in batch.iter().enumerate() {
+                if matches!(
+                    checked[i],
+                    Err(RejectReason::ManifestChain { unknown: true, .. })
+                ) {
+                    let again = self.check_and_store(b);
+                    progress |= again.is_ok();
+                    checked[i] = again;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
         let any_new = checked.iter().any(|c| matches!(c, Ok(Checked::New(..))));
         let flushed = if any_new {
             self.events
@@ -616,6 +670,7 @@ impl Ingest {
             Ok(())
         };
         self.pending.clear();
+        self.pending_publish.clear();
         checked
             .into_iter()
             .map(|c| match (&flushed, c) {
@@ -720,6 +775,52 @@ impl Ingest {
         self.ingest_batch(wire.iter().map(|b| b.as_slice()))
     }
 
+    /// The manifest chain rule (see `docs/protocol.md`): the manifest names its signer as
+    /// publisher, and generation G > 1 names as `previous` a known `publish` of generation
+    /// G − 1 of the same repository and architecture. Which of several linked manifests is
+    /// served is decided by [`QueueState::latest_generation`], not here.
+    fn check_manifest(&self, author: &PublicKey, m: &RepoManifest) -> Result<(), RejectReason> {
+        if m.publisher != *author {
+            return Err(RejectReason::ManifestPublisher {
+                publisher: m.publisher,
+                signer: *author,
+            });
+        }
+        let Some(prev) = m.previous else {
+            return Ok(());
+        };
+        let chain_err = |unknown: bool, detail: String| RejectReason::ManifestChain {
+            repo: m.repo.clone(),
+            arch: m.arch.clone(),
+            generation: m.generation,
+            unknown,
+            detail,
+        };
+        let want = m.generation - 1;
+        let linked = self
+            .state
+            .generations(&m.repo, &m.arch)
+            .and_then(|g| g.get(&want))
+            .is_some_and(|by_id| by_id.contains_key(&prev))
+            || self
+                .pending_publish
+                .get(&prev)
+                .is_some_and(|(r, a, g)| *r == m.repo && *a == m.arch && *g == want);
+        if linked {
+            return Ok(());
+        }
+        if self.state.contains(&prev) || self.pending.contains(&prev) {
+            return Err(chain_err(
+                false,
+                format!("previous {prev} is not generation {want} of this repository"),
+            ));
+        }
+        Err(chain_err(
+            true,
+            format!("previous {prev} (generation {want}) is not known here"),
+        ))
+    }
+
     /// Everything but the flush and the apply.
     fn check_and_store(&mut self, bytes: &[u8]) -> Result<Checked, RejectReason> {
         let limits = &self.limits;
@@ -743,6 +844,9 @@ impl Ingest {
         self.policy
             .authorize(&ev.author, &ev.body)
             .map_err(RejectReason::Policy)?;
+        if let EventBody::Publish(m) = &ev.body {
+            self.check_manifest(&ev.author, m)?;
+        }
         if let EventBody::Claim { lease_until, .. } = &ev.body {
             let lease_secs = lease_until.saturating_since(ev.time).as_secs();
             let max_secs = 2 * u64::from(self.policy.lease_secs);
@@ -838,6 +942,10 @@ impl Ingest {
         match self.events.insert_deferred(&new) {
             Ok(true) => {
                 self.pending.insert(id);
+                if let EventBody::Publish(m) = &ev.body {
+                    self.pending_publish
+                        .insert(id, (m.repo.clone(), m.arch.clone(), m.generation));
+                }
                 Ok(Checked::New(id, Box::new(ev)))
             }
             Ok(false) => Ok(Checked::Duplicate(id)),

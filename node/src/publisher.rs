@@ -37,6 +37,12 @@
 //!   architecture of the repository.
 //! - **Cancel**: a cancelled entry is not published (one already published
 //!   stays until removed).
+//! - **Once on the chain, done**: an entry whose artifacts were all in some
+//!   generation of the manifest chain published after the entry was enqueued
+//!   is not published again when a later generation drops them (a rollback,
+//!   `pacmesh repo rollback`); a new build or enqueue is needed. Entries only
+//!   in a generation that lost a race (off the chain) are published again on
+//!   top of the winner.
 //!
 //! # Crash safety
 //!
@@ -225,6 +231,16 @@ fn gather(state: &QueueState, policy: &MeshPolicy, repo: &Name, arch: &Name) -> 
         .iter()
         .flat_map(|g| g.manifest.packages.iter().map(|p| p.blake3))
         .collect();
+    // Per package blob: the newest time a generation on the chain held it. An entry whose
+    // artifacts were all published on the chain after it was enqueued is done, even if a
+    // later generation dropped them (a rollback, a removal): it is not published again.
+    let mut on_chain: HashMap<Hash, Timestamp> = HashMap::new();
+    for g in state.chain(repo, arch) {
+        for p in &g.manifest.packages {
+            let t = on_chain.entry(p.blake3).or_default();
+            *t = (*t).max(g.manifest.time);
+        }
+    }
     let mut candidates = Vec::new();
     let mut blob_times: HashMap<Hash, Timestamp> = HashMap::new();
     for e in state.entries() {
@@ -252,7 +268,12 @@ fn gather(state: &QueueState, policy: &MeshPolicy, repo: &Name, arch: &Name) -> 
             .into_iter()
             .filter(|a| parse_file_name(&a.file_name).is_none_or(|(_, _, a2)| arch_fits(a2, arch)))
             .collect();
-        if fitting.is_empty() || fitting.iter().all(|a| in_latest.contains(&a.blake3)) {
+        if fitting.is_empty()
+            || fitting.iter().all(|a| in_latest.contains(&a.blake3))
+            || fitting
+                .iter()
+                .all(|a| on_chain.get(&a.blake3).is_some_and(|t| *t >= enq.time))
+        {
             continue;
         }
         candidates.push(Candidate {
@@ -816,6 +837,9 @@ pub async fn run(
         let r = tokio::task::spawn_blocking(move || -> Result<Vec<RepoManifest>> {
             if repair {
                 generation::try_ensure_current(&c)?;
+            } else {
+                // Generations published elsewhere (another publisher, `repo rollback`).
+                generation::ensure_current(&c)?;
             }
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
             p.step(&c)

@@ -592,6 +592,30 @@ impl QueueState {
         })
     }
 
+    /// The history of (repo, arch): from the latest generation back along the `previous`
+    /// links to generation 1, newest first. Manifests off this chain (losers of a race, see
+    /// `docs/protocol.md`) are not in it.
+    pub fn chain(&self, repo: &Name, arch: &Name) -> Vec<Generation> {
+        let mut out = Vec::new();
+        let Some(gens) = self.generations(repo, arch) else {
+            return out;
+        };
+        let mut cur = self.latest_generation(repo, arch);
+        while let Some(g) = cur {
+            let prev = g.manifest.previous;
+            let number = g.manifest.generation;
+            out.push(g);
+            cur = prev.and_then(|p| {
+                let m = gens.get(&number.checked_sub(1)?)?.get(&p)?;
+                Some(Generation {
+                    event: p,
+                    manifest: m.clone(),
+                })
+            });
+        }
+        out
+    }
+
     /// Every (repo, arch) with a published generation.
     pub fn published_repos(&self) -> impl Iterator<Item = &(Name, Name)> {
         self.generations.keys()

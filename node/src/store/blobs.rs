@@ -562,6 +562,86 @@ impl FsStore {
     }
 }
 
+impl FsStore {
+    /// Moves the complete file at `path`, whose content the caller has verified to be `hash`
+    /// (the fetch engine checks every segment against the blob's BLAKE3 tree), into the store:
+    /// read-only, `fsync`ed, renamed into place, indexed. The file must hold exactly `len`
+    /// bytes. Falls back to a hashing copy when `path` is on another file system.
+    pub fn adopt_verified(&self, path: &Path, hash: &Hash, len: u64) -> Result<(), BlobError> {
+        let actual_len = fs::metadata(path)
+            .map_err(io_err(format!("stat {}", path.display())))?
+            .len();
+        if actual_len != len {
+            return Err(BlobError::Io {
+                context: format!("adopt {}", path.display()),
+                source: io::Error::other(format!("{actual_len} bytes, expected {len}")),
+            });
+        }
+        let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let dest = self.path_of(hash);
+        if self.index.contains_key(hash.as_bytes())? && dest.exists() {
+            let _ = fs::remove_file(path);
+            return Ok(());
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+            .map_err(io_err("chmod adopted blob"))?;
+        let parent = dest.parent().expect("blob paths have a prefix directory");
+        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+        if let Err(e) = fs::rename(path, &dest) {
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                drop(_shared);
+                let mut f = File::open(path).map_err(io_err("open adopted blob"))?;
+                self.import_reader(&mut f, Some(hash))?;
+                let _ = fs::remove_file(path);
+                return Ok(());
+            }
+            return Err(io_err(format!("rename into {}", dest.display()))(e));
+        }
+        fsync_dir(parent)?;
+        let now = encode_info(BlobInfo {
+            size: len,
+            added: Timestamp::now(),
+        });
+        self.index.insert(hash.as_bytes(), &now)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Pins every hash in `hashes` with `tag`, with one flush (a generation pins thousands).
+    pub fn pin_all<'a>(
+        &self,
+        hashes: impl IntoIterator<Item = &'a Hash>,
+        tag: &str,
+    ) -> Result<(), BlobError> {
+        let mut batch = sled::Batch::default();
+        for h in hashes {
+            let mut k = h.as_bytes().to_vec();
+            k.extend_from_slice(tag.as_bytes());
+            batch.insert(k, &[] as &[u8]);
+        }
+        self.pins.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes `tag` from every hash in `hashes`, with one flush.
+    pub fn unpin_all<'a>(
+        &self,
+        hashes: impl IntoIterator<Item = &'a Hash>,
+        tag: &str,
+    ) -> Result<(), BlobError> {
+        let mut batch = sled::Batch::default();
+        for h in hashes {
+            let mut k = h.as_bytes().to_vec();
+            k.extend_from_slice(tag.as_bytes());
+            batch.remove(k);
+        }
+        self.pins.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
 impl BlobStore for FsStore {
     fn import_reader(
         &self,
