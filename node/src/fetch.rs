@@ -49,17 +49,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root};
+use blake3::hazmat::ChainingValue;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pacmesh_protocol::Hash;
 
 use crate::store::{BlobStore, FsStore};
 
 /// Segment length: 4 MiB, 2^12 BLAKE3 chunks.
-pub const SEGMENT_LEN: u64 = 4 << 20;
+pub const SEGMENT_LEN: u64 = pacmesh_protocol::SEGMENT_BYTES;
 
 /// Largest blob the fetcher accepts an outboard for (64 GiB).
-pub const MAX_BLOB_LEN: u64 = 64 << 30;
+pub const MAX_BLOB_LEN: u64 = pacmesh_protocol::MAX_BLOB_BYTES;
 
 /// Largest encoded outboard ([`MAX_BLOB_LEN`] / [`SEGMENT_LEN`] chaining values).
 pub const MAX_OUTBOARD_BYTES: usize = 8 + 32 * (MAX_BLOB_LEN / SEGMENT_LEN) as usize;
@@ -78,30 +78,11 @@ pub fn segment_count(len: u64) -> u64 {
     len.div_ceil(SEGMENT_LEN).max(1)
 }
 
-/// Chaining value of the segment at byte `offset` (a multiple of [`SEGMENT_LEN`]).
+/// Chaining value of the segment at byte `offset` (a multiple of [`SEGMENT_LEN`]) of a blob of
+/// more than one segment (the tree math is the protocol's: [`pacmesh_protocol::segment_value`]).
 fn segment_cv(offset: u64, data: &[u8]) -> ChainingValue {
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset(offset);
-    h.update(data);
-    h.finalize_non_root()
-}
-
-/// Merges the chaining values of consecutive segments covering `len` bytes into the subtree's
-/// chaining value (or, with `root`, the hash).
-fn merge(cvs: &[ChainingValue], len: u64, root: bool) -> [u8; 32] {
-    debug_assert!(cvs.len() >= 2 || !root);
-    if cvs.len() == 1 {
-        return cvs[0];
-    }
-    let left_len = left_subtree_len(len);
-    let left_n = (left_len / SEGMENT_LEN) as usize;
-    let l = merge(&cvs[..left_n], left_len, false);
-    let r = merge(&cvs[left_n..], len - left_len, false);
-    if root {
-        *blake3::hazmat::merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()
-    } else {
-        merge_subtrees_non_root(&l, &r, Mode::Hash)
-    }
+    // Any length above one segment gives the non-root chaining value.
+    *pacmesh_protocol::segment_value(MAX_BLOB_LEN, offset / SEGMENT_LEN, data).as_bytes()
 }
 
 /// Why an outboard was refused.
@@ -184,7 +165,8 @@ impl Outboard {
                 self.segments()
             )));
         }
-        if merge(&self.cvs, self.len, true) == *root.as_bytes() {
+        let cvs: Vec<Hash> = self.cvs.iter().map(|c| Hash::from_bytes(*c)).collect();
+        if pacmesh_protocol::outboard_matches(root, self.len, &cvs) {
             Ok(())
         } else {
             Err(OutboardError::Mismatch(*root))

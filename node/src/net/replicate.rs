@@ -1,35 +1,29 @@
-//! Blob replication over `/pacmesh/blobs/1`: serving segments, and fetching a blob by its
-//! BLAKE3 hash from several peers at once.
+//! Blob replication over `/pacmesh/blobs/1`: serving outboards and segments, and fetching a
+//! blob by its BLAKE3 hash from several peers at once.
 //!
-//! A fetch asks every candidate peer for the blob's outboard (size + segment chaining values)
-//! and keeps the peers whose outboard merges to the blob's hash
-//! ([`pacmesh_protocol::outboard_matches`]); a peer with a wrong outboard is charged a fault.
-//! Segments are then requested round-robin from those peers, several in flight, and each is
-//! checked against its chaining value before it is written at its offset in
-//! `DATA/partial/<hash>.part`; `<hash>.done` records the verified segments, so a fetch
-//! interrupted by a disconnect or a restart resumes where it stopped. A peer that sends bad
-//! bytes is dropped from this fetch (and charged a fault) and the segment is asked of another.
-//! The finished file enters the content store only through `import_reader` with the expected
-//! hash, which hashes it once more.
+//! Fetching is the transport-independent engine of [`crate::fetch`] (outboard checked against
+//! the hash, 4 MiB segments verified before they are written, several sources in parallel,
+//! resumable partial files, bad sources dropped) with one [`PeerSource`] per connected peer; a
+//! peer the engine catches sending bytes that do not verify is also charged a fault here, which
+//! disconnects and bans it.
 //!
 //! What a node fetches ([`Wants`]): builders the source snapshots of open entries; publishers
 //! the artifacts and logs of built entries and the blobs of the newest generations.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use futures::stream::{FuturesUnordered, StreamExt};
+use anyhow::{Context, Result, bail};
 use libp2p::PeerId;
 use pacmesh_protocol::{
     BLOBS_VERSION, BlobAnswer, BlobRequest, BlobResponse, BlobWant, Hash, PublicKey, SEGMENT_BYTES,
-    Source, Timestamp, outboard_matches, segment_count, segment_value,
+    Source, Timestamp,
 };
+
+use crate::fetch::{BlobSource, BoxFuture, FetchConfig, Fetcher, SourceError};
 use tokio::sync::watch;
 
 use super::NetHandle;
@@ -46,61 +40,14 @@ pub struct Wants {
     pub artifacts: bool,
 }
 
-/// Segment requests in flight per fetch.
-const PARALLEL: usize = 8;
 /// Blobs fetched at once.
 const CONCURRENT_BLOBS: usize = 2;
-/// Outboards kept in memory (computing one reads the whole blob).
-const OUTBOARD_CACHE: usize = 256;
-
-fn outboard_cache() -> &'static Mutex<HashMap<Hash, Arc<(u64, Vec<Hash>)>>> {
-    static C: OnceLock<Mutex<HashMap<Hash, Arc<(u64, Vec<Hash>)>>>> = OnceLock::new();
-    C.get_or_init(Default::default)
-}
 
 fn response(answer: BlobAnswer) -> BlobResponse {
     BlobResponse {
         version: BLOBS_VERSION,
         answer,
     }
-}
-
-/// The outboard of a stored blob (cached).
-fn outboard(core: &Core, hash: &Hash) -> Result<Arc<(u64, Vec<Hash>)>> {
-    if let Some(o) = outboard_cache()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(hash)
-    {
-        return Ok(o.clone());
-    }
-    let path = core.blobs.path_of(hash);
-    let size = std::fs::metadata(&path)?.len();
-    let mut f = File::open(&path)?;
-    let mut buf = vec![0u8; SEGMENT_BYTES as usize];
-    let mut cvs = Vec::new();
-    for i in 0..segment_count(size) {
-        let n = read_full(&mut f, &mut buf)?;
-        cvs.push(segment_value(size, i, &buf[..n]));
-    }
-    let o = Arc::new((size, cvs));
-    let mut c = outboard_cache().lock().unwrap_or_else(|p| p.into_inner());
-    if c.len() >= OUTBOARD_CACHE {
-        c.clear();
-    }
-    c.insert(*hash, o.clone());
-    Ok(o)
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Answers a blob request from the content store (blocking).
@@ -115,15 +62,26 @@ pub fn serve(core: &Core, req: &BlobRequest) -> BlobResponse {
         }
     }
     let r = match req.want {
-        BlobWant::Outboard => outboard(core, &req.hash).map(|o| BlobAnswer::Outboard {
-            size: o.0,
-            segments: o.1.clone(),
-        }),
+        BlobWant::Outboard => (|| {
+            let bytes = crate::fetch::outboard_of(&core.blobs, &req.hash)?
+                .context("blob went away")?;
+            let ob = crate::fetch::Outboard::decode(&bytes)?;
+            // On the wire a blob of one segment lists its hash as its only value.
+            let segments = if ob.cvs.is_empty() {
+                vec![req.hash]
+            } else {
+                ob.cvs.iter().map(|c| Hash::from_bytes(*c)).collect()
+            };
+            Ok(BlobAnswer::Outboard {
+                size: ob.len,
+                segments,
+            })
+        })(),
         BlobWant::Range { offset, len } => (|| {
             let f = File::open(core.blobs.path_of(&req.hash))?;
             let size = f.metadata()?.len();
             if offset >= size && !(offset == 0 && size == 0) {
-                anyhow::bail!("range starts past the end ({size} bytes)");
+                bail!("range starts past the end ({size} bytes)");
             }
             let mut bytes = vec![0u8; len.min(size - offset) as usize];
             f.read_exact_at(&mut bytes, offset)?;
@@ -135,176 +93,99 @@ pub fn serve(core: &Core, req: &BlobRequest) -> BlobResponse {
     }))
 }
 
-/// Where partial downloads live.
-fn partial_dir(core: &Core) -> PathBuf {
-    core.data_dir.join("partial")
+/// One connected peer as a source for the fetch engine.
+pub struct PeerSource {
+    net: NetHandle,
+    peer: PeerId,
 }
 
-/// Fetches `hash` from `providers` (tried in order for the outboard; segments spread over all
-/// that have it). Returns the bytes transferred.
-pub async fn fetch(
-    core: &Arc<Core>,
-    net: &NetHandle,
-    hash: Hash,
-    providers: &[PeerId],
-) -> Result<u64> {
-    if core.blobs.has(&hash)? {
-        return Ok(0);
+impl PeerSource {
+    /// A source asking `peer` through `net`.
+    pub fn new(net: NetHandle, peer: PeerId) -> Self {
+        PeerSource { net, peer }
     }
-    // 1. Outboards, from every provider at once.
-    let mut asks = FuturesUnordered::new();
-    for p in providers {
-        let (net, p) = (net.clone(), *p);
-        asks.push(async move {
-            let r = net
-                .blob_request(
-                    p,
-                    BlobRequest {
-                        version: BLOBS_VERSION,
-                        hash,
-                        want: BlobWant::Outboard,
-                    },
-                )
-                .await;
-            (p, r)
-        });
-    }
-    let mut good: Vec<PeerId> = Vec::new();
-    let mut board: Option<(u64, Vec<Hash>)> = None;
-    while let Some((p, r)) = asks.next().await {
-        match r.map(|r| r.answer) {
-            Ok(BlobAnswer::Outboard { size, segments }) => {
-                if outboard_matches(&hash, size, &segments) {
-                    good.push(p);
-                    board.get_or_insert((size, segments));
-                } else {
-                    net.fault(p, "outboard does not match the blob hash").await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(peer = %p, "outboard request failed: {e:#}"),
+
+    async fn ask(&self, hash: Hash, want: BlobWant) -> Result<BlobAnswer, SourceError> {
+        let req = BlobRequest {
+            version: BLOBS_VERSION,
+            hash,
+            want,
+        };
+        match self.net.blob_request(self.peer, req).await {
+            Ok(r) => match r.answer {
+                BlobAnswer::NotFound => Err(SourceError::NotFound),
+                BlobAnswer::Refused { reason } => Err(SourceError::Failed(reason)),
+                other => Ok(other),
+            },
+            Err(e) => Err(SourceError::Failed(format!("{e:#}"))),
         }
     }
-    let Some((size, cvs)) = board else {
-        bail!("no connected peer has blob {}", hash.fmt_short());
-    };
-    let n = segment_count(size) as usize;
+}
 
-    // 2. Partial file and the record of verified segments.
-    let dir = partial_dir(core);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let part = dir.join(format!("{hash}.part"));
-    let done_path = dir.join(format!("{hash}.done"));
-    let mut done = std::fs::read(&done_path).unwrap_or_default();
-    if done.len() != n {
-        done = vec![0u8; n];
+impl BlobSource for PeerSource {
+    fn name(&self) -> String {
+        self.peer.to_string()
     }
-    let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&part)
-            .with_context(|| format!("cannot open {}", part.display()))?,
+
+    fn outboard(&self, blob: Hash) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            match self.ask(blob, BlobWant::Outboard).await? {
+                BlobAnswer::Outboard { size, segments } => {
+                    let cvs = if size <= SEGMENT_BYTES {
+                        Vec::new()
+                    } else {
+                        segments.iter().map(|h| *h.as_bytes()).collect()
+                    };
+                    Ok(crate::fetch::Outboard { len: size, cvs }.encode())
+                }
+                _ => Err(SourceError::Failed("answered an outboard request with data".into())),
+            }
+        })
+    }
+
+    fn fetch_range(
+        &self,
+        blob: Hash,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            let len = len.min(SEGMENT_BYTES);
+            match self.ask(blob, BlobWant::Range { offset, len }).await? {
+                BlobAnswer::Data { bytes } => Ok(bytes),
+                _ => Err(SourceError::Failed("answered a range request with an outboard".into())),
+            }
+        })
+    }
+}
+
+/// Fetches `hash` from `providers` with the fetch engine; peers caught sending bad bytes are
+/// charged a fault. Returns the bytes received.
+pub async fn fetch(core: &Arc<Core>, net: &NetHandle, hash: Hash, providers: &[PeerId]) -> Result<u64> {
+    let sources: Vec<Arc<dyn BlobSource>> = providers
+        .iter()
+        .map(|p| Arc::new(PeerSource::new(net.clone(), *p)) as Arc<dyn BlobSource>)
+        .collect();
+    let fetcher = Fetcher::new(
+        core.blobs.clone(),
+        core.data_dir.join("partial"),
+        sources,
+        FetchConfig::default(),
     );
-    file.set_len(size)?;
-
-    // 3. Segments, round-robin over the good peers.
-    let mut todo: VecDeque<usize> = (0..n).filter(|i| done[*i] == 0).collect();
-    let mut tries: HashMap<usize, u32> = HashMap::new();
-    let mut next_peer = 0usize;
-    let mut inflight = FuturesUnordered::new();
-    let mut transferred = 0u64;
-    let mut bad: HashSet<PeerId> = HashSet::new();
-    loop {
-        while inflight.len() < PARALLEL.min(good.len() * 4)
-            && let Some(i) = todo.pop_front()
-        {
-            let p = good[next_peer % good.len()];
-            next_peer += 1;
-            let net = net.clone();
-            let offset = i as u64 * SEGMENT_BYTES;
-            let len = SEGMENT_BYTES
-                .min(size - offset)
-                .max(if size == 0 { 0 } else { 1 });
-            inflight.push(async move {
-                if len == 0 {
-                    return (i, p, Ok(Vec::new()));
-                }
-                let r = net
-                    .blob_request(
-                        p,
-                        BlobRequest {
-                            version: BLOBS_VERSION,
-                            hash,
-                            want: BlobWant::Range { offset, len },
-                        },
-                    )
-                    .await
-                    .and_then(|r| match r.answer {
-                        BlobAnswer::Data { bytes } if bytes.len() as u64 == len => Ok(bytes),
-                        BlobAnswer::Data { bytes } => {
-                            Err(anyhow!("short segment: {} of {len} bytes", bytes.len()))
-                        }
-                        other => Err(anyhow!("no data: {other:?}")),
-                    });
-                (i, p, r)
-            });
-        }
-        let Some((i, p, r)) = inflight.next().await else {
-            break;
-        };
-        let retry = |todo: &mut VecDeque<usize>, tries: &mut HashMap<usize, u32>| -> Result<()> {
-            let t = tries.entry(i).or_default();
-            *t += 1;
-            if *t > 8 {
-                bail!("segment {i} of {} failed 8 times", hash.fmt_short());
-            }
-            todo.push_back(i);
-            Ok(())
-        };
-        match r {
-            Ok(bytes) if segment_value(size, i as u64, &bytes) == cvs[i] => {
-                let (f, off) = (file.clone(), i as u64 * SEGMENT_BYTES);
-                let len = bytes.len() as u64;
-                tokio::task::spawn_blocking(move || f.write_all_at(&bytes, off)).await??;
-                done[i] = 1;
-                std::fs::write(&done_path, &done)?;
-                transferred += len;
-            }
-            Ok(_) => {
-                tracing::warn!(peer = %p, segment = i, blob = %hash.fmt_short(), "peer sent bytes that do not match the blob; dropped for this fetch");
-                net.fault(p, "corrupt blob segment").await;
-                bad.insert(p);
-                good.retain(|g| *g != p);
-                retry(&mut todo, &mut tries)?;
-            }
-            Err(e) => {
-                tracing::debug!(peer = %p, segment = i, "segment request failed: {e:#}");
-                retry(&mut todo, &mut tries)?;
-            }
-        }
-        if good.is_empty() && (!todo.is_empty() || !inflight.is_empty()) {
-            bail!(
-                "every peer holding {} sent bad bytes or went away (progress kept)",
-                hash.fmt_short()
-            );
+    let r = fetcher.fetch(hash, None, None).await;
+    let report = match &r {
+        Ok(rep) => Some(rep.clone()),
+        Err(_) => None,
+    };
+    for bad in report.iter().flat_map(|r| r.bad_sources.iter()) {
+        if let Ok(p) = bad.parse::<PeerId>() {
+            tracing::warn!(peer = %p, blob = %hash.fmt_short(), "peer sent bytes that do not match the blob");
+            net.fault(p, "corrupt blob bytes").await;
         }
     }
-
-    // 4. Into the store, hashed once more on the way.
-    let (c, part2, done2) = (core.clone(), part.clone(), done_path.clone());
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut f = File::open(&part2)?;
-        f.seek(SeekFrom::Start(0))?;
-        let r = c.blobs.import_reader(&mut f, Some(&hash));
-        let _ = std::fs::remove_file(&part2);
-        let _ = std::fs::remove_file(&done2);
-        r.map(|_| ()).map_err(Into::into)
-    })
-    .await??;
-    Ok(transferred)
+    let bytes = r?.bytes_received;
+    core.metrics.replicated_bytes.inc_by(bytes);
+    Ok(bytes)
 }
 
 /// The blobs this node should hold and lacks, each with the key of the node most likely to
