@@ -637,7 +637,11 @@ fn mirror_command(a: MirrorArgs) -> Result<()> {
             Ok(())
         });
     }
-    rt.block_on(crate::mirror::run(cfg, crate::daemon::stop_signal(), |_| {}))
+    rt.block_on(crate::mirror::run(
+        cfg,
+        crate::daemon::stop_signal(),
+        |_| {},
+    ))
 }
 
 fn repo_command(cmd: RepoCommand) -> Result<()> {

@@ -1045,7 +1045,9 @@ fn execute(
     // A Chaotic-style folder: `.CI/config` may stretch the timeout and decides whether the
     // downloaded sources stay cached. (Its errors fail the build in the sandbox's interfere
     // phase, with the line named.)
-    let ci = pacmesh_repo::ciconfig::read_folder(&fetched.dir).ok().flatten();
+    let ci = pacmesh_repo::ciconfig::read_folder(&fetched.dir)
+        .ok()
+        .flatten();
     let timeout = match ci.as_ref().and_then(|c| c.extra_timeout) {
         Some(x) => p.timeout.mul_f64(x).max(Duration::from_secs(1)),
         None => p.timeout,
@@ -1191,7 +1193,11 @@ fn describe(s: &Source) -> String {
         Source::Aur { pkgbase } => format!("aur {pkgbase}"),
         Source::Tree { url, pkgbases, .. } => format!(
             "tree {url} folder {}",
-            pkgbases.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+            pkgbases
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         other => other.kind().to_string(),
     }

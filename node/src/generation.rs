@@ -264,7 +264,12 @@ fn place(
 }
 
 /// Checks the file at `dest` against the manifest: BLAKE3, size, SHA-256.
-pub(crate) fn check_file(hash: &Hash, dest: &Path, size: Option<u64>, sha256: Option<&Sha256>) -> Result<()> {
+pub(crate) fn check_file(
+    hash: &Hash,
+    dest: &Path,
+    size: Option<u64>,
+    sha256: Option<&Sha256>,
+) -> Result<()> {
     let mut f = File::open(dest).with_context(|| format!("Failed to open {}", dest.display()))?;
     let mut b3 = blake3::Hasher::new();
     let mut sha = sha2::Sha256::new();

@@ -58,7 +58,10 @@ pub async fn bind(
 pub fn router(core: Arc<Core>) -> Router {
     let (events_limit, sync_limit) = {
         let l = core.ingest().limits().clone();
-        (l.max_event_bytes.max(l.max_manifest_bytes) + 1024, l.max_sync_bytes)
+        (
+            l.max_event_bytes.max(l.max_manifest_bytes) + 1024,
+            l.max_sync_bytes,
+        )
     };
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -76,13 +79,19 @@ pub fn router(core: Arc<Core>) -> Router {
             put(upload_blob).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/api/v1/blobs/{hash}", get(get_blob))
-        .route("/api/v1/blobs/{hash}/outboard", get(crate::http_sync::outboard))
+        .route(
+            "/api/v1/blobs/{hash}/outboard",
+            get(crate::http_sync::outboard),
+        )
         .route(
             "/api/v1/sync",
             post(crate::http_sync::sync).layer(DefaultBodyLimit::max(sync_limit)),
         )
         .route("/api/v1/events/{id}", get(crate::http_sync::event))
-        .route("/api/v1/repos/{repo}/history", get(crate::http_sync::history))
+        .route(
+            "/api/v1/repos/{repo}/history",
+            get(crate::http_sync::history),
+        )
         .route(
             "/{repo}/gen/{generation}/os/{arch}/{file}",
             get(crate::http_sync::generation_file),

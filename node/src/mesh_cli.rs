@@ -251,7 +251,9 @@ fn queue_add_aur(
     let mut existing: std::collections::BTreeMap<String, (Hash, bool)> = Default::default();
     for e in q["entries"].as_array().into_iter().flatten() {
         let (Some(pb), Some(id), Some(st)) = (
-            e["source"]["pkgbase"].as_str().filter(|_| e["source"]["kind"] == "aur"),
+            e["source"]["pkgbase"]
+                .as_str()
+                .filter(|_| e["source"]["kind"] == "aur"),
             e["id"].as_str().and_then(|i| i.parse::<Hash>().ok()),
             e["status"]["state"].as_str(),
         ) else {

@@ -722,6 +722,35 @@ fn hostile_peers_are_refused_and_disconnected_and_honest_work_completes() {
             >= 5,
         "{st:#}"
     );
+    // The rejections are counted in the node's metrics, next to libp2p's own.
+    let (code, body) = http_get(&format!("{}/metrics", n1.http));
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(body).unwrap();
+    let rejected: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("pacmesh_gossip_messages_total{")
+                && l.contains("result=\"rejected\"")
+                && l.contains("reason=\"not_allowed\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no rejected gossip counter: {metrics}"));
+    assert!(rejected >= 5.0, "{rejected}");
+    assert!(metrics.contains("pacmesh_peers_connected"), "{metrics}");
+    assert!(
+        metrics.contains("libp2p_gossipsub"),
+        "libp2p's metrics are exported"
+    );
+    if have("promtool") {
+        let m = t.path().join("metrics.txt");
+        std::fs::write(&m, &metrics).unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("promtool check metrics < {}", m.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "promtool: {}", show(&o));
+    }
     // And it is refused when it comes back.
     spammer
         .tx

@@ -387,6 +387,9 @@ pub async fn start(
         faults: HashMap::new(),
         banned: HashMap::new(),
         inflight: Arc::new(AtomicUsize::new(0)),
+        p2p_metrics: core
+            .metrics
+            .with_registry(|r| libp2p::metrics::Metrics::new(r.sub_registry_with_prefix("libp2p"))),
     };
     // Wait for the listeners so that the addresses printed at start-up are real.
     let want = listen.len();
@@ -453,6 +456,8 @@ struct Loop {
     faults: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
     inflight: Arc<AtomicUsize>,
+    /// libp2p's own metrics, in the node's registry (`GET /metrics`).
+    p2p_metrics: libp2p::metrics::Metrics,
 }
 
 impl Loop {
@@ -632,6 +637,19 @@ impl Loop {
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        self.p2p_metrics.record(&ev);
+        if let SwarmEvent::Behaviour(b) = &ev {
+            match b {
+                BehaviourEvent::Gossipsub(e) => self.p2p_metrics.record(e),
+                BehaviourEvent::Identify(e) => self.p2p_metrics.record(e),
+                BehaviourEvent::Kad(e) => self.p2p_metrics.record(e),
+                BehaviourEvent::Ping(e) => self.p2p_metrics.record(e),
+                BehaviourEvent::Relay(e) => self.p2p_metrics.record(e),
+                BehaviourEvent::Dcutr(e) => self.p2p_metrics.record(e),
+                _ => {}
+            }
+        }
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = if matches!(
@@ -680,6 +698,10 @@ impl Loop {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(peer_id);
+                    self.core
+                        .metrics
+                        .peers_connected
+                        .set(self.handle.connected().len() as i64);
                     self.core.peers().set_connected(&peer_id.to_string(), true);
                     self.sync_with(peer_id, true);
                 }
@@ -697,6 +719,10 @@ impl Loop {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&peer_id);
+                    self.core
+                        .metrics
+                        .peers_connected
+                        .set(self.handle.connected().len() as i64);
                     self.core.peers().set_connected(&peer_id.to_string(), false);
                     self.syncing.remove(&peer_id);
                 }
@@ -895,18 +921,41 @@ impl Loop {
             self.inflight.fetch_add(1, Ordering::Relaxed);
             let (core, tx, inflight) = (self.core.clone(), self.tx.clone(), self.inflight.clone());
             tokio::task::spawn_blocking(move || {
-                let acceptance = match core.ingest_from(&msg.data, Origin::Peer) {
-                    IngestOutcome::Accepted { .. } => gossipsub::MessageAcceptance::Accept,
-                    IngestOutcome::Duplicate { .. } => gossipsub::MessageAcceptance::Ignore,
+                let (acceptance, result, why) = match core.ingest_from(&msg.data, Origin::Peer) {
+                    IngestOutcome::Accepted { .. } => (
+                        gossipsub::MessageAcceptance::Accept,
+                        "accepted",
+                        String::new(),
+                    ),
+                    IngestOutcome::Duplicate { .. } => (
+                        gossipsub::MessageAcceptance::Ignore,
+                        "ignored",
+                        "duplicate".into(),
+                    ),
                     IngestOutcome::Rejected { reason } => {
                         tracing::info!(peer = %source, "gossiped event refused: {reason}");
                         if reason.is_peer_fault() {
-                            gossipsub::MessageAcceptance::Reject
+                            (
+                                gossipsub::MessageAcceptance::Reject,
+                                "rejected",
+                                reason.label().into(),
+                            )
                         } else {
-                            gossipsub::MessageAcceptance::Ignore
+                            (
+                                gossipsub::MessageAcceptance::Ignore,
+                                "ignored",
+                                reason.label().into(),
+                            )
                         }
                     }
                 };
+                core.metrics
+                    .gossip_messages
+                    .get_or_create(&crate::metrics::ResultReasonLabels {
+                        result,
+                        reason: why,
+                    })
+                    .inc();
                 inflight.fetch_sub(1, Ordering::Relaxed);
                 let _ = tx.blocking_send(Command::Validated {
                     id,
@@ -915,14 +964,30 @@ impl Loop {
                 });
             });
         } else if msg.topic == self.announce.hash() {
-            let acceptance = match self.on_announcement(&msg) {
-                Ok(true) => gossipsub::MessageAcceptance::Accept,
-                Ok(false) => gossipsub::MessageAcceptance::Ignore,
+            let (acceptance, result, why) = match self.on_announcement(&msg) {
+                Ok(true) => (gossipsub::MessageAcceptance::Accept, "accepted", ""),
+                Ok(false) => (
+                    gossipsub::MessageAcceptance::Ignore,
+                    "ignored",
+                    "stale_announcement",
+                ),
                 Err(e) => {
                     tracing::info!(peer = %source, "announcement refused: {e:#}");
-                    gossipsub::MessageAcceptance::Reject
+                    (
+                        gossipsub::MessageAcceptance::Reject,
+                        "rejected",
+                        "bad_announcement",
+                    )
                 }
             };
+            self.core
+                .metrics
+                .gossip_messages
+                .get_or_create(&crate::metrics::ResultReasonLabels {
+                    result,
+                    reason: why.into(),
+                })
+                .inc();
             if matches!(acceptance, gossipsub::MessageAcceptance::Reject) {
                 self.fault(source, "invalid announcement");
             }

@@ -63,8 +63,8 @@ pub fn serve(core: &Core, req: &BlobRequest) -> BlobResponse {
     }
     let r = match req.want {
         BlobWant::Outboard => (|| {
-            let bytes = crate::fetch::outboard_of(&core.blobs, &req.hash)?
-                .context("blob went away")?;
+            let bytes =
+                crate::fetch::outboard_of(&core.blobs, &req.hash)?.context("blob went away")?;
             let ob = crate::fetch::Outboard::decode(&bytes)?;
             // On the wire a blob of one segment lists its hash as its only value.
             let segments = if ob.cvs.is_empty() {
@@ -138,7 +138,9 @@ impl BlobSource for PeerSource {
                     };
                     Ok(crate::fetch::Outboard { len: size, cvs }.encode())
                 }
-                _ => Err(SourceError::Failed("answered an outboard request with data".into())),
+                _ => Err(SourceError::Failed(
+                    "answered an outboard request with data".into(),
+                )),
             }
         })
     }
@@ -153,7 +155,9 @@ impl BlobSource for PeerSource {
             let len = len.min(SEGMENT_BYTES);
             match self.ask(blob, BlobWant::Range { offset, len }).await? {
                 BlobAnswer::Data { bytes } => Ok(bytes),
-                _ => Err(SourceError::Failed("answered a range request with an outboard".into())),
+                _ => Err(SourceError::Failed(
+                    "answered a range request with an outboard".into(),
+                )),
             }
         })
     }
@@ -161,7 +165,12 @@ impl BlobSource for PeerSource {
 
 /// Fetches `hash` from `providers` with the fetch engine; peers caught sending bad bytes are
 /// charged a fault. Returns the bytes received.
-pub async fn fetch(core: &Arc<Core>, net: &NetHandle, hash: Hash, providers: &[PeerId]) -> Result<u64> {
+pub async fn fetch(
+    core: &Arc<Core>,
+    net: &NetHandle,
+    hash: Hash,
+    providers: &[PeerId],
+) -> Result<u64> {
     let sources: Vec<Arc<dyn BlobSource>> = providers
         .iter()
         .map(|p| Arc::new(PeerSource::new(net.clone(), *p)) as Arc<dyn BlobSource>)
@@ -280,6 +289,12 @@ pub async fn run(core: Arc<Core>, net: NetHandle, wants: Wants, mut stop: watch:
             _ = tick.tick() => {}
             Some(Ok((hash, r))) = jobs.join_next(), if !jobs.is_empty() => {
                 running.remove(&hash);
+                core.metrics
+                    .blobs_fetched
+                    .get_or_create(&crate::metrics::ResultLabels {
+                        result: if r.is_ok() { "ok" } else { "failed" },
+                    })
+                    .inc();
                 match r {
                     Ok(bytes) => {
                         backoff.remove(&hash);
