@@ -230,6 +230,11 @@ pub async fn run(
         let (handle, task) = crate::net::start(core.clone(), ncfg, stop_rx.clone())
             .await
             .context("starting the mesh network")?;
+        core.live_logs
+            .set_relay(crate::net::logrelay::NetLogRelay::new(
+                &core,
+                handle.clone(),
+            ));
         tasks.spawn(async move {
             match task.await {
                 Ok(r) => r.map(|()| "network"),

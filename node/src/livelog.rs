@@ -176,6 +176,23 @@ impl LiveLogs {
         })
     }
 
+    /// The held lines of `entry`'s running build from line number `from` on (at most `max`):
+    /// `(first line number, lines)`, or `None` when no build of it runs here.
+    pub fn lines_since(&self, entry: &Hash, from: u64, max: usize) -> Option<(u64, Vec<String>)> {
+        let s = self.lock();
+        let st = s.get(entry)?;
+        let first = from.max(st.dropped);
+        let skip = (first - st.dropped) as usize;
+        let lines: Vec<String> = st
+            .backlog
+            .iter()
+            .skip(skip)
+            .take(max)
+            .map(|l| l.to_string())
+            .collect();
+        Some((first, lines))
+    }
+
     /// Whether a build of `entry` is producing output here (locally or relayed).
     pub fn is_active(&self, entry: &Hash) -> bool {
         self.lock().contains_key(entry)

@@ -815,3 +815,62 @@ fn a_node_is_reachable_through_a_relay_circuit() {
     );
     converge(&[&relay, &nat, &far], Duration::from_secs(30));
 }
+
+/// A build running on one node is followed live from another: the publisher's `/logs/ENTRY`
+/// relays the builder's lines over the mesh while the build still runs.
+#[test]
+fn a_live_log_is_followed_from_another_node() {
+    if skip_unless_tools() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let t = tempfile::tempdir().unwrap();
+    let net = Net::new(t.path(), 2, 30);
+    let n0 = net.start(0, &[], &["--no-build"]);
+    let n1 = net.start(1, &[&n0], &[]);
+    let id = net.enqueue(
+        &n0,
+        &pkg(
+            t.path(),
+            "mesh-ticks",
+            "for i in 1 2 3 4 5 6 7 8; do echo \"tick $i\"; sleep 1; done",
+        ),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&n0)["claims"]
+        .as_array()
+        .is_none_or(|c| c.is_empty())
+    {
+        assert!(Instant::now() < deadline, "never claimed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addr = n0.http.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        sock,
+        "GET /logs/{id}?format=text HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut lines = BufReader::new(sock).lines();
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while let Some(Ok(l)) = lines.next() {
+        if l.contains("tick ") {
+            seen.push((t0.elapsed(), l.clone()));
+            if seen.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen.len(), 3, "relayed lines: {seen:?}");
+    // The lines arrive while the build runs on node 1, about one a second.
+    let q = json(&format!("{}/api/v1/entries/{id}", n0.http));
+    assert_eq!(q["status"]["state"], "claimed", "{q:#}");
+    assert!(
+        seen[2].0 - seen[1].0 > Duration::from_millis(500),
+        "{seen:?}"
+    );
+}

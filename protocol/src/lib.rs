@@ -9,6 +9,7 @@ mod event;
 mod hash;
 pub mod hexdump;
 mod keys;
+mod logs;
 mod manifest;
 mod names;
 mod policy;
@@ -30,6 +31,9 @@ pub use codec::{DecodeError, EncodeError, Limits, Message, decode, encode};
 pub use event::{Artifact, EVENT_VERSION, Event, EventBody, QueueEntry, Source};
 pub use hash::{Hash, HashParseError, Sha256};
 pub use keys::{KeyError, PublicKey, SigningKey};
+pub use logs::{
+    LOGS_PROTOCOL, LOGS_VERSION, LogRequest, LogResponse, MAX_LOG_LINES, MAX_LOG_RESPONSE_BYTES,
+};
 pub use manifest::{MANIFEST_VERSION, ManifestPackage, RepoManifest};
 pub use names::{FileName, Name, NameError};
 pub use policy::{BuilderPolicy, MeshPolicy, POLICY_VERSION, PolicyError, RepoPolicy, Roles};

@@ -29,6 +29,7 @@
 //! - **Blobs.** Served by segment; fetched by [`replicate`].
 
 pub mod codec;
+pub mod logrelay;
 pub mod replicate;
 
 use std::collections::{HashMap, HashSet};
@@ -46,8 +47,8 @@ use libp2p::{
     identify, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use pacmesh_protocol::{
-    Announcement, BlobRequest, BlobResponse, Capabilities, Limits, Roles, Signed, SyncRequest,
-    SyncResponse, Timestamp, announce_topic, events_topic,
+    Announcement, BlobRequest, BlobResponse, Capabilities, Limits, LogRequest, LogResponse, Roles,
+    Signed, SyncRequest, SyncResponse, Timestamp, announce_topic, events_topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -125,6 +126,7 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     sync: request_response::Behaviour<codec::MsgCodec<SyncRequest, SyncResponse>>,
     blobs: request_response::Behaviour<codec::MsgCodec<BlobRequest, BlobResponse>>,
+    logs: request_response::Behaviour<codec::MsgCodec<LogRequest, LogResponse>>,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
     dcutr: dcutr::Behaviour,
@@ -143,6 +145,11 @@ enum Command {
     SyncDone(PeerId),
     SyncRespond(ResponseChannel<SyncResponse>, SyncResponse),
     BlobRespond(ResponseChannel<BlobResponse>, BlobResponse),
+    LogRequest {
+        peer: PeerId,
+        req: LogRequest,
+        reply: oneshot::Sender<Result<LogResponse>>,
+    },
     BlobRequest {
         peer: PeerId,
         req: BlobRequest,
@@ -205,6 +212,16 @@ impl NetHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::BlobRequest { peer, req, reply })
+            .await
+            .map_err(|_| anyhow!("the network is shut down"))?;
+        rx.await.map_err(|_| anyhow!("the network is shut down"))?
+    }
+
+    /// Asks `peer` for lines of a running build's log.
+    pub async fn log_request(&self, peer: PeerId, req: LogRequest) -> Result<LogResponse> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::LogRequest { peer, req, reply })
             .await
             .map_err(|_| anyhow!("the network is shut down"))?;
         rx.await.map_err(|_| anyhow!("the network is shut down"))?
@@ -333,6 +350,14 @@ pub async fn start(
                         StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
                         ProtocolSupport::Full,
                     )],
+                    rr.clone(),
+                ),
+                logs: request_response::Behaviour::with_codec(
+                    codec::MsgCodec::new(lim.clone()),
+                    [(
+                        StreamProtocol::new(pacmesh_protocol::LOGS_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
                     rr,
                 ),
                 relay_client,
@@ -384,6 +409,7 @@ pub async fn start(
         syncing: HashSet::new(),
         last_sync: HashMap::new(),
         blob_waiters: HashMap::new(),
+        log_waiters: HashMap::new(),
         faults: HashMap::new(),
         banned: HashMap::new(),
         inflight: Arc::new(AtomicUsize::new(0)),
@@ -453,6 +479,7 @@ struct Loop {
     syncing: HashSet<PeerId>,
     last_sync: HashMap<PeerId, Instant>,
     blob_waiters: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse>>>,
+    log_waiters: HashMap<OutboundRequestId, oneshot::Sender<Result<LogResponse>>>,
     faults: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
     inflight: Arc<AtomicUsize>,
@@ -543,6 +570,10 @@ impl Loop {
             }
             Command::BlobRespond(ch, resp) => {
                 let _ = self.swarm.behaviour_mut().blobs.send_response(ch, resp);
+            }
+            Command::LogRequest { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().logs.send_request(&peer, req);
+                self.log_waiters.insert(id, reply);
             }
             Command::BlobRequest { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().blobs.send_request(&peer, req);
@@ -859,6 +890,51 @@ impl Loop {
                             let _ = w.send(Ok(response));
                         }
                     }
+                }
+            }
+            BehaviourEvent::Logs(request_response::Event::Message { message, .. }) => match message
+            {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let resp = match self.core.live_logs.lines_since(
+                        &request.entry,
+                        request.from,
+                        pacmesh_protocol::MAX_LOG_LINES,
+                    ) {
+                        Some((first, lines)) => LogResponse {
+                            version: pacmesh_protocol::LOGS_VERSION,
+                            running: true,
+                            first,
+                            lines,
+                            ended: None,
+                        },
+                        None => LogResponse {
+                            version: pacmesh_protocol::LOGS_VERSION,
+                            running: false,
+                            first: request.from,
+                            lines: Vec::new(),
+                            ended: Some("not running here".into()),
+                        },
+                    };
+                    let _ = self.swarm.behaviour_mut().logs.send_response(channel, resp);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(w) = self.log_waiters.remove(&request_id) {
+                        let _ = w.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Logs(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(w) = self.log_waiters.remove(&request_id) {
+                    let _ = w.send(Err(anyhow!("log request failed: {error}")));
                 }
             }
             BehaviourEvent::Blobs(request_response::Event::OutboundFailure {
