@@ -284,6 +284,29 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Why a package is or is not queued, claimed, built, failed, published or up to date;
+    /// shows the change awaiting review, if any.
+    Why {
+        /// Package name or package base.
+        pkg: String,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve the change an entry waits on (review gate): sign an `approve` with a
+    /// maintainer key.
+    Approve {
+        /// Maintainer key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
+        node: String,
+        /// The entry (full id or a unique prefix).
+        entry: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Withdraw a queued entry (full id or a unique prefix).
     Cancel {
         #[arg(long)]
@@ -820,6 +843,31 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&q)?);
             } else {
                 print!("{}", crate::term::queue_table(&q, crate::term::color()));
+            }
+        }
+        QueueCommand::Why { pkg, node, json } => {
+            let path = format!("/api/v1/why/{}", crate::why::url_segment(&pkg));
+            let v = crate::client::Client::new(&node).get_json(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", crate::why::render(&v, crate::term::color()));
+            }
+        }
+        QueueCommand::Approve {
+            key,
+            node,
+            entry,
+            json,
+        } => {
+            let (entry, id) = crate::mesh_cli::queue_approve(&key, &node, &entry)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "entry": entry.to_string(), "approve_event": id.to_string() })
+                );
+            } else {
+                println!("approved entry {entry} (event {id})");
             }
         }
         QueueCommand::Cancel {

@@ -569,6 +569,10 @@ fn ineligible(
     if e.enqueued.is_none() || e.cancelled.is_some() || e.failed().next().is_some() {
         return Some("done");
     }
+    if e.awaiting_review().is_some() {
+        // A change a maintainer must approve first (`QueueEntry::review`).
+        return Some("review");
+    }
     let built = e.builders_built();
     if built.contains(me) || built.len() >= quorum.max(1) as usize || state.published(e).is_some() {
         return Some("done");

@@ -68,6 +68,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/queue", get(queue))
         .route("/api/v1/entries/{id}", get(entry))
+        .route("/api/v1/why/{pkg}", get(why))
         .route("/api/v1/authors/{key}/head", get(author_head))
         .route("/api/v1/policy", get(policy))
         .route(
@@ -147,6 +148,16 @@ async fn entry(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Respons
     match found {
         Ok(Some(v)) => axum::Json(v).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no entry {id}")),
+        Err(r) => r,
+    }
+}
+
+async fn why(State(core): State<Arc<Core>>, Path(pkg): Path<String>) -> Response {
+    if pkg.is_empty() || pkg.len() > 256 {
+        return error(StatusCode::BAD_REQUEST, "a package name is 1 to 256 characters");
+    }
+    match blocking(move || crate::why::why(&core, &pkg, Timestamp::now())).await {
+        Ok(v) => axum::Json(v).into_response(),
         Err(r) => r,
     }
 }

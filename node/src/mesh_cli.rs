@@ -354,6 +354,24 @@ pub fn queue_cancel(key: &Path, node: &str, id: &str) -> Result<Hash> {
     client.submit_logged(&key, Some(&log), EventBody::Cancel { entry })
 }
 
+/// `queue approve`: signs an `approve` for an entry that waits for review. Refuses an entry
+/// the node knows needs no review (or was approved already), so a typo'd prefix does not
+/// silently approve something else.
+pub fn queue_approve(key: &Path, node: &str, id: &str) -> Result<(Hash, Hash)> {
+    let log = author_log(key);
+    let key = NodeKey::load(key)?;
+    let client = Client::new(node);
+    let entry = resolve_entry(&client, id)?;
+    let e = client.get_json(&format!("/api/v1/entries/{entry}"))?;
+    match e["status"]["state"].as_str() {
+        Some("review") => {}
+        Some(other) => bail!("entry {entry} does not wait for review (it is {other})"),
+        None => bail!("entry {entry}: the node's answer has no state"),
+    }
+    let id = client.submit_logged(&key, Some(&log), EventBody::Approve { entry })?;
+    Ok((entry, id))
+}
+
 /// The first 12 characters (ids and keys are hex; other text is cut at a character boundary).
 fn short(s: &str) -> String {
     s.chars().take(12).collect()

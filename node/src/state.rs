@@ -33,10 +33,12 @@
 //!    fences B's claims with attempt ≤ *a*; a report for an older attempt
 //!    is recorded but leaves a newer claim standing;
 //! 5. **failed**: a `failed` report and no `built` one;
-//! 6. **waiting**.
+//! 6. **review**: the entry carries a `review` (a change a maintainer must read) and no
+//!    maintainer's `approve` for it is known yet;
+//! 7. **waiting**.
 //!
 //! [`QueueState::claimable`] lists enqueued entries that are not cancelled,
-//! not published, have no live claim, no `failed` report, and fewer than
+//! not awaiting review, not published, have no live claim, no `failed` report, and fewer than
 //! `quorum` distinct builders with a `built` report. A failure is final for
 //! the entry (builds are deterministic); a maintainer re-enqueues to retry.
 //!
@@ -146,6 +148,8 @@ pub struct EntryRecord {
     pub claims: BTreeMap<PublicKey, ClaimRecord>,
     /// Reports keyed by (builder, attempt, event id).
     pub reports: BTreeMap<(PublicKey, u32, Hash), Report>,
+    /// The first `approve` (smallest event id), if any.
+    pub approved: Option<EventRef>,
 }
 
 impl EntryRecord {
@@ -156,7 +160,15 @@ impl EntryRecord {
             cancelled: None,
             claims: BTreeMap::new(),
             reports: BTreeMap::new(),
+            approved: None,
         }
+    }
+
+    /// The change awaiting a maintainer's `approve`: the entry's `review` text while no
+    /// approval is known; `None` when no review is needed or it was approved.
+    pub fn awaiting_review(&self) -> Option<&str> {
+        let review = self.enqueued.as_ref()?.entry.review.as_deref()?;
+        self.approved.is_none().then_some(review)
     }
 
     /// Whether a report by `builder` closes attempt `attempt` (or a later one).
@@ -261,6 +273,11 @@ pub enum EntryStatus<'a> {
         /// Log blob.
         log: Option<Hash>,
     },
+    /// Waiting for a maintainer's `approve` of the change shown.
+    Review {
+        /// The change (the entry's `review` text).
+        diff: &'a str,
+    },
     /// Cancelled.
     Cancelled {
         /// The maintainer.
@@ -271,7 +288,7 @@ pub enum EntryStatus<'a> {
 }
 
 impl EntryStatus<'_> {
-    /// A one-word label (`waiting`, `claimed`, `built`, `failed`,
+    /// A one-word label (`waiting`, `review`, `claimed`, `built`, `failed`,
     /// `cancelled`, `published`).
     pub fn label(&self) -> &'static str {
         match self {
@@ -279,6 +296,7 @@ impl EntryStatus<'_> {
             EntryStatus::Claimed { .. } => "claimed",
             EntryStatus::Built { .. } => "built",
             EntryStatus::Failed { .. } => "failed",
+            EntryStatus::Review { .. } => "review",
             EntryStatus::Cancelled { .. } => "cancelled",
             EntryStatus::Published(_) => "published",
         }
@@ -361,6 +379,13 @@ impl QueueState {
                 let r = EventRef { id, by, time };
                 if rec.cancelled.is_none_or(|c| r.id < c.id) {
                     rec.cancelled = Some(r);
+                }
+            }
+            EventBody::Approve { entry } => {
+                let rec = self.record(*entry);
+                let r = EventRef { id, by, time };
+                if rec.approved.is_none_or(|a| r.id < a.id) {
+                    rec.approved = Some(r);
                 }
             }
             EventBody::Claim {
@@ -541,6 +566,9 @@ impl QueueState {
                 log: *log,
             };
         }
+        if let Some(diff) = e.awaiting_review() {
+            return EntryStatus::Review { diff };
+        }
         EntryStatus::Waiting
     }
 
@@ -549,6 +577,7 @@ impl QueueState {
     pub fn is_claimable(&self, e: &EntryRecord, now: Timestamp, quorum: u32) -> bool {
         e.enqueued.is_some()
             && e.cancelled.is_none()
+            && e.awaiting_review().is_none()
             && e.failed().next().is_none()
             && e.live_claims(now).next().is_none()
             && e.builders_built().len() < quorum.max(1) as usize
@@ -866,6 +895,50 @@ mod tests {
         let b = built(eid, 1, "x");
         assert_eq!(referenced_blobs(&b).len(), 2);
         assert!(referenced_blobs(&enqueue()).is_empty());
+    }
+
+    #[test]
+    fn review_blocks_claims_until_a_maintainer_approves() {
+        let mut mk = Mk { n: 0 };
+        let mut s = QueueState::new();
+        let mut q = QueueEntry::new(
+            name("extra"),
+            Source::Aur {
+                pkgbase: name("hello"),
+            },
+        );
+        q.review = Some("+depends=(curl)".into());
+        let (eid, e) = mk.ev(2, EventBody::Enqueue(q));
+        apply_all(&mut s, &[(eid, e)]);
+        let ent = s.entry(&eid).unwrap();
+        assert_eq!(
+            s.status(ent, at(0)),
+            EntryStatus::Review {
+                diff: "+depends=(curl)"
+            }
+        );
+        assert!(s.claimable(at(0), 1).is_empty(), "not claimable before approval");
+        // An approve for another entry changes nothing.
+        let other = mk.ev(2, EventBody::Approve { entry: Hash::new(b"x") });
+        apply_all(&mut s, &[other]);
+        assert!(s.claimable(at(0), 1).is_empty());
+        let a = mk.ev(2, EventBody::Approve { entry: eid });
+        apply_all(&mut s, &[a]);
+        let ent = s.entry(&eid).unwrap();
+        assert_eq!(s.status(ent, at(0)), EntryStatus::Waiting);
+        assert_eq!(ent.approved.unwrap().by, key(2));
+        assert_eq!(s.claimable(at(0), 1).len(), 1);
+        // An approve that arrives before its enqueue counts too (order independence).
+        let mut rev = QueueState::new();
+        let evs: Vec<_> = {
+            let mut mk = Mk { n: 0 };
+            let mut q = QueueEntry::new(name("extra"), Source::Aur { pkgbase: name("a") });
+            q.review = Some("d".into());
+            let (eid, e) = mk.ev(2, EventBody::Enqueue(q));
+            vec![mk.ev(2, EventBody::Approve { entry: eid }), (eid, e)]
+        };
+        apply_all(&mut rev, &evs);
+        assert_eq!(rev.claimable(at(0), 1).len(), 1);
     }
 
     #[test]

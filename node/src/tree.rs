@@ -85,6 +85,10 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Time taken.
     pub elapsed: std::time::Duration,
+    /// Folders to build whose `.CI/config` says `CI_HUMAN_REVIEW=true` and whose PKGBUILD
+    /// changed since the last synced commit beyond pkgver/pkgrel/checksums (or is new): the
+    /// change, which their entries carry for a maintainer to approve ([`crate::review`]).
+    pub review: BTreeMap<String, String>,
 }
 
 /// Why a sync cannot be planned.
@@ -310,6 +314,25 @@ pub fn plan(
             }
         }
     }
+    if let Some(old) = &old {
+        let old_tree = old.tree().map_err(git)?;
+        let new_tree = new.tree().map_err(git)?;
+        for n in p.build.keys() {
+            let Some(f) = p.folders.get(n) else { continue };
+            if !f.ci.as_ref().is_some_and(|c| c.human_review) {
+                continue;
+            }
+            let path = format!("{n}/PKGBUILD");
+            let now = small_blob(repo, &new_tree, &path).unwrap_or_default();
+            let diff = match small_blob(repo, &old_tree, &path) {
+                Some(before) => crate::review::significant_diff(&before, &now),
+                None => Some(crate::review::new_file(&now)),
+            };
+            if let Some(d) = diff {
+                p.review.insert(n.clone(), d);
+            }
+        }
+    }
     if let Some(t) = trigger {
         for (n, f) in &p.folders {
             if f.ci.as_ref().and_then(|c| c.on_trigger.as_deref()) == Some(t) {
@@ -471,6 +494,7 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
             },
         );
         e.after = deps.iter().filter_map(|d| ids.get(d).copied()).collect();
+        e.review = report.plan.review.get(&folder).cloned();
         let id = client
             .submit(&key, EventBody::Enqueue(e))
             .with_context(|| format!("enqueuing {folder}"))?;

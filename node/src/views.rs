@@ -60,6 +60,7 @@ fn status_json(st: &EntryStatus<'_>) -> Value {
         EntryStatus::Failed { by, reason, log } => json!({
             "state": "failed", "by": by.to_string(), "reason": reason, "log": log.map(|h| h.to_string()),
         }),
+        EntryStatus::Review { diff } => json!({ "state": "review", "diff": diff }),
         EntryStatus::Cancelled { by } => json!({ "state": "cancelled", "by": by.to_string() }),
         EntryStatus::Published(p) => json!({
             "state": "published", "repo": p.repo.to_string(), "arch": p.arch.to_string(),

@@ -227,8 +227,9 @@ fn display_state(core: &Core, e: &EntryRecord, st: &EntryStatus<'_>) -> &'static
     }
 }
 
-const STATES: [&str; 7] = [
+const STATES: [&str; 8] = [
     "waiting",
+    "review",
     "claimed",
     "building",
     "built",
@@ -401,6 +402,7 @@ pub fn render_index(core: &Core, q: &IndexQuery, now: Timestamp) -> String {
                 format!("{}/{} generation {}", p.repo, p.arch, p.generation)
             }
             EntryStatus::Waiting => String::new(),
+            EntryStatus::Review { .. } => "waiting for a maintainer's approval (queue why)".into(),
         };
         let id = e.id.to_string();
         if !needle.is_empty() {

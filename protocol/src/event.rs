@@ -118,6 +118,13 @@ pub enum EventBody {
     },
     /// `publish` (publisher): a new repository generation.
     Publish(RepoManifest),
+    /// `approve` (maintainer): the change an entry's [`QueueEntry::review`] shows was read and
+    /// may be built. Added after version 1 without a version bump: an older node decodes it
+    /// as [`EventBody::Unknown`] (stored and forwarded, not acted on).
+    Approve {
+        /// The entry (id of its `Enqueue` event).
+        entry: Hash,
+    },
     /// A kind from a newer pacmesh. Decodes, validates as nothing, never
     /// encodes (forward the original [`crate::Signed`] bytes instead).
     Unknown {
@@ -137,6 +144,7 @@ impl EventBody {
             EventBody::Built { .. } => "built",
             EventBody::Failed { .. } => "failed",
             EventBody::Publish(_) => "publish",
+            EventBody::Approve { .. } => "approve",
             EventBody::Unknown { kind } => kind,
         }
     }
@@ -145,6 +153,7 @@ impl EventBody {
     pub fn entry(&self) -> Option<&Hash> {
         match self {
             EventBody::Cancel { entry }
+            | EventBody::Approve { entry }
             | EventBody::Claim { entry, .. }
             | EventBody::Built { entry, .. }
             | EventBody::Failed { entry, .. } => Some(entry),
@@ -193,7 +202,18 @@ pub struct QueueEntry {
     /// ignore it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<Hash>,
+    /// Set when the entry needs a maintainer's signed `approve` before any builder may claim
+    /// it: the change to review (a unified diff of the PKGBUILD against what was built
+    /// before, at most [`MAX_REVIEW_BYTES`]), e.g. an update that touches more than
+    /// `pkgver`/`pkgrel`/checksums. Optional on the wire (absent = no review needed; added
+    /// after version 1 without a version bump: older nodes ignore it, see the protocol
+    /// README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<String>,
 }
+
+/// The largest [`QueueEntry::review`] text, in bytes (producers cut longer diffs and say so).
+pub const MAX_REVIEW_BYTES: usize = 64 * 1024;
 
 impl QueueEntry {
     /// An entry with no architectures (all), no requirements and defaults.
@@ -206,6 +226,7 @@ impl QueueEntry {
             source_date_epoch: None,
             timeout_secs: None,
             after: Vec::new(),
+            review: None,
         }
     }
 
@@ -213,6 +234,9 @@ impl QueueEntry {
         check_len("enqueue arches", self.arches.len(), limits.max_list)?;
         check_len("enqueue needs", self.needs.len(), limits.max_list)?;
         check_len("enqueue after", self.after.len(), limits.max_keys)?;
+        if let Some(r) = &self.review {
+            check_len("enqueue review bytes", r.len(), MAX_REVIEW_BYTES)?;
+        }
         self.source.validate(limits)
     }
 }
@@ -341,6 +365,10 @@ struct CancelW {
     entry: Hash,
 }
 #[derive(Serialize, Deserialize)]
+struct ApproveW {
+    entry: Hash,
+}
+#[derive(Serialize, Deserialize)]
 struct RemoveW {
     pkgbase: Name,
     repo: Name,
@@ -373,6 +401,7 @@ impl Serialize for EventBody {
         match self {
             EventBody::Enqueue(q) => tagged::serialize(s, k, q),
             EventBody::Cancel { entry } => tagged::serialize(s, k, &CancelW { entry: *entry }),
+            EventBody::Approve { entry } => tagged::serialize(s, k, &ApproveW { entry: *entry }),
             EventBody::Remove { pkgbase, repo } => tagged::serialize(
                 s,
                 k,
@@ -449,6 +478,10 @@ impl<'de> Deserialize<'de> for EventBody {
                     "cancel" => {
                         let w: CancelW = tagged::read_body(&mut seq)?;
                         EventBody::Cancel { entry: w.entry }
+                    }
+                    "approve" => {
+                        let w: ApproveW = tagged::read_body(&mut seq)?;
+                        EventBody::Approve { entry: w.entry }
                     }
                     "remove" => {
                         let w: RemoveW = tagged::read_body(&mut seq)?;
@@ -680,6 +713,7 @@ impl Message for Event {
                 }
             }
             EventBody::Cancel { .. }
+            | EventBody::Approve { .. }
             | EventBody::Remove { .. }
             | EventBody::Claim { .. }
             | EventBody::Unknown { .. } => {}

@@ -225,6 +225,7 @@ impl MeshPolicy {
                 (Roles::MAINTAINER, "enqueue")
             }
             EventBody::Cancel { .. } => (Roles::MAINTAINER, "cancel"),
+            EventBody::Approve { .. } => (Roles::MAINTAINER, "approve"),
             EventBody::Remove { repo, .. } => {
                 if self.repo(repo).is_none() {
                     return Err(PolicyError::UnknownRepo {

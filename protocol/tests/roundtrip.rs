@@ -73,16 +73,20 @@ fn queue_entry() -> impl Strategy<Value = QueueEntry> {
         option::of(any::<u64>()),
         option::of(any::<u32>()),
         vec(hash(), 0..3),
+        option::of(".{0,200}"),
     )
         .prop_map(
-            |(repo, source, arches, needs, source_date_epoch, timeout_secs, after)| QueueEntry {
-                repo,
-                source,
-                arches,
-                needs,
-                source_date_epoch,
-                timeout_secs,
-                after,
+            |(repo, source, arches, needs, source_date_epoch, timeout_secs, after, review)| {
+                QueueEntry {
+                    repo,
+                    source,
+                    arches,
+                    needs,
+                    source_date_epoch,
+                    timeout_secs,
+                    after,
+                    review,
+                }
             },
         )
 }

@@ -134,6 +134,48 @@ fn enqueue_with_after_wire_format() {
     assert!(back.after.is_empty());
 }
 
+/// `review` (added without a version bump, like `after`): present only when set; an old
+/// node's decoder reads the entry without it, a new one reads a plain entry as `None`.
+#[test]
+fn enqueue_with_review_wire_format() {
+    let mut q = queue_entry();
+    q.review = Some("-depends=(glibc)\n+depends=(glibc curl)\n".into());
+    let key = maintainer();
+    let ev = event(&key, 1, EventBody::Enqueue(q.clone()));
+    golden_signed(
+        "event_enqueue_review",
+        "Signed<Event> with body `enqueue` that waits for a maintainer's review, seq 1",
+        &key,
+        &ev,
+    );
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct OldQueueEntry {
+        repo: Name,
+        source: Source,
+        arches: Vec<Name>,
+        needs: Vec<Requirement>,
+        source_date_epoch: Option<u64>,
+        timeout_secs: Option<u32>,
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&q, &mut bytes).unwrap();
+    let old: OldQueueEntry = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!(old.repo, q.repo);
+    let mut plain = Vec::new();
+    ciborium::into_writer(&queue_entry(), &mut plain).unwrap();
+    let back: QueueEntry = ciborium::from_reader(plain.as_slice()).unwrap();
+    assert!(back.review.is_none());
+    // The review text is capped.
+    let mut big = queue_entry();
+    big.review = Some("x".repeat(pacmesh_protocol::MAX_REVIEW_BYTES + 1));
+    let limits = Limits::default();
+    let signed = Signed::sign(&key, &event(&key, 1, EventBody::Enqueue(big))).unwrap();
+    let back = Signed::<Event>::from_bytes(&signed.to_bytes(), &limits).unwrap();
+    let err = back.verify_and_decode(&limits).unwrap_err().to_string();
+    assert!(err.contains("review"), "an oversized review must be refused: {err}");
+}
+
 #[test]
 fn policy_wire_format() {
     golden_signed(

@@ -42,6 +42,7 @@ pub fn queue_entry() -> QueueEntry {
         source_date_epoch: Some(1_700_000_000),
         timeout_secs: None,
         after: Vec::new(),
+        review: None,
     }
 }
 
@@ -179,5 +180,6 @@ pub fn all_bodies() -> Vec<(&'static str, SigningKey, EventBody)> {
             },
         ),
         ("publish", publisher(), EventBody::Publish(manifest())),
+        ("approve", maintainer(), EventBody::Approve { entry }),
     ]
 }
