@@ -827,7 +827,7 @@ fn a_live_log_is_followed_from_another_node() {
     let t = tempfile::tempdir().unwrap();
     let net = Net::new(t.path(), 2, 30);
     let n0 = net.start(0, &[], &["--no-build"]);
-    let n1 = net.start(1, &[&n0], &[]);
+    let _builder = net.start(1, &[&n0], &[]);
     let id = net.enqueue(
         &n0,
         &pkg(
