@@ -871,8 +871,18 @@ impl Loop {
             )
         };
         let differs = a.digest.is_some_and(|d| d != ours);
-        let fresh = self.core.peers().announce(from.to_string(), a, builder);
-        if fresh && differs && self.handle.connected().contains(&from) {
+        let connected = self.handle.connected().contains(&from);
+        let fresh = {
+            let mut peers = self.core.peers();
+            let fresh = peers.announce(from.to_string(), a, builder);
+            // A peer's first announcement usually arrives after its connection was
+            // established, when it was not in the table yet to be marked connected.
+            if fresh && connected {
+                peers.set_connected(&from.to_string(), true);
+            }
+            fresh
+        };
+        if fresh && differs && connected {
             self.sync_with(from, false);
         }
         Ok(fresh)
