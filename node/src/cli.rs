@@ -73,6 +73,9 @@ pub enum Command {
     /// Submit and inspect queue entries on a node.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Blobs of the content store: fetch one from the mesh.
+    #[command(subcommand)]
+    Blob(crate::blob_fetch::BlobCommand),
     /// Summary of a node: identity, policy, events, queue, published generations.
     Status {
         #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
@@ -417,6 +420,7 @@ pub fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Queue(q) => queue_command(q),
+        Command::Blob(b) => crate::blob_fetch::command(b),
         Command::Status { node, json } => {
             let s = crate::client::Client::new(&node).get_json("/api/v1/status")?;
             if json {

@@ -42,6 +42,8 @@ pub struct Core {
     accepted: broadcast::Sender<Accepted>,
     /// The other nodes of the mesh, as their announcements describe them.
     pub peers: Mutex<PeerTable>,
+    /// The running network, once started (unset with the mesh turned off).
+    pub net: std::sync::OnceLock<crate::net::NetHandle>,
 }
 
 /// Where an event came from.
@@ -84,6 +86,7 @@ impl Core {
             author_lock: Mutex::new(()),
             accepted: broadcast::channel(1024).0,
             peers: Mutex::new(PeerTable::default()),
+            net: std::sync::OnceLock::new(),
         })
     }
 

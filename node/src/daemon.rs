@@ -226,6 +226,7 @@ pub async fn run(
         let (handle, task) = crate::net::start(core.clone(), ncfg, stop_rx.clone())
             .await
             .context("starting the mesh network")?;
+        let _ = core.net.set(handle.clone());
         tasks.spawn(async move {
             match task.await {
                 Ok(r) => r.map(|()| "network"),

@@ -12,6 +12,7 @@
 //! | `POST /api/v1/events` | a `Signed<Event>` (CBOR); 200 accepted/duplicate, 4xx with the reason |
 //! | `PUT /api/v1/blobs` | upload a blob (a source snapshot); answers its blake3 |
 //! | `GET /api/v1/blobs/HASH` | a blob (build logs, packages, snapshots), verified on read |
+//! | `POST /api/v1/blobs/HASH/fetch` | fetch a blob from the mesh peers ([`crate::blob_fetch`]) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,10 @@ pub fn router(core: Arc<Core>) -> Router {
             put(upload_blob).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/api/v1/blobs/{hash}", get(get_blob))
+        .route(
+            "/api/v1/blobs/{hash}/fetch",
+            post(crate::blob_fetch::fetch_handler),
+        )
         .route("/{repo}/os/{arch}/{file}", get(repo_file))
         .with_state(core)
 }

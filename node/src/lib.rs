@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod blob_fetch;
 pub mod build_cmd;
 pub mod cli;
 pub mod client;
