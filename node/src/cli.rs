@@ -76,6 +76,9 @@ pub enum Command {
     /// Packages trees (one PKGBUILD folder per package base, Chaotic-AUR layout).
     #[command(subcommand)]
     Tree(TreeCommand),
+    /// Blobs of the content store: fetch one from the mesh.
+    #[command(subcommand)]
+    Blob(crate::blob_fetch::BlobCommand),
     /// Summary of a node: identity, policy, events, queue, published generations.
     Status {
         #[arg(long, default_value = crate::config::DEFAULT_NODE_URL, value_name = "URL")]
@@ -549,6 +552,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Queue(q) => queue_command(q),
         Command::Tree(t) => crate::tree::tree_command(t),
         Command::Mirror(a) => mirror_command(a),
+        Command::Blob(b) => crate::blob_fetch::command(b),
         Command::Status { node, json } => {
             let s = crate::client::Client::new(&node).get_json("/api/v1/status")?;
             if json {

@@ -53,6 +53,8 @@ pub struct Core {
     pub peers: Mutex<PeerTable>,
     /// This node's capabilities as measured at start-up (status page, `/api/v1/status`).
     capabilities: Mutex<Option<pacmesh_protocol::Capabilities>>,
+    /// The running network, once started (unset with the mesh turned off).
+    pub net: std::sync::OnceLock<crate::net::NetHandle>,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -102,6 +104,7 @@ impl Core {
             accepted: broadcast::channel(1024).0,
             capabilities: Mutex::new(None),
             peers: Mutex::new(PeerTable::default()),
+            net: std::sync::OnceLock::new(),
         })
     }
 

@@ -235,6 +235,7 @@ pub async fn run(
                 &core,
                 handle.clone(),
             ));
+        let _ = core.net.set(handle.clone());
         tasks.spawn(async move {
             match task.await {
                 Ok(r) => r.map(|()| "network"),

@@ -18,6 +18,7 @@
 //! | `GET /api/v1/events/ID` | one stored `Signed<Event>` (CBOR), as received |
 //! | `GET /api/v1/repos/NAME/history` | the generations of a repository (every architecture), newest first, with package changes |
 //! | `GET /NAME/gen/G/os/ARCH/FILE` | a file of generation G (kept generations only), read-only |
+//! | `POST /api/v1/blobs/HASH/fetch` | fetch a blob from the mesh peers ([`crate::blob_fetch`]) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +97,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route(
             "/{repo}/gen/{generation}/os/{arch}/{file}",
             get(crate::http_sync::generation_file),
+        )
+        .route(
+            "/api/v1/blobs/{hash}/fetch",
+            post(crate::blob_fetch::fetch_handler),
         )
         .route("/{repo}/os/{arch}/{file}", get(repo_file))
         .merge(crate::web::routes())

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod aur;
+pub mod blob_fetch;
 pub mod build_cmd;
 pub mod cli;
 pub mod client;

@@ -282,7 +282,16 @@ pub async fn start(
                 gcfg,
             )
             .map_err(|e| anyhow!("gossipsub: {e}"))?;
-            let mut params = gossipsub::PeerScoreParams::default();
+            let mut params = gossipsub::PeerScoreParams {
+                // No penalty for peers sharing an IP address. Nodes of one mesh often do (one
+                // host in tests and benchmarks, an HPC allocation or an office behind one NAT);
+                // with the default (-5 × surplus² beyond 10 peers per address) every peer of a
+                // node with more than ~14 loopback connections is graylisted at once, and
+                // gossip among 50 nodes on 127.0.0.1 stops. Sybils gain nothing here anyway:
+                // only events signed by keys of the policy count.
+                ip_colocation_factor_weight: 0.0,
+                ..Default::default()
+            };
             for t in [&events, &announce] {
                 params.topics.insert(
                     t.hash(),
@@ -1095,8 +1104,18 @@ impl Loop {
             )
         };
         let differs = a.digest.is_some_and(|d| d != ours);
-        let fresh = self.core.peers().announce(from.to_string(), a, builder);
-        if fresh && differs && self.handle.connected().contains(&from) {
+        let connected = self.handle.connected().contains(&from);
+        let fresh = {
+            let mut peers = self.core.peers();
+            let fresh = peers.announce(from.to_string(), a, builder);
+            // A peer's first announcement usually arrives after its connection was
+            // established, when it was not in the table yet to be marked connected.
+            if fresh && connected {
+                peers.set_connected(&from.to_string(), true);
+            }
+            fresh
+        };
+        if fresh && differs && connected {
             self.sync_with(from, false);
         }
         Ok(fresh)
