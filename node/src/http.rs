@@ -159,7 +159,10 @@ async fn entry(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Respons
 
 async fn why(State(core): State<Arc<Core>>, Path(pkg): Path<String>) -> Response {
     if pkg.is_empty() || pkg.len() > 256 {
-        return error(StatusCode::BAD_REQUEST, "a package name is 1 to 256 characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a package name is 1 to 256 characters",
+        );
     }
     match blocking(move || crate::why::why(&core, &pkg, Timestamp::now())).await {
         Ok(v) => axum::Json(v).into_response(),
@@ -282,7 +285,9 @@ async fn stream_file(path: &std::path::Path, len: u64) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
-        .body(Body::from_stream(tokio_util::io::ReaderStream::new(f)))
+        .body(Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
+        ))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
@@ -313,6 +318,8 @@ async fn repo_file(
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
-        .body(Body::from_stream(tokio_util::io::ReaderStream::new(f)))
+        .body(Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
+        ))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

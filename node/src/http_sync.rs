@@ -200,7 +200,9 @@ pub async fn serve_file(path: &std::path::Path, what: &str) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)
-        .body(Body::from_stream(tokio_util::io::ReaderStream::new(f)))
+        .body(Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
+        ))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 

@@ -35,7 +35,7 @@ pub mod store;
 pub mod term;
 pub mod tree;
 pub mod views;
+pub mod watch;
 pub mod web;
 pub mod webhooks;
-pub mod watch;
 pub mod why;

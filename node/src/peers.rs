@@ -118,7 +118,8 @@ impl PeerTable {
             let ok = k != me
                 && p.builder
                 && p.announcement.expires > now
-                && c.busy < c.slots.max(1)
+                && c.slots > 0
+                && c.busy < c.slots
                 && arches.contains(&c.arch)
                 && matches(c, &entry.needs).is_ok();
             ok.then_some(k)
@@ -219,6 +220,9 @@ mod tests {
         assert!(table.announce("c".into(), ann(3, caps("aarch64", &[], 0), t), true));
         assert!(table.announce("d".into(), ann(4, caps("x86_64", &[], 1), t), true)); // busy
         assert!(table.announce("e".into(), ann(5, caps("x86_64", &[], 0), t), false)); // not a builder
+        let mut no_slots = caps("x86_64", &[], 0);
+        no_slots.slots = 0;
+        assert!(table.announce("g".into(), ann(7, no_slots, t), true)); // --no-build
         let mut old = ann(6, caps("x86_64", &[], 0), t - 120_000);
         old.expires = Timestamp::from_millis(t - 60_000);
         assert!(table.announce("f".into(), old, true)); // expired

@@ -917,9 +917,17 @@ mod tests {
                 diff: "+depends=(curl)"
             }
         );
-        assert!(s.claimable(at(0), 1).is_empty(), "not claimable before approval");
+        assert!(
+            s.claimable(at(0), 1).is_empty(),
+            "not claimable before approval"
+        );
         // An approve for another entry changes nothing.
-        let other = mk.ev(2, EventBody::Approve { entry: Hash::new(b"x") });
+        let other = mk.ev(
+            2,
+            EventBody::Approve {
+                entry: Hash::new(b"x"),
+            },
+        );
         apply_all(&mut s, &[other]);
         assert!(s.claimable(at(0), 1).is_empty());
         let a = mk.ev(2, EventBody::Approve { entry: eid });

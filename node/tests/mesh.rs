@@ -833,7 +833,7 @@ fn a_live_log_is_followed_from_another_node() {
         &pkg(
             t.path(),
             "mesh-ticks",
-            "for i in 1 2 3 4 5 6 7 8; do echo \"tick $i\"; sleep 1; done",
+            "for i in 1 2 3 4 5 6 7 8; do echo \"tick $i $(date +%s%3N)\"; sleep 1; done",
         ),
         &[],
     );
@@ -856,9 +856,19 @@ fn a_live_log_is_followed_from_another_node() {
     .unwrap();
     let mut lines = BufReader::new(sock).lines();
     let mut seen = Vec::new();
+    let mut lag: Vec<i64> = Vec::new();
     let t0 = Instant::now();
     while let Some(Ok(l)) = lines.next() {
         if l.contains("tick ") {
+            // How late the line reached a reader of the other node: the line carries the time
+            // it was printed (one machine, one clock); the relay polls every 250 ms.
+            if let Some(printed) = l
+                .split_whitespace()
+                .last()
+                .and_then(|x| x.parse::<i64>().ok())
+            {
+                lag.push(now_ms() - printed);
+            }
             seen.push((t0.elapsed(), l.clone()));
             if seen.len() == 3 {
                 break;
@@ -866,6 +876,9 @@ fn a_live_log_is_followed_from_another_node() {
         }
     }
     assert_eq!(seen.len(), 3, "relayed lines: {seen:?}");
+    eprintln!("live log lag across nodes (ms): {lag:?}");
+    // The first line may come from the backlog; the later ones are live.
+    assert!(lag.len() == 3 && lag[2] < 2000, "lag {lag:?}");
     // The lines arrive while the build runs on node 1, about one a second.
     let q = json(&format!("{}/api/v1/entries/{id}", n0.http));
     assert_eq!(q["status"]["state"], "claimed", "{q:#}");
@@ -873,4 +886,11 @@ fn a_live_log_is_followed_from_another_node() {
         seen[2].0 - seen[1].0 > Duration::from_millis(500),
         "{seen:?}"
     );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
