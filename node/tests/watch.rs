@@ -6,6 +6,8 @@
 mod common {
     #[path = "aur_standin.rs"]
     pub mod aur_standin;
+    #[path = "executor_env.rs"]
+    pub mod executor_env;
     #[path = "node_proc.rs"]
     pub mod node_proc;
 }
@@ -13,7 +15,7 @@ mod common {
 use std::path::Path;
 use std::time::Duration;
 
-use common::aur_standin::{AurStandin, info};
+use common::aur_standin::{AurStandin, RpcMode, info};
 use common::node_proc::*;
 use serde_json::Value;
 
@@ -143,4 +145,75 @@ fn watched_aur_package_is_built_updated_and_reviewed() {
     wait_queue(&base, "1.2 published", Duration::from_secs(300), |_| {
         why(&base, "wpkg")["published"][0]["version"] == "1.2-1"
     });
+}
+
+/// In process, no builds: a node whose key is not a maintainer only reports; a maintainer key
+/// enqueues once; RPC errors leave the recorded state alone (the change is seen next round);
+/// the example config's `[watch]` section parses.
+#[test]
+fn updates_are_reported_without_a_maintainer_key_and_errors_change_nothing() {
+    use common::executor_env::{Env, MAINT};
+    use pacmesh_node::keys::NodeKey;
+    use pacmesh_node::watch::{WatchSection, check_once, observed};
+    let env = Env::new();
+    let aur = AurStandin::start(&env.dir.path().join("aur"));
+    aur.set_info(info("rpkg", "rpkg-base", "2.0-1", 5, &[], &[]));
+    let w = WatchSection {
+        aur: vec!["rpkg".into()],
+        ..Default::default()
+    };
+    let r = check_once(&env.core, &w, &aur.url, None).unwrap();
+    assert_eq!(r.reported, vec!["rpkg".to_string()]);
+    assert!(r.enqueued.is_empty());
+    assert_eq!(env.core.ingest().state().entries().count(), 0);
+    let v = pacmesh_node::why::why(&env.core, "rpkg", pacmesh_protocol::Timestamp::now());
+    let answer = v["answer"].as_str().unwrap();
+    assert!(answer.contains("may not enqueue"), "{answer}");
+    assert_eq!(v["upstream"]["version"], "2.0-1");
+
+    let maint = NodeKey::from_seed(&[MAINT; 32]);
+    let r = check_once(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    assert_eq!(r.enqueued.len(), 1, "{r:?}");
+    let r = check_once(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    assert!(r.enqueued.is_empty(), "not enqueued twice: {r:?}");
+    assert_eq!(env.core.ingest().state().entries().count(), 1);
+
+    // Errors: clear, and the recorded state is kept.
+    let before = observed(&env.core.data_dir, "rpkg").unwrap();
+    aur.set_info(info("rpkg", "rpkg-base", "2.1-1", 6, &[], &[]));
+    for (mode, want) in [
+        (
+            RpcMode::Error("Too many package results.".into()),
+            "Too many",
+        ),
+        (RpcMode::Malformed, ""),
+        (RpcMode::ServerError, "500"),
+    ] {
+        aur.set_mode(mode);
+        let e = format!(
+            "{:#}",
+            check_once(&env.core, &w, &aur.url, Some(&maint)).unwrap_err()
+        );
+        assert!(e.contains(want), "{e}");
+        assert_eq!(observed(&env.core.data_dir, "rpkg").unwrap(), before);
+    }
+    aur.set_mode(RpcMode::Normal);
+    let r = check_once(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    assert_eq!(
+        r.enqueued.len(),
+        1,
+        "the change is seen once the RPC answers: {r:?}"
+    );
+
+    // The example configuration parses, [watch] included.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/node.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let file: pacmesh_node::config::ConfigFile = toml::from_str(&text).unwrap();
+    assert!(file.watch.aur.is_empty());
+    let file: pacmesh_node::config::ConfigFile =
+        toml::from_str("[watch]\naur = [\"a\"]\ninterval_secs = 5\nreview = false\n").unwrap();
+    assert_eq!(file.watch.aur, vec!["a".to_string()]);
+    assert!(
+        toml::from_str::<pacmesh_node::config::ConfigFile>("[watch]\naur_pkgs = []\n").is_err()
+    );
 }
