@@ -18,6 +18,8 @@ sections = [
     ("Event body `built` (payload)", "event_built", False),
     ("Event body `failed` (payload)", "event_failed", False),
     ("Event body `publish` (payload, carrying a `RepoManifest`)", "event_publish", False),
+    ("Event body `approve` (payload)", "event_approve", False),
+    ("Event body `enqueue` with `review` (payload)", "event_enqueue_review", False),
     ("MeshPolicy (payload)", "policy", False),
     ("`RepoManifest` (payload of a `Signed<RepoManifest>`)", "manifest", False),
     ("Announcement (payload)", "announcement", False),

@@ -36,6 +36,9 @@ pub struct ConfigFile {
     /// Resource limits below which the node refuses new claims (reloaded on SIGHUP).
     #[serde(default)]
     pub health: crate::health::HealthLimits,
+    /// Update detection (`[watch]`: AUR packages, interval, review).
+    #[serde(default)]
+    pub watch: crate::watch::WatchSection,
 }
 
 /// `[mesh]`: how the node takes part in the libp2p mesh.
@@ -112,6 +115,8 @@ pub struct Config {
     pub max_connections: u32,
     pub webhooks: Vec<crate::webhooks::Webhook>,
     pub health: crate::health::HealthLimits,
+    /// Update detection (`[watch]`).
+    pub watch: crate::watch::WatchSection,
     /// The flags this was resolved from: SIGHUP resolves them again with the file re-read.
     pub flags: Flags,
 }
@@ -294,7 +299,10 @@ impl Config {
             .iter()
             .map(|w| w.resolve(&base))
             .collect::<Result<Vec<_>>>()?;
+        let mut watch = file.watch;
+        watch.key = watch.key.map(rel);
         Ok(Config {
+            watch,
             webhooks,
             health: file.health,
             flags: flags_given,
