@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_pacmesh");
-
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+// Process helpers shared with the other end-to-end tests.
+#[path = "procs.rs"]
+mod procs;
+pub use procs::{BIN, have, pacmesh_ok};
 
 /// Whether builds can run here; prints a notice when not.
 pub fn can_build() -> bool {
@@ -30,22 +25,6 @@ pub fn can_build() -> bool {
             false
         }
     }
-}
-
-pub fn pacmesh_ok(args: &[&str]) -> String {
-    let o = Command::new(BIN)
-        .args(args)
-        .env("no_proxy", "*")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run pacmesh");
-    assert!(
-        o.status.success(),
-        "pacmesh {args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 /// A mesh: a root key (maintainer and publisher) and a signed policy.
