@@ -25,17 +25,12 @@ use pacmesh_repo::package::testutil::SyntheticPackage;
 use pacmesh_repo::sign::OpenPgpKey;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pacmesh");
+#[path = "common/procs.rs"]
+mod procs;
+use procs::{BIN, have, pacmesh_ok, run, s, show};
+
 const REPO: &str = "mtest";
 const ARCH: &str = "x86_64";
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn can_pacman() -> bool {
     let missing: Vec<&str> = ["pacman", "pacman-key", "gpg"]
@@ -46,75 +41,13 @@ fn can_pacman() -> bool {
         eprintln!("SKIPPED (pacman part): missing {missing:?}");
         return false;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let root = procs::is_root();
     if !root {
         eprintln!("SKIPPED (pacman part): pacman needs root");
     }
     root
 }
 
-fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("timed out after {timeout:?}: {desc}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "{:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn pacmesh_ok(args: &[&str]) -> String {
-    let o = run(Command::new(BIN).args(args), Duration::from_secs(120));
-    assert!(o.status.success(), "pacmesh {args:?}: {}", show(&o));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A child process whose stdout lines arrive on a channel; killed on drop.
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
