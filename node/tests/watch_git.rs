@@ -426,3 +426,86 @@ fn watch_and_schedule_config() {
         "{e:#}"
     );
 }
+
+/// VCS packages outside trees: a watched `-git` AUR package and a watched git source whose
+/// `.SRCINFO` has a `git+` source. Their upstream (served over smart HTTP by `git
+/// http-backend`) moves: each is rebuilt once, from its own source.
+#[test]
+fn vcs_commits_of_aur_and_git_sources_rebuild_them() {
+    use common::aur_standin::{AurStandin, info};
+    let env = Env::new();
+    let maint = NodeKey::from_seed(&[MAINT; 32]);
+    let t = tempfile::tempdir().unwrap();
+    let aur = AurStandin::start(&t.path().join("aur"));
+    // The upstream project, served over HTTP.
+    let up_work = t.path().join("up-work");
+    write(&up_work, &[("README", "v1\n")]);
+    let u1 = aur.push("upstream", &up_work, "u1");
+    let up_url = format!("{}/upstream.git", aur.url);
+    let srcinfo = |base: &str| {
+        format!(
+            "pkgbase = {base}\n\tpkgver = r1\n\tpkgrel = 1\n\tarch = any\n\
+             \tsource = git+{up_url}#branch=main\n\tsha256sums = SKIP\n\npkgname = {base}\n"
+        )
+    };
+    // An AUR VCS package.
+    let a = t.path().join("baz-git");
+    write(
+        &a,
+        &[
+            ("PKGBUILD", &pkgbuild("baz-git", "r1", "")),
+            (".SRCINFO", &srcinfo("baz-git")),
+        ],
+    );
+    aur.push("baz-git", &a, "r1");
+    aur.set_info(info("baz-git", "baz-git", "r1-1", 100, &[], &[]));
+    // A git source whose PKGBUILD follows the same upstream (not named -git).
+    let g = t.path().join("g-work");
+    write(
+        &g,
+        &[
+            ("PKGBUILD", &pkgbuild("follower", "r1", "")),
+            (".SRCINFO", &srcinfo("follower")),
+        ],
+    );
+    let gbare = t.path().join("follower.git");
+    let grepo = git2::Repository::init_bare(&gbare).unwrap();
+    let g1 = commit_dir(&grepo, &g, "r1", 1_700_000_000);
+    let w = WatchSection {
+        aur: vec!["baz-git".into()],
+        git: vec![WatchGit {
+            url: format!("file://{}", gbare.display()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let r = pacmesh_node::watch::check_once(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    assert_eq!(r.enqueued.len(), 1, "{r:?}");
+    let r = check_sources(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    assert_eq!(r.enqueued.len(), 1, "the git source's first build: {r:?}");
+    assert!(r.errors.is_empty(), "{r:?}");
+    let st = state(&env);
+    assert_eq!(st["vcs:baz-git aur"]["commit"], u1.as_str(), "{st:#?}");
+    let gk = pacmesh_node::watch_git::git_key(&w.git[0]);
+    assert_eq!(st[&format!("vcs:follower {gk}")]["commit"], u1.as_str());
+
+    // Upstream moves; the builds are done (cancelled here): each is rebuilt once.
+    cancel_all(&env, &maint);
+    write(&up_work, &[("README", "v2\n")]);
+    let u2 = aur.push("upstream", &up_work, "u2");
+    let n = sources(&env).len();
+    let r = check_sources(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    let mut names: Vec<&str> = r.enqueued.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["baz-git", "follower"], "{r:?}");
+    let s = sources(&env);
+    assert_eq!(s.len(), n + 2);
+    assert!(s[n..].iter().any(|(_, src, _)| matches!(src,
+        Source::Aur { pkgbase } if pkgbase.as_str() == "baz-git")));
+    assert!(s[n..].iter().any(|(_, src, _)| matches!(src,
+        Source::Git { rev: Some(r), .. } if *r == g1.to_string())));
+    assert_eq!(state(&env)["vcs:baz-git aur"]["commit"], u2.as_str());
+    // Unchanged: nothing more.
+    let r = check_sources(&env.core, &w, &aur.url, Some(&maint)).unwrap();
+    assert!(r.enqueued.is_empty(), "{r:?}");
+}
