@@ -309,6 +309,9 @@ impl Config {
         let mut watch = file.watch;
         watch.key = watch.key.map(rel);
         let schedules = crate::schedule::resolve_all(&file.schedule).map_err(anyhow::Error::msg)?;
+        watch
+            .check_triggers(&schedules)
+            .map_err(anyhow::Error::msg)?;
         Ok(Config {
             watch,
             schedules,

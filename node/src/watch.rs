@@ -104,6 +104,28 @@ impl WatchSection {
         Duration::from_secs(self.interval_secs.unwrap_or(3600).max(1))
     }
 
+    /// Every trigger named here (`on_trigger`, `aur_on_trigger`) is one of `schedules`.
+    pub fn check_triggers(&self, schedules: &[crate::schedule::Schedule]) -> Result<(), String> {
+        let known = |t: &str| schedules.iter().any(|s| s.name == t);
+        let named = self
+            .git
+            .iter()
+            .filter_map(|g| g.on_trigger.as_deref().map(|t| (t, "watch.git on_trigger")))
+            .chain(
+                self.aur_on_trigger
+                    .keys()
+                    .map(|t| (t.as_str(), "watch.aur_on_trigger")),
+            );
+        for (t, what) in named {
+            if !known(t) {
+                return Err(format!(
+                    "{what} names {t:?}, which is no schedule (add [[schedule]] name = {t:?}; built in: hourly, daily)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether anything is watched (otherwise no checker runs).
     pub fn is_empty(&self) -> bool {
         self.aur.is_empty() && self.git.is_empty() && self.tree.is_empty()

@@ -984,6 +984,19 @@ pub fn check_sources(
     if w.vcs.unwrap_or(true) {
         vcs_round(&ctx, &mut recorded, &mut round);
     }
+    // Which schedules select each AUR package (for `queue why`).
+    let mut by_pkg: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (trigger, pkgs) in &w.aur_on_trigger {
+        for p in pkgs {
+            by_pkg.entry(p).or_default().push(trigger);
+        }
+    }
+    for (pkg, triggers) in by_pkg {
+        let key = format!("trigger:aur/{pkg}");
+        let mut rec = record(&recorded, &key);
+        rec["triggers"] = json!(triggers);
+        recorded.insert(key, rec);
+    }
     crate::watch::store(&core.data_dir, &recorded).context("recording the watch state")?;
     Ok(round)
 }
@@ -1181,8 +1194,13 @@ pub fn related(data_dir: &Path, pkg: &str) -> Vec<Value> {
                 out.push(t);
             }
             "trigger" if k == &format!("trigger:aur/{pkg}") => {
-                if let Some(t) = v["last_trigger"]["name"].as_str() {
-                    triggers.push(t.to_string());
+                for t in v["triggers"].as_array().into_iter().flatten() {
+                    if let Some(t) = t.as_str() {
+                        triggers.push(t.to_string());
+                    }
+                }
+                if let Some(e) = v["last_trigger"]["error"].as_str() {
+                    out.push(json!({ "source": "trigger", "error": e }));
                 }
             }
             _ => {}

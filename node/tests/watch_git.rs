@@ -477,6 +477,7 @@ fn vcs_commits_of_aur_and_git_sources_rebuild_them() {
             url: format!("file://{}", gbare.display()),
             ..Default::default()
         }],
+        aur_on_trigger: [("nightly".to_string(), vec!["baz-git".to_string()])].into(),
         ..Default::default()
     };
     let r = pacmesh_node::watch::check_once(&env.core, &w, &aur.url, Some(&maint)).unwrap();
@@ -508,4 +509,23 @@ fn vcs_commits_of_aur_and_git_sources_rebuild_them() {
     // Unchanged: nothing more.
     let r = check_sources(&env.core, &w, &aur.url, Some(&maint)).unwrap();
     assert!(r.enqueued.is_empty(), "{r:?}");
+
+    // The nightly trigger enqueues the AUR package configured with it (not the git source).
+    cancel_all(&env, &maint);
+    let r = fire(&env.core, &w, &aur.url, Some(&maint), "nightly").unwrap();
+    assert_eq!(r.enqueued.len(), 1, "{r:?}");
+    assert_eq!(r.enqueued[0].0, "baz-git");
+    let v = pacmesh_node::why::why(&env.core, "baz-git", Timestamp::now());
+    assert!(
+        v["watched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["source"] == "schedule" && x["name"] == "nightly"),
+        "{v:#}"
+    );
+    // A trigger no schedule defines is refused in the configuration.
+    let schedules = pacmesh_node::schedule::resolve_all(&[]).unwrap();
+    let e = w.check_triggers(&schedules).unwrap_err();
+    assert!(e.contains("\"nightly\", which is no schedule"), "{e}");
 }
