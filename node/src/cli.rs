@@ -226,7 +226,8 @@ pub struct MirrorArgs {
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Sign a queue entry with a maintainer key and submit it to a node.
-    #[command(group(clap::ArgGroup::new("src").required(true).args(["dir", "git", "aur", "tree"])))]
+    #[command(group(clap::ArgGroup::new("src").args(["dir", "git", "aur", "tree"])))]
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["dir", "git", "aur", "tree", "all"])))]
     Add {
         /// Maintainer key.
         #[arg(long)]
@@ -251,9 +252,14 @@ pub enum QueueCommand {
         /// AUR base URL for --aur (RPC at URL/rpc/v5/info) [default: https://aur.archlinux.org].
         #[arg(long, value_name = "URL", requires = "aur")]
         aur_url: Option<String>,
-        /// A packages tree (one folder per package base).
-        #[arg(long, value_name = "GITURL")]
+        /// A packages tree (one folder per package base): enqueues the folders changed since
+        /// its last sync (every folder at the first), like `pacmesh tree sync`.
+        #[arg(long, value_name = "GITURL", conflicts_with = "wait")]
         tree: Option<String>,
+        /// With --tree: every folder of the tree, changed or not. Alone: every package base
+        /// the repository publishes now, again from its last source.
+        #[arg(long, conflicts_with_all = ["dir", "git", "aur", "wait"])]
+        all: bool,
         /// Requirement a builder must meet (repeatable): arch=aarch64, mem>=16G, tag=bigmem...
         #[arg(long)]
         needs: Vec<String>,
@@ -787,6 +793,7 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
             aur,
             aur_url,
             tree,
+            all,
             needs,
             repo,
             arches,
@@ -796,12 +803,26 @@ fn queue_command(cmd: QueueCommand) -> Result<()> {
             wait_timeout,
             json,
         } => {
+            if tree.is_some() || all {
+                return crate::requeue::command(
+                    crate::requeue::Requeue {
+                        key,
+                        node,
+                        repo,
+                        tree,
+                        all,
+                        needs,
+                        cache_dir: None,
+                    },
+                    !arches.is_empty() || source_date_epoch.is_some() || timeout.is_some(),
+                    json,
+                );
+            }
             let node_url = node.clone();
             let source = match (dir, git, aur, tree) {
                 (Some(d), ..) => AddSource::Dir(d),
                 (_, Some(url), ..) => AddSource::Git { url, rev, subdir },
                 (_, _, Some(a), _) => AddSource::Aur(a),
-                (.., Some(t)) => AddSource::Tree(t),
                 _ => anyhow::bail!(
                     "say what to build: --dir PATH, --git URL, --aur NAME or --tree GITURL"
                 ),

@@ -39,6 +39,9 @@ pub struct ConfigFile {
     /// Update detection (`[watch]`: AUR packages, interval, review).
     #[serde(default)]
     pub watch: crate::watch::WatchSection,
+    /// Named schedules (`[[schedule]]`: name and `every` or `cron`).
+    #[serde(default)]
+    pub schedule: Vec<crate::schedule::ScheduleFile>,
 }
 
 /// `[mesh]`: how the node takes part in the libp2p mesh.
@@ -117,6 +120,8 @@ pub struct Config {
     pub health: crate::health::HealthLimits,
     /// Update detection (`[watch]`).
     pub watch: crate::watch::WatchSection,
+    /// Named schedules, the built-in `hourly` and `daily` included.
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// The flags this was resolved from: SIGHUP resolves them again with the file re-read.
     pub flags: Flags,
 }
@@ -172,6 +177,8 @@ impl Config {
             self.keep_generations != new.keep_generations,
         );
         diff("publish.uid", self.publish_uid != new.publish_uid);
+        diff("watch", self.watch != new.watch);
+        diff("schedule", self.schedules != new.schedules);
         diff(
             "mesh",
             self.mesh_enabled != new.mesh_enabled
@@ -301,8 +308,13 @@ impl Config {
             .collect::<Result<Vec<_>>>()?;
         let mut watch = file.watch;
         watch.key = watch.key.map(rel);
+        let schedules = crate::schedule::resolve_all(&file.schedule).map_err(anyhow::Error::msg)?;
+        watch
+            .check_triggers(&schedules)
+            .map_err(anyhow::Error::msg)?;
         Ok(Config {
             watch,
+            schedules,
             webhooks,
             health: file.health,
             flags: flags_given,

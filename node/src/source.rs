@@ -644,7 +644,7 @@ pub fn mirror_path(git_cache: &Path, url: &str) -> PathBuf {
 }
 
 /// libgit2's network timeouts: 30 s to connect, 120 s without data.
-fn set_git_timeouts() {
+pub(crate) fn set_git_timeouts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: process-global libgit2 options, set once before this module's first

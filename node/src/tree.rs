@@ -406,6 +406,8 @@ pub struct TreeSync {
     pub trigger: Option<String>,
     pub cache_dir: std::path::PathBuf,
     pub dry_run: bool,
+    /// Every folder, changed or not (`queue add --tree URL --all`).
+    pub all: bool,
 }
 
 /// What a sync did.
@@ -473,6 +475,7 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
         .max_by_key(|e| e["enqueued_at"].as_u64().unwrap_or(0))
         .and_then(|e| e["source"]["rev"].as_str())
         .and_then(|r| git2::Oid::from_str(r).ok());
+    let since = since.filter(|_| !a.all);
     let mut plan = plan(&git, commit, since, a.trigger.as_deref())?;
     let order = build_order(&mut plan);
     let mut report = SyncReport {
@@ -516,7 +519,7 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
     Ok(report)
 }
 
-fn default_cache_dir() -> std::path::PathBuf {
+pub(crate) fn default_cache_dir() -> std::path::PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from)
@@ -547,6 +550,7 @@ pub fn tree_command(cmd: crate::cli::TreeCommand) -> anyhow::Result<()> {
         trigger,
         cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
         dry_run,
+        all: false,
     })?;
     for w in &r.plan.warnings {
         eprintln!("warning: {w}");

@@ -22,8 +22,9 @@
 //! the next round sees the change again; transient failures are retried sooner (backoff from
 //! 30 s, doubling up to the interval).
 //!
-//! Not written yet: git heads of `tree`/`git` sources and the upstream commits of VCS (`-git`)
-//! packages.
+//! Git sources (`[[watch.git]]`), packages trees (`[[watch.tree]]`), the upstream commits of
+//! VCS packages and named schedules are checked in the same rounds: see [`crate::watch_git`]
+//! and [`crate::schedule`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use crate::core::Core;
 use crate::state::ReportOutcome;
 
 /// `[watch]` in the node config.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WatchSection {
     /// AUR packages to keep built and up to date.
@@ -55,11 +56,79 @@ pub struct WatchSection {
     /// Maintainer key that signs automatic enqueues (default: the node key), relative to the
     /// config file's folder.
     pub key: Option<PathBuf>,
+    /// Git repositories holding a PKGBUILD, kept built at the head of a ref (`[[watch.git]]`).
+    #[serde(default)]
+    pub git: Vec<WatchGit>,
+    /// Packages trees synced when their head moves (`[[watch.tree]]`).
+    #[serde(default)]
+    pub tree: Vec<WatchTree>,
+    /// Watched AUR packages enqueued when a named schedule fires: schedule name → packages
+    /// (`aur_on_trigger = { daily = ["foo-git"] }`).
+    #[serde(default)]
+    pub aur_on_trigger: std::collections::BTreeMap<String, Vec<String>>,
+    /// Check the upstream commits of VCS packages (`-git`, or a `git+` source in their
+    /// `.SRCINFO`) of the watched trees, git sources and AUR packages (default true).
+    pub vcs: Option<bool>,
+}
+
+/// `[[watch.git]]`: a git repository holding a PKGBUILD.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchGit {
+    pub url: String,
+    /// Branch, tag or commit (default: the remote's HEAD).
+    #[serde(rename = "ref")]
+    pub rev: Option<String>,
+    /// Folder holding the PKGBUILD.
+    pub subdir: Option<String>,
+    /// Target repository (default: `[watch] repo`, else the mesh's only one).
+    pub repo: Option<String>,
+    /// Also enqueued (at the current head) when the schedule of this name fires.
+    pub on_trigger: Option<String>,
+}
+
+/// `[[watch.tree]]`: a packages tree (Chaotic-AUR layout).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchTree {
+    pub url: String,
+    /// Branch or tag (default: the remote's HEAD).
+    #[serde(rename = "ref")]
+    pub rev: Option<String>,
+    /// Target repository (default: `[watch] repo`, else the mesh's only one).
+    pub repo: Option<String>,
 }
 
 impl WatchSection {
     fn interval(&self) -> Duration {
         Duration::from_secs(self.interval_secs.unwrap_or(3600).max(1))
+    }
+
+    /// Every trigger named here (`on_trigger`, `aur_on_trigger`) is one of `schedules`.
+    pub fn check_triggers(&self, schedules: &[crate::schedule::Schedule]) -> Result<(), String> {
+        let known = |t: &str| schedules.iter().any(|s| s.name == t);
+        let named = self
+            .git
+            .iter()
+            .filter_map(|g| g.on_trigger.as_deref().map(|t| (t, "watch.git on_trigger")))
+            .chain(
+                self.aur_on_trigger
+                    .keys()
+                    .map(|t| (t.as_str(), "watch.aur_on_trigger")),
+            );
+        for (t, what) in named {
+            if !known(t) {
+                return Err(format!(
+                    "{what} names {t:?}, which is no schedule (add [[schedule]] name = {t:?}; built in: hourly, daily)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether anything is watched (otherwise no checker runs).
+    pub fn is_empty(&self) -> bool {
+        self.aur.is_empty() && self.git.is_empty() && self.tree.is_empty()
     }
 }
 
@@ -70,6 +139,8 @@ pub struct Round {
     pub enqueued: Vec<(String, String)>,
     /// Changes reported for a maintainer (name).
     pub reported: Vec<String>,
+    /// Sources whose check failed this round (state key, message); the others went on.
+    pub errors: Vec<(String, String)>,
 }
 
 /// The largest state file read (a node watching thousands of packages stays far below).
@@ -118,7 +189,9 @@ pub fn observed(data_dir: &Path, pkg: &str) -> Option<Value> {
     load(data_dir).remove(pkg)
 }
 
-/// Starts the periodic checker when `[watch]` names packages.
+/// Starts the periodic checker when `[watch]` names anything to watch: every interval the AUR
+/// round ([`check_once`]) and the git, tree and VCS round ([`crate::watch_git::check_sources`]);
+/// at each firing of a named schedule ([`crate::schedule`]) [`crate::watch_git::fire`].
 pub fn spawn(
     tasks: &mut tokio::task::JoinSet<Result<&'static str>>,
     core: &Arc<Core>,
@@ -126,9 +199,10 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) {
     let w = cfg.watch.clone();
-    if w.aur.is_empty() {
+    if w.is_empty() {
         return;
     }
+    let schedules = cfg.schedules.clone();
     let (core, aur_url) = (core.clone(), cfg.aur_url.clone());
     tasks.spawn(async move {
         let key = match &w.key {
@@ -139,40 +213,93 @@ pub fn spawn(
             None => None,
         };
         let key = Arc::new(key);
+        let started = Timestamp::now().0 / 1000;
         let mut backoff = Duration::from_secs(30);
+        let mut next_check = tokio::time::Instant::now();
         loop {
-            let (c, w2, u, k) = (core.clone(), w.clone(), aur_url.clone(), key.clone());
-            let r = tokio::task::spawn_blocking(move || check_once(&c, &w2, &u, (*k).as_ref()))
-                .await;
-            let wait = match r {
-                Ok(Ok(round)) => {
-                    if !round.enqueued.is_empty() || !round.reported.is_empty() {
-                        tracing::info!(enqueued = ?round.enqueued, reported = ?round.reported, "update detection");
-                    }
-                    backoff = Duration::from_secs(30);
-                    w.interval()
-                }
-                Ok(Err(e)) => {
-                    let transient = e
-                        .downcast_ref::<crate::aur::AurError>()
-                        .is_some_and(|a| a.is_transient());
-                    tracing::warn!(error = %format!("{e:#}"), transient, "update detection failed; retrying");
-                    if transient {
-                        let b = backoff.min(w.interval());
-                        backoff = (backoff * 2).min(w.interval());
-                        b
-                    } else {
-                        w.interval()
-                    }
-                }
-                Err(e) => return Err(anyhow::anyhow!("update detection task: {e}")),
-            };
+            let now_s = Timestamp::now().0 / 1000;
+            let firings = crate::watch_git::next_firings(&core.data_dir, &schedules, started, now_s);
+            let mut wake = next_check;
+            if let Some(t) = firings.iter().filter_map(|(_, t)| *t).min() {
+                wake = wake.min(
+                    tokio::time::Instant::now() + Duration::from_secs(t.saturating_sub(now_s)),
+                );
+            }
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = stop.wait_for(|s| *s) => return Ok("watch"),
+            }
+            if tokio::time::Instant::now() >= next_check {
+                let (c, w2, u, k) = (core.clone(), w.clone(), aur_url.clone(), key.clone());
+                let r = tokio::task::spawn_blocking(move || {
+                    let aur = check_once(&c, &w2, &u, (*k).as_ref());
+                    let sources = crate::watch_git::check_sources(&c, &w2, &u, (*k).as_ref());
+                    (aur, sources)
+                })
+                .await;
+                let wait = match r {
+                    Ok((aur, sources)) => {
+                        match sources {
+                            Ok(round) => log_round("update detection (git, trees, VCS)", &round),
+                            Err(e) => tracing::warn!(error = %format!("{e:#}"), "update detection (git, trees, VCS) failed"),
+                        }
+                        match aur {
+                            Ok(round) => {
+                                log_round("update detection (AUR)", &round);
+                                backoff = Duration::from_secs(30);
+                                w.interval()
+                            }
+                            Err(e) => {
+                                let transient = e
+                                    .downcast_ref::<crate::aur::AurError>()
+                                    .is_some_and(|a| a.is_transient());
+                                tracing::warn!(error = %format!("{e:#}"), transient, "update detection (AUR) failed; retrying");
+                                if transient {
+                                    let b = backoff.min(w.interval());
+                                    backoff = (backoff * 2).min(w.interval());
+                                    b
+                                } else {
+                                    w.interval()
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("update detection task: {e}")),
+                };
+                next_check = tokio::time::Instant::now() + wait;
+            }
+            let now_s = Timestamp::now().0 / 1000;
+            for (name, at) in firings {
+                if at.is_none_or(|t| t > now_s) {
+                    continue;
+                }
+                let (c, w2, u, k) = (core.clone(), w.clone(), aur_url.clone(), key.clone());
+                let n = name.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    crate::watch_git::fire(&c, &w2, &u, (*k).as_ref(), &n)
+                })
+                .await;
+                match r {
+                    Ok(Ok(round)) => {
+                        tracing::info!(schedule = %name, enqueued = ?round.enqueued, reported = ?round.reported, errors = ?round.errors, "schedule fired")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(schedule = %name, error = %format!("{e:#}"), "schedule firing failed")
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("schedule task: {e}")),
+                }
             }
         }
     });
+}
+
+fn log_round(what: &str, round: &Round) {
+    if !round.enqueued.is_empty() || !round.reported.is_empty() {
+        tracing::info!(enqueued = ?round.enqueued, reported = ?round.reported, "{what}");
+    }
+    for (src, e) in &round.errors {
+        tracing::warn!(source = %src, error = %e, "{what}: check failed");
+    }
 }
 
 /// The PKGBUILD of `pkgbase` in the AUR at `rev` (`None`: the newest commit) and that commit.

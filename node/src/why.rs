@@ -294,6 +294,15 @@ pub fn why(core: &Core, pkg: &str, now: Timestamp) -> Value {
             answer = format!("{answer}; update detection: {r}");
         }
     }
+    let watched = crate::watch_git::related(&core.data_dir, pkg);
+    for w in &watched {
+        for f in ["error", "reported"] {
+            if let Some(r) = w[f].as_str() {
+                let what = w["source"].as_str().unwrap_or("?");
+                answer = format!("{answer}; update detection ({what}): {r}");
+            }
+        }
+    }
     json!({
         "package": pkg,
         "answer": answer,
@@ -301,6 +310,7 @@ pub fn why(core: &Core, pkg: &str, now: Timestamp) -> Value {
         "published": published,
         "removed": removals,
         "upstream": upstream,
+        "watched": watched,
     })
 }
 
@@ -405,6 +415,9 @@ pub fn render(v: &Value, color: bool) -> String {
                 .map(|x| x.to_string())
                 .unwrap_or_default(),
         ));
+    }
+    if let Some(w) = v["watched"].as_array() {
+        out.push_str(&crate::watch_git::render_related(w));
     }
     for r in v["removed"].as_array().into_iter().flatten() {
         out.push_str(&format!(
