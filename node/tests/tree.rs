@@ -104,10 +104,11 @@ fn tree_sync_builds_interfered_folders_bumps_and_removes() {
                 "app-b/.CI/prepare",
                 "sed -E -e \"s&^pkgdesc=.*&pkgdesc='prepared'&\" -i PKGBUILD\n",
             ),
-            // Slower than the policy's 10 s timeout, but BUILDER_EXTRA_TIMEOUT=3 gives it 30 s.
-            ("slow-extra/PKGBUILD", &simple("slow-extra", "sleep 14", "")),
+            // Slower than the policy's 20 s timeout, but BUILDER_EXTRA_TIMEOUT=3 gives it 60 s.
+            // (20 s, not less: on a loaded 2-core machine a trivial build once took over 10 s.)
+            ("slow-extra/PKGBUILD", &simple("slow-extra", "sleep 25", "")),
             ("slow-extra/.CI/config", "BUILDER_EXTRA_TIMEOUT=3\n"),
-            ("slow-plain/PKGBUILD", &simple("slow-plain", "sleep 14", "")),
+            ("slow-plain/PKGBUILD", &simple("slow-plain", "sleep 25", "")),
             // Bad folders fail alone with a clear reason.
             ("bad-config/PKGBUILD", &simple("bad-config", "true", "")),
             (
@@ -128,7 +129,7 @@ fn tree_sync_builds_interfered_folders_bumps_and_removes() {
     let url = format!("file://{}", bare.display());
     let cache = t.path().join("cache");
 
-    let mesh = Mesh::with_policy_args(t.path(), &["--build-timeout-secs", "10"]);
+    let mesh = Mesh::with_policy_args(t.path(), &["--build-timeout-secs", "20"]);
     let (_node, base) = mesh.start(&[]);
     let o = sync(&mesh, &base, &url, &cache);
     assert!(o.status.success(), "{}", show(&o));
