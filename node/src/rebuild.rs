@@ -272,7 +272,8 @@ pub fn spawn(
                     // Let a burst of events (a publish and its neighbours) settle.
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                _ = stop.wait_for(|s| *s) => return Ok("rebuild"),
+                // The wait's output (a watch guard) is not Send: drop it inside.
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok("rebuild"),
             }
         }
     });
