@@ -49,11 +49,17 @@
 //! A problem of the entry — the PKGBUILD fails, times out, produces nothing; the source is
 //! hostile, missing its PKGBUILD, names no commit, or is of a kind this node cannot fetch —
 //! is reported at once as `failed`, with a one-line reason (what failed, and the last log
-//! lines) and the log blob. A problem of this node — the network during a git fetch, the
-//! disk, the content store, the sandbox's own set-up — ends the attempt without a report;
-//! the entry is claimed again after [`ExecutorConfig::retry_delay`], and the last allowed
-//! attempt ([`ExecutorConfig::max_attempts`]) reports it as failed ("node error …"), so that
-//! the queue does not wait in silence.
+//! lines) and the log blob. A problem of this node — the disk, the content store, the
+//! sandbox's own set-up — and a transient failure — the network during a git or AUR fetch or a
+//! `CI_PKGBUILD_SOURCE` fetch ([`crate::upstream`]), makepkg's download phase failing with a
+//! network error ([`network_failure`]) — end the attempt without a report and hand the claim
+//! back ([`release`]); this node claims the entry again after
+//! [`ExecutorConfig::retry_delay`], doubled after each such attempt up to
+//! [`ExecutorConfig::retry_max`] ([`retry_backoff`]; `Core::retries` keeps the note `queue
+//! why` shows), and the last allowed attempt ([`ExecutorConfig::max_attempts`]) reports it as
+//! failed ("node error …" / "transient failure …"), so that the queue does not wait in
+//! silence. A checksum mismatch, a 404, a failing `build()` or a patch that does not apply are
+//! problems of the entry: reported at once, never retried.
 //!
 //! # Shutdown
 //!
@@ -1015,8 +1021,15 @@ async fn job_inner(
                 entry: p.id,
                 attempt: p.attempt,
                 reason: clip_reason(&format!(
-                    "gave up after {} attempts (transient or node error): {}",
-                    p.attempt, fault.reason
+                    "{} (attempt {} of {}, giving up): {}",
+                    if fault.transient {
+                        "transient failure"
+                    } else {
+                        "node error"
+                    },
+                    p.attempt,
+                    cfg.max_attempts,
+                    fault.reason
                 )),
                 log: fault.log,
             }
@@ -1105,7 +1118,7 @@ fn execute(
             let log = log_blob(&format!("==> pacmesh: {line}\n"));
             tracing::warn!(entry = %p.id.fmt_short(), "{line}");
             if e.is_transient() {
-                return Err(NodeFault::new(line, log));
+                return Err(NodeFault::transient(line, log));
             }
             return failed(line, log);
         }
@@ -1127,7 +1140,7 @@ fn execute(
                 let log = log_blob(&format!("==> pacmesh: {line}\n"));
                 tracing::warn!(entry = %p.id.fmt_short(), "{line}");
                 if e.is_transient() {
-                    return Err(NodeFault::new(line, log));
+                    return Err(NodeFault::transient(line, log));
                 }
                 return failed(line, log);
             }
@@ -1277,11 +1290,25 @@ pub fn expire_source_cache(cache: &Path, ttl: Duration) -> usize {
 struct NodeFault {
     reason: String,
     log: Option<Hash>,
+    /// A transient failure of the source or download (the network), not of this node.
+    transient: bool,
 }
 
 impl NodeFault {
     fn new(reason: String, log: Option<Hash>) -> Self {
-        NodeFault { reason, log }
+        NodeFault {
+            reason,
+            log,
+            transient: false,
+        }
+    }
+
+    fn transient(reason: String, log: Option<Hash>) -> Self {
+        NodeFault {
+            reason,
+            log,
+            transient: true,
+        }
     }
 }
 
@@ -1337,7 +1364,7 @@ fn report_of(
             && let Some(why) = network_failure(&r.log)
         {
             // makepkg's download phase failed on the network: may work later.
-            return Err(NodeFault::new(
+            return Err(NodeFault::transient(
                 format!("{} (network: {why})", failure_reason(r)),
                 log.ok(),
             ));

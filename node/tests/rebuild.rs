@@ -462,7 +462,7 @@ fn upstream_pkgbuild_sources_are_overlaid_and_bad_ones_fail_alone() {
     );
     let r = reason("up-down");
     assert!(
-        r.contains("gave up after 2 attempts") && r.contains("CI_PKGBUILD_SOURCE=http://127.0.0.1:9"),
+        r.contains("transient failure (attempt 2 of 2, giving up)") && r.contains("CI_PKGBUILD_SOURCE=http://127.0.0.1:9"),
         "{r}"
     );
 }
