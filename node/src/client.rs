@@ -85,7 +85,9 @@ impl Client {
         if !resp.status().is_success() {
             bail!("the node answered {} for {path}", resp.status());
         }
-        Ok(Some(resp.body_mut().with_config().limit(1 << 30).read_to_vec()?))
+        Ok(Some(
+            resp.body_mut().with_config().limit(1 << 30).read_to_vec()?,
+        ))
     }
 
     pub fn post_event(&self, bytes: &[u8]) -> Result<Value> {

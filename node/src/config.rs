@@ -333,9 +333,7 @@ impl Config {
         Ok(Config {
             watch,
             rebuild,
-            gitlab_url: file
-                .gitlab_url
-                .unwrap_or_else(|| DEFAULT_GITLAB_URL.into()),
+            gitlab_url: file.gitlab_url.unwrap_or_else(|| DEFAULT_GITLAB_URL.into()),
             retry_initial: std::time::Duration::from_secs(retry_initial),
             retry_max: std::time::Duration::from_secs(retry_max),
             max_attempts,

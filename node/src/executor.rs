@@ -1432,7 +1432,10 @@ pub fn network_failure(log: &str) -> Option<&'static str> {
         ("Could not resolve host", "name resolution"),
         ("Temporary failure in name resolution", "name resolution"),
         ("Failed to connect", "connection refused or unreachable"),
-        ("Couldn't connect to server", "connection refused or unreachable"),
+        (
+            "Couldn't connect to server",
+            "connection refused or unreachable",
+        ),
         ("Connection refused", "connection refused"),
         ("Network is unreachable", "network unreachable"),
         ("No route to host", "no route to host"),

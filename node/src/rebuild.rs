@@ -420,23 +420,25 @@ fn trees(state: &QueueState, repo: &Name) -> BTreeMap<String, String> {
 
 /// The package folders of tree `url` at `rev`, from the node's git mirror (fetched when the
 /// commit is not in it yet).
-fn tree_folders(core: &Core, url: &str, rev: &str) -> Result<BTreeMap<String, crate::tree::Folder>> {
+fn tree_folders(
+    core: &Core,
+    url: &str,
+    rev: &str,
+) -> Result<BTreeMap<String, crate::tree::Folder>> {
     let cfg = crate::source::SourceConfig::new(core.data_dir.join("git"));
     let oid = git2::Oid::from_str(rev).with_context(|| format!("tree rev {rev:?}"))?;
     let open = || -> Option<git2::Repository> {
-        let r = git2::Repository::open_bare(crate::source::mirror_path(&cfg.git_cache, url)).ok()?;
+        let r =
+            git2::Repository::open_bare(crate::source::mirror_path(&cfg.git_cache, url)).ok()?;
         r.find_commit(oid).ok()?;
         Some(r)
     };
     let (repo, _guard) = match open() {
         Some(r) => (r, None),
         None => {
-            let (r, g) = crate::source::git_mirror(
-                &cfg,
-                url,
-                &std::sync::atomic::AtomicBool::new(false),
-            )
-            .with_context(|| format!("fetching the tree {url}"))?;
+            let (r, g) =
+                crate::source::git_mirror(&cfg, url, &std::sync::atomic::AtomicBool::new(false))
+                    .with_context(|| format!("fetching the tree {url}"))?;
             (r, Some(g))
         }
     };
@@ -596,7 +598,10 @@ fn process(
                 skip(
                     round,
                     st,
-                    format!("cascade stopped: {} was already rebuilt in this cascade ({chain})", d.pkgbase),
+                    format!(
+                        "cascade stopped: {} was already rebuilt in this cascade ({chain})",
+                        d.pkgbase
+                    ),
                 );
                 continue;
             }
@@ -643,7 +648,11 @@ fn process(
                     .find(|p| p.pkgname.as_str() == d.pkgbase)
                     .map(|p| p.version.clone())
             }) else {
-                skip(round, st, format!("{} is not published: nothing to rebuild", d.pkgbase));
+                skip(
+                    round,
+                    st,
+                    format!("{} is not published: nothing to rebuild", d.pkgbase),
+                );
                 continue;
             };
             let mut entry = QueueEntry::new(repo.clone(), d.source.clone());
@@ -705,9 +714,9 @@ fn source_of_package(
             e.enqueued.as_ref().is_some_and(|q| q.entry.repo == *repo)
                 && e.cancelled.is_none()
                 && e.built().any(|r| match &r.outcome {
-                    ReportOutcome::Built { artifacts, .. } => artifacts
-                        .iter()
-                        .any(|a| crate::why::pkgname_of_file(a.file_name.as_str()) == Some(pkgname)),
+                    ReportOutcome::Built { artifacts, .. } => artifacts.iter().any(|a| {
+                        crate::why::pkgname_of_file(a.file_name.as_str()) == Some(pkgname)
+                    }),
                     ReportOutcome::Failed { .. } => false,
                 })
         })

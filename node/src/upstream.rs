@@ -65,7 +65,9 @@ pub fn gitlab_repo_url(api_base: &str, id: u64) -> Result<String, SourceError> {
         .read_to_vec()
         .map_err(|e| SourceError::Network(format!("GitLab API {url}: {e}")))?;
     if status == 429 || status >= 500 {
-        return Err(SourceError::Network(format!("GitLab API {url}: HTTP {status}")));
+        return Err(SourceError::Network(format!(
+            "GitLab API {url}: HTTP {status}"
+        )));
     }
     if status == 404 {
         return Err(SourceError::Refused(format!(
@@ -107,11 +109,10 @@ pub fn overlay(
     };
     let (what, url) = match &ci.pkgbuild_source {
         None | Some(PkgbuildSource::Custom) => return Ok(None),
-        Some(PkgbuildSource::Aur) => (
-            "aur".to_string(),
-            crate::aur::git_url(&cfg.aur_url, folder),
-        ),
-        Some(PkgbuildSource::Gitlab(id)) => (format!("gitlab:{id}"), gitlab_repo_url(gitlab_url, *id)?),
+        Some(PkgbuildSource::Aur) => ("aur".to_string(), crate::aur::git_url(&cfg.aur_url, folder)),
+        Some(PkgbuildSource::Gitlab(id)) => {
+            (format!("gitlab:{id}"), gitlab_repo_url(gitlab_url, *id)?)
+        }
         Some(PkgbuildSource::Git(u)) => (u.clone(), u.clone()),
     };
     let context = |e: SourceError| match e {

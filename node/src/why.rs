@@ -220,7 +220,13 @@ fn explain(core: &Core, state: &QueueState, quorum: u32, e: &EntryRecord, now: T
             ));
         }
         if !q.entry.cascade.is_empty() {
-            v["cascade"] = json!(q.entry.cascade.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+            v["cascade"] = json!(
+                q.entry
+                    .cascade
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            );
         }
     }
     if let Some(q) = &e.enqueued

@@ -64,7 +64,11 @@ fn wait_version(base: &str, pkg: &str, want: &str, timeout: Duration) {
         assert!(
             Instant::now() < deadline,
             "{pkg} not published at {want} within {timeout:?} (now {:?}): {:#}",
-            if code == 200 { version(base, pkg) } else { None },
+            if code == 200 {
+                version(base, pkg)
+            } else {
+                None
+            },
             json(&format!("{base}/api/v1/why/{pkg}"))
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -106,7 +110,10 @@ fn state<'a>(entries: &'a [Value], name: &str) -> Option<&'a str> {
 
 /// The installed version of `pkg` in a pacman root (its local database).
 fn installed(root: &Path, pkg: &str) -> Option<String> {
-    for e in std::fs::read_dir(root.join("var/lib/pacman/local")).ok()?.flatten() {
+    for e in std::fs::read_dir(root.join("var/lib/pacman/local"))
+        .ok()?
+        .flatten()
+    {
         let desc = std::fs::read_to_string(e.path().join("desc")).unwrap_or_default();
         let field = |f: &str| {
             desc.split(&format!("%{f}%\n"))
@@ -191,19 +198,23 @@ fn forced_rebuild_gets_a_new_pkgrel_and_a_failure_keeps_the_old_version() {
         &w,
         &[(
             "hello/PKGBUILD",
-            &pkgbuild("hello", "1.1", "build() {\n  echo compile error >&2\n  false\n}\n"),
+            &pkgbuild(
+                "hello",
+                "1.1",
+                "build() {\n  echo compile error >&2\n  false\n}\n",
+            ),
         )],
     );
     commit_dir(&repo, &w, "feat(hello): 1.1 (broken)", 1_700_000_200);
     sync(&mesh, &base, &url, &cache);
     let entries = wait_queue(&base, "hello fails", Duration::from_secs(60), |e| {
-        e.iter()
-            .filter(|x| x["name"] == "tree/hello")
-            .count()
-            == 3
+        e.iter().filter(|x| x["name"] == "tree/hello").count() == 3
             && state(e, "tree/hello") == Some("failed")
     });
-    let id = newest(&entries, "tree/hello")["id"].as_str().unwrap().to_string();
+    let id = newest(&entries, "tree/hello")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let detail = json(&format!("{base}/api/v1/entries/{id}"));
     let claims: Vec<u64> = detail["claims"]
         .as_array()
@@ -236,7 +247,10 @@ fn forced_rebuild_gets_a_new_pkgrel_and_a_failure_keeps_the_old_version() {
         );
         let o = fresh.install(&["hello"]);
         assert!(o.status.success(), "{}", show(&o));
-        assert_eq!(installed(&fresh.root(), "hello").as_deref(), Some("1.0-1.1"));
+        assert_eq!(
+            installed(&fresh.root(), "hello").as_deref(),
+            Some("1.0-1.1")
+        );
         assert_eq!(installed(&p.root(), "hello").as_deref(), Some("1.0-1.1"));
     }
 }
@@ -248,13 +262,8 @@ fn rebuild_triggers_and_soname_changes_cascade_and_mutual_triggers_stop() {
     }
     let t = tempfile::tempdir().unwrap();
     let w = t.path().join("tree-work");
-    let libx = |ver: &str, so: &str| {
-        pkgbuild(
-            "libx",
-            ver,
-            &format!("provides=('libfoo.so={so}-64')"),
-        )
-    };
+    let libx =
+        |ver: &str, so: &str| pkgbuild("libx", ver, &format!("provides=('libfoo.so={so}-64')"));
     write(
         &w,
         &[
@@ -262,7 +271,10 @@ fn rebuild_triggers_and_soname_changes_cascade_and_mutual_triggers_stop() {
             ("libx/PKGBUILD", &libx("1.0", "1")),
             ("libx/.CI/config", "CI_REBUILD_TRIGGERS=app-trig\n"),
             ("app-trig/PKGBUILD", &pkgbuild("app-trig", "1.0", "")),
-            ("app-trig/.CI/config", "CI_REBUILD_TRIGGERS=libx:unrelated\n"),
+            (
+                "app-trig/.CI/config",
+                "CI_REBUILD_TRIGGERS=libx:unrelated\n",
+            ),
             (
                 "app-so/PKGBUILD",
                 &pkgbuild("app-so", "1.0", "depends=('libfoo.so=1-64')"),
@@ -302,17 +314,17 @@ fn rebuild_triggers_and_soname_changes_cascade_and_mutual_triggers_stop() {
         .as_array()
         .unwrap()
         .clone();
-    let lib_id = newest(&entries, "tree/libx")["id"].as_str().unwrap().to_string();
+    let lib_id = newest(&entries, "tree/libx")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for (n, why) in [("app-trig", "CI_REBUILD_TRIGGERS"), ("app-so", "libfoo.so")] {
         let w = json(&format!("{base}/api/v1/why/{n}"));
         let e = &w["entries"][0];
         assert_eq!(e["pkgrel_bump"], "1.0-1/1", "{w:#}");
         assert_eq!(e["cascade"], serde_json::json!(["libx"]), "{w:#}");
         assert_eq!(e["after"][0]["id"], lib_id.as_str(), "{w:#}");
-        assert!(
-            w["rebuild"]["why"].as_str().unwrap().contains(why),
-            "{w:#}"
-        );
+        assert!(w["rebuild"]["why"].as_str().unwrap().contains(why), "{w:#}");
     }
     // app-trig's new version would trigger libx again: the cascade stops there.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -362,7 +374,10 @@ fn upstream_pkgbuild_sources_are_overlaid_and_bad_ones_fail_alone() {
             &d,
             &[
                 ("PKGBUILD", &pkgbuild(name, ver, "")),
-                (".CI/config", "CI_PKGBUILD_SOURCE=custom\nthis upstream .CI is replaced\n"),
+                (
+                    ".CI/config",
+                    "CI_PKGBUILD_SOURCE=custom\nthis upstream .CI is replaced\n",
+                ),
             ],
         );
         d
@@ -372,9 +387,15 @@ fn upstream_pkgbuild_sources_are_overlaid_and_bad_ones_fail_alone() {
     aur.set_gitlab_project(42, "gl-project");
     let git_bare = t.path().join("up-git.git");
     let git_repo = git2::Repository::init_bare(&git_bare).unwrap();
-    let git_commit = commit_dir(&git_repo, &up("up-git", "4.0"), "upstream 4.0", 1_700_000_000);
+    let git_commit = commit_dir(
+        &git_repo,
+        &up("up-git", "4.0"),
+        "upstream 4.0",
+        1_700_000_000,
+    );
 
-    let appended = "package() {\n  install -Dm644 /dev/stdin \"$pkgdir/usr/share/overlaid\" <<<'yes'\n}\n";
+    let appended =
+        "package() {\n  install -Dm644 /dev/stdin \"$pkgdir/usr/share/overlaid\" <<<'yes'\n}\n";
     let w = t.path().join("tree-work");
     write(
         &w,
@@ -418,15 +439,21 @@ fn upstream_pkgbuild_sources_are_overlaid_and_bad_ones_fail_alone() {
     sync(&mesh, &base, &url, &t.path().join("cache"));
     let names = ["up-aur", "up-gl", "up-git", "up-gone", "up-down", "plain"];
     let entries = wait_queue(&base, "tree done", Duration::from_secs(90), |e| {
-        names.iter().all(|n| {
-            matches!(
-                state(e, &format!("tree/{n}")),
-                Some("published" | "failed")
-            )
-        })
+        names
+            .iter()
+            .all(|n| matches!(state(e, &format!("tree/{n}")), Some("published" | "failed")))
     });
-    for (n, v) in [("up-aur", "2.0-1"), ("up-gl", "3.0-1"), ("up-git", "4.0-1"), ("plain", "1.0-1")] {
-        assert_eq!(state(&entries, &format!("tree/{n}")), Some("published"), "{n}: {entries:#?}");
+    for (n, v) in [
+        ("up-aur", "2.0-1"),
+        ("up-gl", "3.0-1"),
+        ("up-git", "4.0-1"),
+        ("plain", "1.0-1"),
+    ] {
+        assert_eq!(
+            state(&entries, &format!("tree/{n}")),
+            Some("published"),
+            "{n}: {entries:#?}"
+        );
         assert_eq!(version(&base, n).as_deref(), Some(v), "{n}");
     }
     // The folder's PKGBUILD.append was applied to the AUR's PKGBUILD.
@@ -440,12 +467,22 @@ fn upstream_pkgbuild_sources_are_overlaid_and_bad_ones_fail_alone() {
     let f = t.path().join("up-aur.pkg.tar.zst");
     std::fs::write(&f, pkg).unwrap();
     let info = pacmesh_repo::package::read_package(&f).unwrap();
-    assert!(info.files.iter().any(|p| p == "usr/share/overlaid"), "{:?}", info.files);
+    assert!(
+        info.files.iter().any(|p| p == "usr/share/overlaid"),
+        "{:?}",
+        info.files
+    );
     // The upstream commit is recorded in the built event.
     let commit_of = |n: &str| {
-        let id = newest(&entries, &format!("tree/{n}"))["id"].as_str().unwrap().to_string();
+        let id = newest(&entries, &format!("tree/{n}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let d = json(&format!("{base}/api/v1/entries/{id}"));
-        d["reports"][0]["source_commit"].as_str().unwrap_or("").to_string()
+        d["reports"][0]["source_commit"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     };
     assert_eq!(commit_of("up-aur"), aur_commit);
     assert_eq!(commit_of("up-git"), git_commit.to_string());
@@ -462,7 +499,8 @@ fn upstream_pkgbuild_sources_are_overlaid_and_bad_ones_fail_alone() {
     );
     let r = reason("up-down");
     assert!(
-        r.contains("transient failure (attempt 2 of 2, giving up)") && r.contains("CI_PKGBUILD_SOURCE=http://127.0.0.1:9"),
+        r.contains("transient failure (attempt 2 of 2, giving up)")
+            && r.contains("CI_PKGBUILD_SOURCE=http://127.0.0.1:9"),
         "{r}"
     );
 }
@@ -535,7 +573,14 @@ fn download_failures_are_retried_with_backoff_and_build_failures_are_not() {
     let (_node, base) = mesh.start(&["--config", s(&cfg)]);
     for d in [&net, &broken] {
         pacmesh_ok(&[
-            "queue", "add", "--key", s(&mesh.maintainer), "--node", &base, "--dir", s(d),
+            "queue",
+            "add",
+            "--key",
+            s(&mesh.maintainer),
+            "--node",
+            &base,
+            "--dir",
+            s(d),
         ]);
     }
     // The download fails on the network: the entry waits for a retry, and says so.
@@ -582,7 +627,10 @@ fn download_failures_are_retried_with_backoff_and_build_failures_are_not() {
     let reports = detail["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 1, "{detail:#}");
     assert_eq!(
-        (reports[0]["outcome"].as_str(), reports[0]["attempt"].as_u64()),
+        (
+            reports[0]["outcome"].as_str(),
+            reports[0]["attempt"].as_u64()
+        ),
         (Some("failed"), Some(1)),
         "{detail:#}"
     );

@@ -29,8 +29,8 @@ pub use caps::{
 };
 pub use codec::{DecodeError, EncodeError, Limits, Message, decode, encode};
 pub use event::{
-    Artifact, EVENT_VERSION, Event, EventBody, MAX_CASCADE, MAX_REVIEW_BYTES, PkgrelBump, QueueEntry,
-    Source,
+    Artifact, EVENT_VERSION, Event, EventBody, MAX_CASCADE, MAX_REVIEW_BYTES, PkgrelBump,
+    QueueEntry, Source,
 };
 pub use hash::{Hash, HashParseError, Sha256};
 pub use keys::{KeyError, PublicKey, SigningKey};

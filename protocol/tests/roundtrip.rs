@@ -74,7 +74,10 @@ fn queue_entry() -> impl Strategy<Value = QueueEntry> {
         option::of(any::<u32>()),
         vec(hash(), 0..3),
         option::of(".{0,200}"),
-        option::of(("[0-9]{1,3}:?[a-z0-9.]{1,8}-[0-9]{1,3}(\\.[0-9]{1,2})?", 1u32..1000)),
+        option::of((
+            "[0-9]{1,3}:?[a-z0-9.]{1,8}-[0-9]{1,3}(\\.[0-9]{1,2})?",
+            1u32..1000,
+        )),
         vec(name(), 0..3),
     )
         .prop_map(

@@ -876,7 +876,8 @@ impl Builder {
         let phase = Phase::Interfere;
         let folder = ctx.build.join("pkgbuild");
         let ci = folder.join(".CI");
-        if !std::fs::symlink_metadata(&ci).is_ok_and(|m| m.is_dir()) && self.cfg.rebuild_bump.is_none()
+        if !std::fs::symlink_metadata(&ci).is_ok_and(|m| m.is_dir())
+            && self.cfg.rebuild_bump.is_none()
         {
             return Ok(());
         }
