@@ -30,8 +30,9 @@
 //! trigger, and `cascade` = the trigger entry's cascade plus the trigger's package base. It is
 //! not enqueued when its package base is already in that list (so mutual triggers A ↔ B stop
 //! after one round), when the list is [`MAX_CASCADE`] long, when an entry for it was enqueued
-//! after the trigger's entry (it is built against the new version anyway, e.g. both changed in
-//! one tree sync, or this cascade already ran), or when nothing of it is published.
+//! after the trigger's entry or waits for it in `after` (it is built against the new version
+//! anyway: both changed in one tree sync that ordered them, or this cascade already ran), or
+//! when nothing of it is published.
 //!
 //! The enqueue is signed with the automation key (`[rebuild] key`, else `[watch] key`, else
 //! the node key — the same key update detection uses) when the policy makes it a maintainer;
@@ -625,7 +626,12 @@ fn process(
                     {
                         continue;
                     }
-                    if e.cancelled.is_none() && q.time >= trigger_time {
+                    // Enqueued after the trigger's entry, or waiting for it: built against the
+                    // new version anyway.
+                    if e.cancelled.is_none()
+                        && (q.time >= trigger_time
+                            || trigger.is_some_and(|t| q.entry.after.contains(&t)))
+                    {
                         after = true;
                     }
                     if newest.as_ref().is_none_or(|(t, _)| q.time > *t) {

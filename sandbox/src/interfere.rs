@@ -77,7 +77,10 @@ if [[ -f $ci/PKGBUILD.append ]]; then
   echo "==> pacmesh: interfere: appending .CI/PKGBUILD.append"
   { echo; cat "$ci/PKGBUILD.append"; echo; } >> PKGBUILD || exit 42
 fi
-have=$( source ./PKGBUILD >/dev/null 2>&1; printf '%s' "${epoch:+$epoch:}${pkgver:-}-${pkgrel:-}" )
+have=
+if [[ -n ${PACMESH_PACKAGE_BUMP:-}${PACMESH_REBUILD_BUMP:-} ]]; then
+  have=$( source ./PKGBUILD >/dev/null 2>&1; printf '%s' "${epoch:+$epoch:}${pkgver:-}-${pkgrel:-}" )
+fi
 bump=0
 whole=1
 if [[ -n ${PACMESH_PACKAGE_BUMP:-} ]]; then
