@@ -20,6 +20,7 @@ sections = [
     ("Event body `publish` (payload, carrying a `RepoManifest`)", "event_publish", False),
     ("Event body `approve` (payload)", "event_approve", False),
     ("Event body `enqueue` with `review` (payload)", "event_enqueue_review", False),
+    ("Event body `enqueue` with `pkgrel_bump`, `cascade` and `after` (payload)", "event_enqueue_bump", False),
     ("MeshPolicy (payload)", "policy", False),
     ("`RepoManifest` (payload of a `Signed<RepoManifest>`)", "manifest", False),
     ("Announcement (payload)", "announcement", False),

@@ -72,6 +72,24 @@ impl Client {
         Ok(resp.body_mut().with_config().limit(1 << 30).read_to_vec()?)
     }
 
+    /// Like [`Client::get_bytes`], with `None` for 404 Not Found.
+    pub fn get_bytes_opt(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let mut resp = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .map_err(|e| anyhow!("cannot reach the node at {}: {e}", self.base))?;
+        if resp.status() == 404 {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            bail!("the node answered {} for {path}", resp.status());
+        }
+        Ok(Some(
+            resp.body_mut().with_config().limit(1 << 30).read_to_vec()?,
+        ))
+    }
+
     pub fn post_event(&self, bytes: &[u8]) -> Result<Value> {
         let path = "/api/v1/events";
         self.answer(

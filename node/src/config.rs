@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub mdns: Option<bool>,
     pub tags: Option<Vec<String>>,
     pub aur_url: Option<String>,
+    /// GitLab API base for `CI_PKGBUILD_SOURCE=gitlab:ID` (default https://gitlab.com).
+    pub gitlab_url: Option<String>,
     #[serde(default)]
     pub build: BuildSection,
     #[serde(default)]
@@ -42,6 +44,9 @@ pub struct ConfigFile {
     /// Named schedules (`[[schedule]]`: name and `every` or `cron`).
     #[serde(default)]
     pub schedule: Vec<crate::schedule::ScheduleFile>,
+    /// Rebuild cascades (`[rebuild]`: enabled, automation key).
+    #[serde(default)]
+    pub rebuild: crate::rebuild::RebuildSection,
 }
 
 /// `[mesh]`: how the node takes part in the libp2p mesh.
@@ -77,6 +82,13 @@ pub struct BuildSection {
     pub arch: Option<String>,
     /// "UID:GID" that starts the sandbox when the node runs as root (host profile).
     pub run_as: Option<String>,
+    /// Transient failures (network during a source fetch or makepkg's download phase): first
+    /// retry after this many seconds (default 60), doubling.
+    pub retry_initial_secs: Option<u64>,
+    /// The longest wait between retries, seconds (default 3600).
+    pub retry_max_secs: Option<u64>,
+    /// Attempts per entry on this node before it is reported failed (default 5).
+    pub max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +134,14 @@ pub struct Config {
     pub watch: crate::watch::WatchSection,
     /// Named schedules, the built-in `hourly` and `daily` included.
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// Rebuild cascades (`[rebuild]`).
+    pub rebuild: crate::rebuild::RebuildSection,
+    /// GitLab API base (`CI_PKGBUILD_SOURCE=gitlab:ID`).
+    pub gitlab_url: String,
+    /// Retries of transient failures: first delay, longest delay, attempts.
+    pub retry_initial: std::time::Duration,
+    pub retry_max: std::time::Duration,
+    pub max_attempts: u32,
     /// The flags this was resolved from: SIGHUP resolves them again with the file re-read.
     pub flags: Flags,
 }
@@ -197,6 +217,7 @@ impl Config {
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7878";
 pub const DEFAULT_NODE_URL: &str = "http://127.0.0.1:7878";
 pub const DEFAULT_AUR_URL: &str = "https://aur.archlinux.org";
+pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
 
 /// Flags given on the command line (`None`/empty: not given).
 #[derive(Debug, Default, Clone)]
@@ -312,9 +333,22 @@ impl Config {
         watch
             .check_triggers(&schedules)
             .map_err(anyhow::Error::msg)?;
+        let mut rebuild = file.rebuild;
+        rebuild.key = rebuild.key.map(rel);
+        let retry_initial = file.build.retry_initial_secs.unwrap_or(60).max(1);
+        let retry_max = file.build.retry_max_secs.unwrap_or(3600).max(retry_initial);
+        let max_attempts = file.build.max_attempts.unwrap_or(5);
+        if max_attempts == 0 {
+            bail!("build.max_attempts must be at least 1");
+        }
         Ok(Config {
             watch,
             schedules,
+            rebuild,
+            gitlab_url: file.gitlab_url.unwrap_or_else(|| DEFAULT_GITLAB_URL.into()),
+            retry_initial: std::time::Duration::from_secs(retry_initial),
+            retry_max: std::time::Duration::from_secs(retry_max),
+            max_attempts,
             webhooks,
             health: file.health,
             flags: flags_given,

@@ -55,6 +55,8 @@ pub struct Core {
     capabilities: Mutex<Option<pacmesh_protocol::Capabilities>>,
     /// The running network, once started (unset with the mesh turned off).
     pub net: std::sync::OnceLock<crate::net::NetHandle>,
+    /// Entries this node's executor will try again after a transient failure (`queue why`).
+    retries: Mutex<std::collections::HashMap<Hash, crate::executor::RetryNote>>,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -105,6 +107,7 @@ impl Core {
             capabilities: Mutex::new(None),
             peers: Mutex::new(PeerTable::default()),
             net: std::sync::OnceLock::new(),
+            retries: Mutex::default(),
         })
     }
 
@@ -172,6 +175,13 @@ impl Core {
     /// Wakes the waiters without an event (a blob they may wait for arrived).
     pub fn notify(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Entries this node's executor will try again after a transient failure (hold briefly).
+    pub fn retries(
+        &self,
+    ) -> MutexGuard<'_, std::collections::HashMap<Hash, crate::executor::RetryNote>> {
+        self.retries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The peer table (hold briefly).

@@ -253,6 +253,7 @@ pub async fn run(
     };
     crate::ops::spawn(&mut tasks, &core, &cfg, stop_rx.clone());
     crate::watch::spawn(&mut tasks, &core, &cfg, stop_rx.clone());
+    crate::rebuild::spawn(&mut tasks, &core, &cfg, stop_rx.clone());
     if cfg.build_enabled {
         pacmesh_sandbox::preflight().context(
             "this node cannot build (set build.enabled = false for a non-building node)",

@@ -49,11 +49,17 @@
 //! A problem of the entry — the PKGBUILD fails, times out, produces nothing; the source is
 //! hostile, missing its PKGBUILD, names no commit, or is of a kind this node cannot fetch —
 //! is reported at once as `failed`, with a one-line reason (what failed, and the last log
-//! lines) and the log blob. A problem of this node — the network during a git fetch, the
-//! disk, the content store, the sandbox's own set-up — ends the attempt without a report;
-//! the entry is claimed again after [`ExecutorConfig::retry_delay`], and the last allowed
-//! attempt ([`ExecutorConfig::max_attempts`]) reports it as failed ("node error …"), so that
-//! the queue does not wait in silence.
+//! lines) and the log blob. A problem of this node — the disk, the content store, the
+//! sandbox's own set-up — and a transient failure — the network during a git or AUR fetch or a
+//! `CI_PKGBUILD_SOURCE` fetch ([`crate::pkgbuild_source`]), makepkg's download phase failing with a
+//! network error ([`network_failure`]) — end the attempt without a report and hand the claim
+//! back ([`release`]); this node claims the entry again after
+//! [`ExecutorConfig::retry_delay`], doubled after each such attempt up to
+//! [`ExecutorConfig::retry_max`] ([`retry_backoff`]; `Core::retries` keeps the note `queue
+//! why` shows), and the last allowed attempt ([`ExecutorConfig::max_attempts`]) reports it as
+//! failed ("node error …" / "transient failure …"), so that the queue does not wait in
+//! silence. A checksum mismatch, a 404, a failing `build()` or a patch that does not apply are
+//! problems of the entry: reported at once, never retried.
 //!
 //! # Shutdown
 //!
@@ -125,10 +131,17 @@ pub struct ExecutorConfig {
     pub tick: Duration,
     /// Attempts by this node per entry (see the module docs).
     pub max_attempts: u32,
-    /// Wait after an attempt that ended with a problem of this node rather than of the entry
-    /// (network, disk, sandbox set-up): no report is made and the entry is claimed again
-    /// (attempt + 1) after this delay; the last allowed attempt reports it as failed.
+    /// Wait after an attempt that ended with a transient problem or a problem of this node
+    /// rather than of the entry (the network during a source fetch or makepkg's download
+    /// phase, disk, sandbox set-up): no report is made, the claim is handed back, and this node
+    /// claims the entry again (attempt + 1) after this delay, doubled after each further such
+    /// attempt up to [`ExecutorConfig::retry_max`]; the last allowed attempt
+    /// ([`ExecutorConfig::max_attempts`]) reports it as failed.
     pub retry_delay: Duration,
+    /// The longest wait between retries (see [`ExecutorConfig::retry_delay`]).
+    pub retry_max: Duration,
+    /// GitLab API base for `CI_PKGBUILD_SOURCE=gitlab:ID` ([`crate::pkgbuild_source`]).
+    pub gitlab_url: String,
     /// Claim and fail entries whose source kind this node cannot fetch (see the module docs).
     pub fail_unsupported: bool,
     /// The bubblewrap binary.
@@ -203,6 +216,8 @@ impl ExecutorConfig {
             tick: Duration::from_secs(5),
             max_attempts: 3,
             retry_delay: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            gitlab_url: crate::config::DEFAULT_GITLAB_URL.to_string(),
             fail_unsupported: true,
             bwrap: "bwrap".into(),
             run_as: None,
@@ -237,6 +252,10 @@ impl ExecutorConfig {
         e.log_cap = cfg.log_cap_bytes;
         e.run_as = cfg.run_as;
         e.source.aur_url = cfg.aur_url.clone();
+        e.gitlab_url = cfg.gitlab_url.clone();
+        e.retry_delay = cfg.retry_initial;
+        e.retry_max = cfg.retry_max;
+        e.max_attempts = cfg.max_attempts;
         e.packager = format!("pacmesh node <{}@pacmesh.invalid>", core.key.peer_id());
         e
     }
@@ -406,7 +425,7 @@ pub async fn run(
                         (e.id(), None)
                     }
                 };
-                if let Some((entry, _)) = task_entry.remove(&id) {
+                if let Some((entry, attempt)) = task_entry.remove(&id) {
                     running.remove(&entry);
                     cfg.busy.store(running.len() as u32, Ordering::Relaxed);
                     match end {
@@ -415,7 +434,14 @@ pub async fn run(
                                 .insert(entry, Instant::now() + Duration::from_secs(60));
                         }
                         Some(JobEnd::Retry) => {
-                            book.cooldown.insert(entry, Instant::now() + cfg.retry_delay);
+                            let wait = retry_backoff(&cfg, attempt);
+                            book.cooldown.insert(entry, Instant::now() + wait);
+                            if let Some(n) = core.retries().get_mut(&entry) {
+                                n.next_at = Timestamp::now().saturating_add(wait);
+                            }
+                        }
+                        Some(JobEnd::Built | JobEnd::Failed) => {
+                            core.retries().remove(&entry);
                         }
                         _ => {}
                     }
@@ -465,6 +491,29 @@ pub async fn run(
     }
     tracing::info!("executor stopped");
     Ok(())
+}
+
+/// The wait before this node's next attempt after attempt `attempt` ended transiently:
+/// [`ExecutorConfig::retry_delay`] doubled for each earlier attempt, at most
+/// [`ExecutorConfig::retry_max`].
+pub fn retry_backoff(cfg: &ExecutorConfig, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(30);
+    cfg.retry_delay
+        .saturating_mul(1u32 << doublings)
+        .min(cfg.retry_max.max(cfg.retry_delay))
+}
+
+/// A transient failure this node will try again (shown by `queue why`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNote {
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// Attempts this node makes at most.
+    pub max_attempts: u32,
+    /// What went wrong.
+    pub reason: String,
+    /// When this node tries again.
+    pub next_at: Timestamp,
 }
 
 /// Gives up this node's claim on `entry` (attempt `attempt`, abandoned at shutdown): a claim
@@ -934,15 +983,53 @@ async fn job_inner(
             };
             if p.attempt < cfg.max_attempts {
                 remove_dir(&job_dir).await;
-                tracing::warn!(entry = %p.id.fmt_short(), attempt = p.attempt, retry_in = ?cfg.retry_delay, "node-side problem, no report; trying again later: {}", fault.reason);
+                let wait = retry_backoff(&cfg, p.attempt);
+                tracing::warn!(entry = %p.id.fmt_short(), attempt = p.attempt, retry_in = ?wait, "transient or node-side problem, no report; trying again later: {}", fault.reason);
+                core.retries().insert(
+                    p.id,
+                    RetryNote {
+                        attempt: p.attempt,
+                        max_attempts: cfg.max_attempts,
+                        reason: clip_reason(&fault.reason),
+                        next_at: Timestamp::now().saturating_add(wait),
+                    },
+                );
+                core.live_logs.push(
+                    p.id,
+                    p.attempt,
+                    &format!(
+                        "==> pacmesh: transient failure (attempt {} of {}): {}; trying again in {} s",
+                        p.attempt,
+                        cfg.max_attempts,
+                        clip_reason(&fault.reason),
+                        wait.as_secs()
+                    ),
+                );
+                // Hand the claim back: the entry shows as waiting (for this node's retry, or
+                // for another builder that may have the network this one lacks).
+                let (c, id, attempt) = (core.clone(), p.id, p.attempt);
+                match tokio::task::spawn_blocking(move || release(&c, id, attempt)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(entry = %p.id.fmt_short(), "cannot release the lease: {e:#}")
+                    }
+                    Err(e) => tracing::warn!("lease release task failed: {e}"),
+                }
                 return JobEnd::Retry;
             }
             EventBody::Failed {
                 entry: p.id,
                 attempt: p.attempt,
                 reason: clip_reason(&format!(
-                    "node error (attempt {} of {}, giving up): {}",
-                    p.attempt, cfg.max_attempts, fault.reason
+                    "{} (attempt {} of {}, giving up): {}",
+                    if fault.transient {
+                        "transient failure"
+                    } else {
+                        "node error"
+                    },
+                    p.attempt,
+                    cfg.max_attempts,
+                    fault.reason
                 )),
                 log: fault.log,
             }
@@ -1031,11 +1118,42 @@ fn execute(
             let log = log_blob(&format!("==> pacmesh: {line}\n"));
             tracing::warn!(entry = %p.id.fmt_short(), "{line}");
             if e.is_transient() {
-                return Err(NodeFault::new(line, log));
+                return Err(NodeFault::transient(line, log));
             }
             return failed(line, log);
         }
     };
+    // A tree folder whose `.CI/config` names an upstream PKGBUILD source (`crate::upstream`).
+    let (fetched, upstream) = match &p.entry.source {
+        Source::Tree { pkgbases, .. } if pkgbases.len() == 1 => match crate::pkgbuild_source::overlay(
+            &cfg.source,
+            &cfg.gitlab_url,
+            &fetched,
+            pkgbases[0].as_str(),
+            &job_dir.join("upstream"),
+            cancel,
+        ) {
+            Ok(Some((f, u))) => (f, Some(u)),
+            Ok(None) => (fetched, None),
+            Err(e) => {
+                let line = format!("cannot fetch the upstream PKGBUILD: {e}");
+                let log = log_blob(&format!("==> pacmesh: {line}\n"));
+                tracing::warn!(entry = %p.id.fmt_short(), "{line}");
+                if e.is_transient() {
+                    return Err(NodeFault::transient(line, log));
+                }
+                return failed(line, log);
+            }
+        },
+        _ => (fetched, None),
+    };
+    if let Some(u) = &upstream {
+        let line = format!(
+            "==> pacmesh: CI_PKGBUILD_SOURCE={}: PKGBUILD from {} at commit {} (the folder's .CI/ on top)",
+            u.what, u.url, u.commit
+        );
+        core.live_logs.push(p.id, p.attempt, &line);
+    }
     if !fetched.dir.join("PKGBUILD").is_file() {
         let line = format!("the source ({}) has no PKGBUILD", describe(&p.entry.source));
         return failed(line.clone(), log_blob(&format!("==> pacmesh: {line}\n")));
@@ -1066,6 +1184,7 @@ fn execute(
     bc.arch = cfg.arch.clone();
     bc.bwrap = cfg.bwrap.clone();
     bc.run_as = cfg.run_as;
+    bc.rebuild_bump = p.entry.pkgrel_bump.as_ref().map(|b| b.to_string());
     tracing::info!(entry = %p.id.fmt_short(), attempt = p.attempt, source = p.entry.source.kind(), commit = ?fetched.commit, epoch, timeout_secs = timeout.as_secs(), "building");
     if cancel.load(Ordering::Relaxed) {
         return Err(NodeFault::new("abandoned".into(), None));
@@ -1171,11 +1290,25 @@ pub fn expire_source_cache(cache: &Path, ttl: Duration) -> usize {
 struct NodeFault {
     reason: String,
     log: Option<Hash>,
+    /// A transient failure of the source or download (the network), not of this node.
+    transient: bool,
 }
 
 impl NodeFault {
     fn new(reason: String, log: Option<Hash>) -> Self {
-        NodeFault { reason, log }
+        NodeFault {
+            reason,
+            log,
+            transient: false,
+        }
+    }
+
+    fn transient(reason: String, log: Option<Hash>) -> Self {
+        NodeFault {
+            reason,
+            log,
+            transient: true,
+        }
     }
 }
 
@@ -1227,6 +1360,15 @@ fn report_of(
         return Err(NodeFault::new(failure_reason(r), log.ok()));
     }
     if !r.outcome.is_success() {
+        if r.failed_phase == Some(pacmesh_sandbox::Phase::FetchSources)
+            && let Some(why) = network_failure(&r.log)
+        {
+            // makepkg's download phase failed on the network: may work later.
+            return Err(NodeFault::transient(
+                format!("{} (network: {why})", failure_reason(r)),
+                log.ok(),
+            ));
+        }
         return failed(failure_reason(r), log.ok());
     }
     let log = match log {
@@ -1274,6 +1416,44 @@ fn report_of(
         log,
         source_commit: commit,
     })
+}
+
+/// Whether the fetch phase's log shows a network failure (one that may pass), and which: curl's
+/// and git's messages for DNS, connection, timeout, TLS and HTTP 5xx/429 errors. A download
+/// that arrived but failed its checksum, or a 404, is not one.
+pub fn network_failure(log: &str) -> Option<&'static str> {
+    // Only the fetch phase's part of the log.
+    let from = log.rfind("==> pacmesh: phase fetch-sources").unwrap_or(0);
+    let part = &log[from..];
+    if part.contains("did not pass the validity check") {
+        return None;
+    }
+    const PATTERNS: &[(&str, &str)] = &[
+        ("Could not resolve host", "name resolution"),
+        ("Temporary failure in name resolution", "name resolution"),
+        ("Failed to connect", "connection refused or unreachable"),
+        (
+            "Couldn't connect to server",
+            "connection refused or unreachable",
+        ),
+        ("Connection refused", "connection refused"),
+        ("Network is unreachable", "network unreachable"),
+        ("No route to host", "no route to host"),
+        ("Connection timed out", "timeout"),
+        ("Operation timed out", "timeout"),
+        ("Connection reset", "connection reset"),
+        ("Recv failure", "connection reset"),
+        ("SSL connect error", "TLS"),
+        ("returned error: 5", "HTTP server error"),
+        ("returned error: 429", "HTTP 429"),
+        ("Empty reply from server", "empty reply"),
+        ("unable to access", "git transfer"),
+        ("early EOF", "git transfer"),
+    ];
+    PATTERNS
+        .iter()
+        .find(|(p, _)| part.contains(p))
+        .map(|(_, why)| *why)
 }
 
 /// One line: what failed and the last lines of the log.

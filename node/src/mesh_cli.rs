@@ -272,6 +272,9 @@ fn queue_add_aur(
             _ => {}
         }
     }
+    // A package base already published is rebuilt with a pkgrel bump (`crate::rebuild`).
+    let published = crate::rebuild::published_bases(client, repo.as_str())
+        .context("reading what the repository publishes (for pkgrel bumps of rebuilds)")?;
     let mut ids: std::collections::BTreeMap<String, Option<Hash>> = Default::default();
     let mut main = None;
     for pb in &res.order {
@@ -307,6 +310,7 @@ fn queue_add_aur(
         entry.source_date_epoch = a.source_date_epoch;
         entry.timeout_secs = a.timeout_secs;
         entry.after = deps;
+        entry.pkgrel_bump = crate::rebuild::bump_for(published.get(pb).map(String::as_str));
         let id = client.submit(key, EventBody::Enqueue(entry))?;
         if pb == &target {
             main = Some(id);

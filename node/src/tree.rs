@@ -417,6 +417,9 @@ pub struct SyncReport {
     /// Folder → entry id, in the order submitted.
     pub enqueued: Vec<(String, pacmesh_protocol::Hash)>,
     pub removed: Vec<String>,
+    /// Folder → the pkgrel bump its entry carries: its package base is published, so a
+    /// rebuild of the same version gets a new pkgrel ([`crate::rebuild`]).
+    pub bumps: BTreeMap<String, pacmesh_protocol::PkgrelBump>,
 }
 
 /// `pacmesh tree sync`: fetch, plan (see the module docs), submit.
@@ -478,10 +481,23 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
     let since = since.filter(|_| !a.all);
     let mut plan = plan(&git, commit, since, a.trigger.as_deref())?;
     let order = build_order(&mut plan);
+    // Folders whose package base is published: a rebuild of the same version gets a new pkgrel.
+    let published = crate::rebuild::published_bases(&client, &repo_name)
+        .context("reading what the repository publishes (for pkgrel bumps of rebuilds)")?;
+    let bumps = plan
+        .build
+        .keys()
+        .filter_map(|n| {
+            let f = plan.folders.get(n)?;
+            let b = crate::rebuild::bump_for(published.get(&f.pkgbase).map(String::as_str))?;
+            Some((n.clone(), b))
+        })
+        .collect();
     let mut report = SyncReport {
         plan,
         enqueued: Vec::new(),
         removed: Vec::new(),
+        bumps,
     };
     if a.dry_run {
         return Ok(report);
@@ -498,6 +514,7 @@ pub fn sync(a: &TreeSync) -> anyhow::Result<SyncReport> {
         );
         e.after = deps.iter().filter_map(|d| ids.get(d).copied()).collect();
         e.review = report.plan.review.get(&folder).cloned();
+        e.pkgrel_bump = report.bumps.get(&folder).cloned();
         let id = client
             .submit(&key, EventBody::Enqueue(e))
             .with_context(|| format!("enqueuing {folder}"))?;
@@ -563,6 +580,7 @@ pub fn tree_command(cmd: crate::cli::TreeCommand) -> anyhow::Result<()> {
             "build": r.plan.build.iter().map(|(n, why)| serde_json::json!({
                 "folder": n, "reason": why.to_string(),
                 "entry": r.enqueued.iter().find(|(f, _)| f == n).map(|(_, id)| id.to_string()),
+                "pkgrel_bump": r.bumps.get(n).map(|b| b.to_string()),
             })).collect::<Vec<_>>(),
             "remove": r.plan.remove,
             "warnings": r.plan.warnings,
@@ -578,10 +596,15 @@ pub fn tree_command(cmd: crate::cli::TreeCommand) -> anyhow::Result<()> {
         r.plan.since.as_deref().map_or("never", |s| &s[..12])
     );
     for (n, why) in &r.plan.build {
+        let bump = r
+            .bumps
+            .get(n)
+            .map(|b| format!(" (if still {}: rebuilt as {})", b.version, b.bumped()))
+            .unwrap_or_default();
         match r.enqueued.iter().find(|(f, _)| f == n) {
-            Some((_, id)) => println!("build   {n} ({why}) entry {id}"),
+            Some((_, id)) => println!("build   {n} ({why}) entry {id}{bump}"),
             None => println!(
-                "build   {n} ({why}){}",
+                "build   {n} ({why}){bump}{}",
                 if dry_run { " [dry run]" } else { "" }
             ),
         }

@@ -196,6 +196,39 @@ fn explain(core: &Core, state: &QueueState, quorum: u32, e: &EntryRecord, now: T
         },
     };
     v["reason"] = json!(reason);
+    if let Some(r) = core.retries().get(&e.id).cloned() {
+        let wait = ms_left(r.next_at, now).max(0) / 1000;
+        v["retry"] = json!({
+            "attempt": r.attempt, "max_attempts": r.max_attempts, "reason": r.reason,
+            "next_at": r.next_at.0,
+        });
+        if matches!(st, EntryStatus::Waiting) {
+            v["reason"] = json!(format!(
+                "waiting to retry after a transient failure (attempt {} of {} on this node: {}); next attempt in {wait} s",
+                r.attempt, r.max_attempts, r.reason
+            ));
+        }
+    }
+    if let Some(q) = &e.enqueued {
+        if let Some(b) = &q.entry.pkgrel_bump {
+            v["pkgrel_bump"] = json!(b.to_string());
+            v["rebuild"] = json!(format!(
+                "a rebuild of the published {}: built as {} while the PKGBUILD says {}",
+                b.version,
+                b.bumped(),
+                b.version
+            ));
+        }
+        if !q.entry.cascade.is_empty() {
+            v["cascade"] = json!(
+                q.entry
+                    .cascade
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
     if let Some(q) = &e.enqueued
         && !q.entry.after.is_empty()
     {
@@ -276,7 +309,13 @@ pub fn why(core: &Core, pkg: &str, now: Timestamp) -> Value {
         .collect();
     drop(ingest);
     let upstream = crate::watch::observed(&core.data_dir, pkg);
+    let rebuild = crate::rebuild::observed(&core.data_dir, pkg);
     let mut answer = summary(pkg, &explained, &published, &removals);
+    if let Some(r) = &rebuild
+        && let Some(msg) = r["reported"].as_str().or(r["stopped"].as_str())
+    {
+        answer = format!("{answer}; rebuild cascade: {msg}");
+    }
     if let Some(u) = &upstream {
         let theirs = u["version"].as_str().unwrap_or("");
         let ours = published.first().and_then(|p| p["version"].as_str());
@@ -311,6 +350,7 @@ pub fn why(core: &Core, pkg: &str, now: Timestamp) -> Value {
         "removed": removals,
         "upstream": upstream,
         "watched": watched,
+        "rebuild": rebuild,
     })
 }
 
@@ -442,6 +482,13 @@ pub fn render(v: &Value, color: bool) -> String {
         ));
         if let Some(ver) = e["built_version"].as_str() {
             out.push_str(&format!("  built version {ver}\n"));
+        }
+        if let Some(r) = e["rebuild"].as_str() {
+            out.push_str(&format!("  {r}\n"));
+        }
+        if let Some(c) = e["cascade"].as_array() {
+            let chain: Vec<&str> = c.iter().filter_map(Value::as_str).collect();
+            out.push_str(&format!("  rebuild cascade: {}\n", chain.join(" → ")));
         }
         for d in e["after"].as_array().into_iter().flatten() {
             out.push_str(&format!(

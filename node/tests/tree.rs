@@ -263,8 +263,7 @@ fn tree_sync_builds_interfered_folders_bumps_and_removes() {
         !out.contains("build   slow-plain"),
         "unchanged folders are not rebuilt: {out}"
     );
-    // (Rebuilt at the new commit's SOURCE_DATE_EPOCH, the same version differs in its build
-    // date, and the publisher keeps the published one: "built", not "published".)
+    // (Rebuilt with a pkgrel bump, 1.0-1.1, since 1.0-1 is published: see tests/rebuild.rs.)
     wait_queue(&base, "app-b rebuilt", Duration::from_secs(300), |e| {
         e.iter()
             .filter(|x| {

@@ -210,10 +210,103 @@ pub struct QueueEntry {
     /// README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<String>,
+    /// A pkgrel bump for a rebuild of a version that is already published (a `[deploy NAME]`
+    /// of an unchanged folder, a rebuild trigger): while the PKGBUILD's own
+    /// `[epoch:]pkgver-pkgrel` is [`PkgrelBump::version`], the builder makes its pkgrel
+    /// `pkgrel.count` (Arch's and Chaotic's `1` → `1.1` → `1.2`), so every builder produces the
+    /// same new version; a PKGBUILD that moved on (a new pkgver or pkgrel) is built as it is.
+    /// Decided when the entry is made, from what is published. Optional on the wire (absent =
+    /// no bump; added after version 1 without a version bump: older nodes ignore it and build
+    /// the unbumped version, which their publisher then refuses as "same version").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkgrel_bump: Option<PkgrelBump>,
+    /// Set on entries enqueued automatically because other packages changed (rebuild triggers,
+    /// soname changes): the package bases whose new versions led here, oldest first (the last
+    /// one is the direct trigger). A cascade never enqueues a package base already in this
+    /// list, and stops at [`MAX_CASCADE`] bases, so mutual triggers (A ↔ B) end. Optional on the
+    /// wire (absent = empty; added after version 1 without a version bump).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cascade: Vec<Name>,
 }
 
 /// The largest [`QueueEntry::review`] text, in bytes (producers cut longer diffs and say so).
 pub const MAX_REVIEW_BYTES: usize = 64 * 1024;
+
+/// The longest [`QueueEntry::cascade`]: a rebuild cascade stops after this many package bases.
+pub const MAX_CASCADE: usize = 16;
+
+/// A pkgrel bump carried by a queue entry ([`QueueEntry::pkgrel_bump`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PkgrelBump {
+    /// The PKGBUILD version the bump applies to, `[epoch:]pkgver-pkgrel` (at most 256 bytes of
+    /// `[A-Za-z0-9._+:~-]`).
+    pub version: String,
+    /// The bump: pkgrel becomes `pkgrel.count` (at least 1).
+    pub count: u32,
+}
+
+impl PkgrelBump {
+    /// The bump that makes a rebuild newer than `published` (`[epoch:]pkgver-pkgrel`):
+    /// `1.0-1` → `1.0-1` / 1 (built as `1.0-1.1`), `1.0-1.1` → `1.0-1` / 2 (`1.0-1.2`). A pkgrel
+    /// whose part after the last dot is not a number (`1.0-1.a`) is bumped as a whole
+    /// (`1.0-1.a` / 1). `None` for a text without `-pkgrel`.
+    pub fn after(published: &str) -> Option<PkgrelBump> {
+        let (ver, rel) = published.rsplit_once('-')?;
+        if ver.is_empty() || rel.is_empty() {
+            return None;
+        }
+        let (base, count) = match rel.rsplit_once('.') {
+            Some((major, minor))
+                if !major.is_empty()
+                    && !minor.is_empty()
+                    && minor.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                match minor.parse::<u32>() {
+                    Ok(m) if m < u32::MAX => (major, m + 1),
+                    _ => (rel, 1),
+                }
+            }
+            _ => (rel, 1),
+        };
+        let b = PkgrelBump {
+            version: format!("{ver}-{base}"),
+            count,
+        };
+        b.check().ok().map(|()| b)
+    }
+
+    /// What the bumped version is when the PKGBUILD says [`PkgrelBump::version`].
+    pub fn bumped(&self) -> String {
+        format!("{}.{}", self.version, self.count)
+    }
+
+    fn check(&self) -> Result<(), DecodeError> {
+        check_text("pkgrel_bump version", &self.version, 256)?;
+        if self.version.is_empty()
+            || !self.version.contains('-')
+            || !self
+                .version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+:~-".contains(&b))
+        {
+            return Err(invalid(
+                "pkgrel_bump version",
+                "must be [epoch:]pkgver-pkgrel of [A-Za-z0-9._+:~-]",
+            ));
+        }
+        if self.count == 0 {
+            return Err(invalid("pkgrel_bump count", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for PkgrelBump {
+    /// `version/count`, the form of Chaotic's `CI_PACKAGE_BUMP`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.version, self.count)
+    }
+}
 
 impl QueueEntry {
     /// An entry with no architectures (all), no requirements and defaults.
@@ -227,6 +320,8 @@ impl QueueEntry {
             timeout_secs: None,
             after: Vec::new(),
             review: None,
+            pkgrel_bump: None,
+            cascade: Vec::new(),
         }
     }
 
@@ -237,6 +332,10 @@ impl QueueEntry {
         if let Some(r) = &self.review {
             check_len("enqueue review bytes", r.len(), MAX_REVIEW_BYTES)?;
         }
+        if let Some(b) = &self.pkgrel_bump {
+            b.check()?;
+        }
+        check_len("enqueue cascade", self.cascade.len(), MAX_CASCADE)?;
         self.source.validate(limits)
     }
 }

@@ -28,7 +28,10 @@ pub use caps::{
     format_size, matches, parse_size,
 };
 pub use codec::{DecodeError, EncodeError, Limits, Message, decode, encode};
-pub use event::{Artifact, EVENT_VERSION, Event, EventBody, MAX_REVIEW_BYTES, QueueEntry, Source};
+pub use event::{
+    Artifact, EVENT_VERSION, Event, EventBody, MAX_CASCADE, MAX_REVIEW_BYTES, PkgrelBump,
+    QueueEntry, Source,
+};
 pub use hash::{Hash, HashParseError, Sha256};
 pub use keys::{KeyError, PublicKey, SigningKey};
 pub use logs::{

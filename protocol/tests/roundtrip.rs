@@ -74,9 +74,25 @@ fn queue_entry() -> impl Strategy<Value = QueueEntry> {
         option::of(any::<u32>()),
         vec(hash(), 0..3),
         option::of(".{0,200}"),
+        option::of((
+            "[0-9]{1,3}:?[a-z0-9.]{1,8}-[0-9]{1,3}(\\.[0-9]{1,2})?",
+            1u32..1000,
+        )),
+        vec(name(), 0..3),
     )
         .prop_map(
-            |(repo, source, arches, needs, source_date_epoch, timeout_secs, after, review)| {
+            |(
+                repo,
+                source,
+                arches,
+                needs,
+                source_date_epoch,
+                timeout_secs,
+                after,
+                review,
+                bump,
+                cascade,
+            )| {
                 QueueEntry {
                     repo,
                     source,
@@ -86,6 +102,8 @@ fn queue_entry() -> impl Strategy<Value = QueueEntry> {
                     timeout_secs,
                     after,
                     review,
+                    pkgrel_bump: bump.map(|(version, count)| PkgrelBump { version, count }),
+                    cascade,
                 }
             },
         )

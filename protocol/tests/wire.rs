@@ -176,6 +176,79 @@ fn enqueue_with_review_wire_format() {
     assert!(err.contains("review"), "an oversized review must be refused: {err}");
 }
 
+/// `pkgrel_bump` and `cascade` (added without a version bump, like `after`): present only when
+/// set, so the other enqueue goldens are unchanged; an old node's decoder reads the entry
+/// without them, a new one reads a plain entry as no bump and no cascade.
+#[test]
+fn enqueue_with_pkgrel_bump_and_cascade_wire_format() {
+    let mut q = queue_entry();
+    q.pkgrel_bump = Some(PkgrelBump {
+        version: "1:1.0-1".into(),
+        count: 2,
+    });
+    q.cascade = vec![name("libfoo")];
+    q.after = vec![h("trigger entry")];
+    let key = maintainer();
+    let ev = event(&key, 1, EventBody::Enqueue(q.clone()));
+    golden_signed(
+        "event_enqueue_bump",
+        "Signed<Event> with body `enqueue`: a rebuild (pkgrel bump) triggered by libfoo, seq 1",
+        &key,
+        &ev,
+    );
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct OldQueueEntry {
+        repo: Name,
+        source: Source,
+        arches: Vec<Name>,
+        needs: Vec<Requirement>,
+        source_date_epoch: Option<u64>,
+        timeout_secs: Option<u32>,
+        #[serde(default)]
+        after: Vec<Hash>,
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&q, &mut bytes).unwrap();
+    let old: OldQueueEntry = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!((old.repo, old.after), (q.repo.clone(), q.after.clone()));
+    let mut plain = Vec::new();
+    ciborium::into_writer(&queue_entry(), &mut plain).unwrap();
+    let back: QueueEntry = ciborium::from_reader(plain.as_slice()).unwrap();
+    assert!(back.pkgrel_bump.is_none() && back.cascade.is_empty());
+    // Bad bumps and over-long cascades are refused by validation.
+    let limits = Limits::default();
+    let refused = |q: QueueEntry| {
+        let signed = Signed::sign(&key, &event(&key, 1, EventBody::Enqueue(q))).unwrap();
+        let back = Signed::<Event>::from_bytes(&signed.to_bytes(), &limits).unwrap();
+        back.verify_and_decode(&limits).unwrap_err().to_string()
+    };
+    for (version, count) in [("1.0-1", 0), ("1.0", 1), ("1.0-1;rm -rf /", 1), ("", 1)] {
+        let mut bad = queue_entry();
+        bad.pkgrel_bump = Some(PkgrelBump {
+            version: version.into(),
+            count,
+        });
+        let err = refused(bad);
+        assert!(err.contains("pkgrel_bump"), "{version:?}/{count}: {err}");
+    }
+    let mut long = queue_entry();
+    long.cascade = (0..=MAX_CASCADE).map(|i| name(&format!("p{i}"))).collect();
+    assert!(refused(long).contains("cascade"));
+}
+
+#[test]
+fn pkgrel_bumps_follow_arch_practice() {
+    let b = |s: &str| PkgrelBump::after(s).map(|b| (b.version.clone(), b.count, b.bumped()));
+    let t = |v: &str, c: u32, x: &str| Some((v.to_string(), c, x.to_string()));
+    assert_eq!(b("1.0-1"), t("1.0-1", 1, "1.0-1.1"));
+    assert_eq!(b("1.0-1.1"), t("1.0-1", 2, "1.0-1.2"));
+    assert_eq!(b("2:1.2.3-4.9"), t("2:1.2.3-4", 10, "2:1.2.3-4.10"));
+    assert_eq!(b("1.0-1.a"), t("1.0-1.a", 1, "1.0-1.a.1"));
+    assert_eq!(b("1.0"), None);
+    assert_eq!(b("-1"), None);
+}
+
 #[test]
 fn policy_wire_format() {
     golden_signed(

@@ -156,6 +156,11 @@ pub struct BuildConfig {
     /// Apply the folder's `.CI/` interferes and its `.CI/config` `CI_PACKAGE_BUMP`, and run
     /// its `on-success.sh` / `on-failure.sh` ([`crate::interfere`]). Default true.
     pub interfere: bool,
+    /// A pkgrel bump for a rebuild of a published version, `version/count`
+    /// (`QueueEntry::pkgrel_bump`): applied in the interfere phase (which then runs even
+    /// without `.CI/`), see [`crate::interfere`]. Only `[A-Za-z0-9._+:~-]` and one `/`; anything
+    /// else fails the build in the interfere phase.
+    pub rebuild_bump: Option<String>,
 }
 
 impl BuildConfig {
@@ -178,6 +183,7 @@ impl BuildConfig {
             run_as: None,
             fast_srcinfo: true,
             interfere: true,
+            rebuild_bump: None,
         }
     }
 }
@@ -870,8 +876,25 @@ impl Builder {
         let phase = Phase::Interfere;
         let folder = ctx.build.join("pkgbuild");
         let ci = folder.join(".CI");
-        if !std::fs::symlink_metadata(&ci).is_ok_and(|m| m.is_dir()) {
+        if !std::fs::symlink_metadata(&ci).is_ok_and(|m| m.is_dir())
+            && self.cfg.rebuild_bump.is_none()
+        {
             return Ok(());
+        }
+        if let Some(b) = &self.cfg.rebuild_bump {
+            let ok = b.split_once('/').is_some_and(|(v, c)| {
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|x| x.is_ascii_alphanumeric() || b"._+:~-".contains(&x))
+                    && c.parse::<u32>().is_ok_and(|c| c >= 1)
+            });
+            if !ok {
+                return Err((
+                    phase,
+                    Outcome::Failed { code: 1 },
+                    format!("rebuild bump {b:?} is not VERSION/COUNT"),
+                ));
+            }
         }
         let cfg = pacmesh_repo::ciconfig::read_folder(&folder).map_err(|e| {
             (phase, Outcome::Failed { code: 1 }, e.to_string())
@@ -883,6 +906,9 @@ impl Builder {
         self.env(&mut b, SANDBOX_STARTDIR);
         if let Some(bump) = cfg.and_then(|c| c.package_bump) {
             b.setenv("PACMESH_PACKAGE_BUMP", bump.to_string());
+        }
+        if let Some(bump) = &self.cfg.rebuild_bump {
+            b.setenv("PACMESH_REBUILD_BUMP", bump);
         }
         b.command(["bash", "-c", i::INTERFERE_SCRIPT, "pacmesh-interfere"]);
         b.remount_ro("/");

@@ -18,6 +18,12 @@
 //!    when the PKGBUILD's version is `version` (`[epoch:]pkgver-pkgrel`, or without
 //!    `-pkgrel`), `pkgrel="${pkgrel}.count"` is appended; a stale bump (the PKGBUILD moved on)
 //!    is noted in the log and not applied.
+//! 5. The rebuild bump of the queue entry (`QueueEntry::pkgrel_bump`, passed as
+//!    `PACMESH_REBUILD_BUMP=version/count`): when the PKGBUILD's version (before step 4) is
+//!    `version`, pkgrel becomes `pkgrel.count` (or `pkgrel.N` with the larger of the two counts
+//!    when `CI_PACKAGE_BUMP` also applies); when the PKGBUILD itself says `version.M` with
+//!    M < count, its minor part is replaced (`1.1` → `1.2`). A PKGBUILD that moved on (a new
+//!    pkgver or pkgrel) is left alone: a new version needs no bump.
 //!
 //! After the build, `.CI/on-success.sh` or `.CI/on-failure.sh` runs (bash, same sandbox
 //! rules, [`HOOK_TIMEOUT`]); its status is logged and does not change the outcome.
@@ -36,7 +42,7 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 pub const PUSH_FILE: &str = "/build/home/.pacmesh-caur-push.sh";
 
 /// Applies the interferes (see the module docs). A constant: nothing is interpolated into it;
-/// the bump comes in `PACMESH_PACKAGE_BUMP`.
+/// the bumps come in `PACMESH_PACKAGE_BUMP` and `PACMESH_REBUILD_BUMP`.
 pub const INTERFERE_SCRIPT: &str = r#"set -u
 ci=.CI
 export CI_CODE_SKIP=123
@@ -71,15 +77,44 @@ if [[ -f $ci/PKGBUILD.append ]]; then
   echo "==> pacmesh: interfere: appending .CI/PKGBUILD.append"
   { echo; cat "$ci/PKGBUILD.append"; echo; } >> PKGBUILD || exit 42
 fi
+have=
+if [[ -n ${PACMESH_PACKAGE_BUMP:-}${PACMESH_REBUILD_BUMP:-} ]]; then
+  have=$( source ./PKGBUILD >/dev/null 2>&1; printf '%s' "${epoch:+$epoch:}${pkgver:-}-${pkgrel:-}" )
+fi
+bump=0
+whole=1
 if [[ -n ${PACMESH_PACKAGE_BUMP:-} ]]; then
   want=${PACMESH_PACKAGE_BUMP%/*}
   count=${PACMESH_PACKAGE_BUMP##*/}
-  have=$( source ./PKGBUILD >/dev/null 2>&1; printf '%s' "${epoch:+$epoch:}${pkgver:-}-${pkgrel:-}" )
   if [[ $want == "$have" || $want == "${have%-*}" ]]; then
-    printf '\npkgrel="${pkgrel}.%s"\n' "$count" >> PKGBUILD || exit 42
+    bump=$count
     echo "==> pacmesh: interfere: CI_PACKAGE_BUMP: $have bumped to pkgrel ${have##*-}.$count"
   else
     echo "==> pacmesh: interfere: CI_PACKAGE_BUMP $want does not match the PKGBUILD's $have: not applied"
+  fi
+fi
+if [[ -n ${PACMESH_REBUILD_BUMP:-} ]]; then
+  want=${PACMESH_REBUILD_BUMP%/*}
+  count=${PACMESH_REBUILD_BUMP##*/}
+  rel=${have##*-}
+  if [[ $want == "$have" ]]; then
+    if (( count > bump )); then
+      bump=$count
+      echo "==> pacmesh: interfere: rebuild of a published version: $have bumped to pkgrel $rel.$count"
+    fi
+  elif [[ $rel == *.* && $want == "${have%.*}" && ${have##*.} =~ ^[0-9]+$ ]] && (( 10#${have##*.} < count )); then
+    bump=$count
+    whole=0
+    echo "==> pacmesh: interfere: rebuild of a published version: $have bumped to pkgrel ${rel%.*}.$count"
+  else
+    echo "==> pacmesh: interfere: the rebuild bump for $want does not match the PKGBUILD's $have (a new version needs none): not applied"
+  fi
+fi
+if (( bump > 0 )); then
+  if (( whole )); then
+    printf '\npkgrel="${pkgrel}.%s"\n' "$bump" >> PKGBUILD || exit 42
+  else
+    printf '\npkgrel="${pkgrel%%.*}.%s"\n' "$bump" >> PKGBUILD || exit 42
   fi
 fi
 exit 0

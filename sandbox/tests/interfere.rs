@@ -168,3 +168,52 @@ fn bad_patches_skips_and_bad_configs_fail_with_a_clear_reason() {
     let e = r.error.unwrap();
     assert!(e.contains(".CI/config: line 2: not KEY=value"), "{e}");
 }
+
+/// The queue entry's rebuild bump (`BuildConfig::rebuild_bump`): applied without `.CI/`, merged
+/// with `CI_PACKAGE_BUMP` (the larger count wins), replacing a PKGBUILD's own minor pkgrel, and
+/// left alone when the PKGBUILD moved on.
+#[test]
+fn rebuild_bumps_make_a_new_pkgrel_only_for_the_published_version() {
+    if !sandbox_ready("rebuild_bumps_make_a_new_pkgrel_only_for_the_published_version") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, Option<&str>, &str); 5] = [
+        // (pkgrel in the PKGBUILD, rebuild bump, CI_PACKAGE_BUMP, version built)
+        ("1", "1.0-1/1", None, "1.0-1.1"),
+        ("1", "1.0-1/2", Some("1.0-1/1"), "1.0-1.2"),
+        ("1.1", "1.0-1/3", None, "1.0-1.3"),
+        ("2", "1.0-1/4", None, "1.0-2"),
+        ("1", "1.0-1/7; rm -rf /", None, ""),
+    ];
+    for (i, (rel, bump, ci, want)) in cases.iter().enumerate() {
+        let root = t.path().join(format!("case{i}"));
+        let pkgbuild = PKGBUILD.replace("pkgrel=1", &format!("pkgrel={rel}"));
+        let mut files = vec![("PKGBUILD", pkgbuild.as_str()), ("data.txt", "data\n")];
+        let conf = ci.map(|c| format!("CI_PACKAGE_BUMP={c}\n"));
+        if let Some(c) = &conf {
+            files.push((".CI/config", c.as_str()));
+        }
+        let dir = folder(&root, &files);
+        let mut cfg = config(&root);
+        cfg.rebuild_bump = Some(bump.to_string());
+        let r = build(&cfg, &dir);
+        if want.is_empty() {
+            assert_eq!(r.failed_phase, Some(Phase::Interfere), "{}", r.log);
+            assert!(
+                r.error.as_deref().unwrap_or("").contains("VERSION/COUNT"),
+                "{:?}",
+                r.error
+            );
+            continue;
+        }
+        assert_success(&r);
+        let names: Vec<&str> = r.artifacts.iter().map(|a| a.file_name.as_str()).collect();
+        assert_eq!(
+            names,
+            [format!("interfered-{want}-any.pkg.tar.zst")],
+            "case {i}: {}",
+            r.log
+        );
+    }
+}

@@ -37,6 +37,8 @@ pub enum RpcMode {
 struct Inner {
     packages: BTreeMap<String, Value>,
     mode: Option<RpcMode>,
+    /// GitLab project id → repository name under the root (`NAME.git`).
+    gitlab: BTreeMap<u64, String>,
 }
 
 #[derive(Clone)]
@@ -92,6 +94,7 @@ impl AurStandin {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/rpc/v5/info", axum::routing::get(rpc))
+            .route("/api/v4/projects/{id}", axum::routing::get(gitlab_project))
             .fallback(git)
             .with_state(shared.clone());
         rt.spawn(async move {
@@ -114,6 +117,17 @@ impl AurStandin {
             .unwrap()
             .packages
             .insert(name, record);
+    }
+
+    /// Makes the stand-in answer GitLab's `GET /api/v4/projects/ID` for `id`, with
+    /// `http_url_to_repo` = `URL/NAME.git` (a repository under the root, see [`Self::push`]).
+    pub fn set_gitlab_project(&self, id: u64, name: &str) {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .gitlab
+            .insert(id, name.to_string());
     }
 
     pub fn set_mode(&self, mode: RpcMode) {
@@ -174,6 +188,33 @@ async fn rpc(State(s): State<Shared>, RawQuery(q): RawQuery) -> Response {
         json!({"version":5,"type":"multiinfo","resultcount":results.len(),"results":results}),
     )
     .into_response()
+}
+
+/// GitLab's project API (the fields pacmesh reads), 404 for unknown ids.
+async fn gitlab_project(
+    State(s): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    match s.inner.lock().unwrap().gitlab.get(&id) {
+        Some(name) => axum::Json(json!({
+            "id": id, "name": name, "path_with_namespace": format!("test/{name}"),
+            "default_branch": "main",
+            "http_url_to_repo": format!("http://{host}/{name}.git"),
+            "ssh_url_to_repo": format!("git@{host}:test/{name}.git"),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": "404 Project Not Found"})),
+        )
+            .into_response(),
+    }
 }
 
 fn percent_decode(s: &str) -> String {

@@ -43,6 +43,8 @@ pub fn queue_entry() -> QueueEntry {
         timeout_secs: None,
         after: Vec::new(),
         review: None,
+        pkgrel_bump: None,
+        cascade: Vec::new(),
     }
 }
 
