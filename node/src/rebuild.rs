@@ -125,6 +125,43 @@ pub fn published_bases(
     Ok(out)
 }
 
+/// The newest version of each package base of `repo` in the newest generation of each of its
+/// architectures, as this node's state holds them (update detection and triggers inside the
+/// node use it for [`bump_for`]). From the generation's database when this node has the blob
+/// (publishers, mirrors); else from the manifest's package list, where a split package's base
+/// is only known when a package carries the base's name.
+pub fn published_versions(core: &Core, repo: &Name) -> BTreeMap<String, String> {
+    let tips: Vec<Arc<RepoManifest>> = {
+        let ingest = core.ingest();
+        let st = ingest.state();
+        st.published_repos()
+            .filter(|(r, _)| r == repo)
+            .filter_map(|(r, a)| st.latest_generation(r, a))
+            .map(|g| g.manifest)
+            .collect()
+    };
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for m in tips {
+        let versions = match read_db(&*core.blobs, &m) {
+            Some(db) => versions_by_base(&db),
+            None => m
+                .packages
+                .iter()
+                .map(|p| (p.pkgname.to_string(), p.version.clone()))
+                .collect(),
+        };
+        for (base, v) in versions {
+            match out.get(&base) {
+                Some(old) if vercmp(old, &v).is_ge() => {}
+                _ => {
+                    out.insert(base, v);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The bump for a new entry of a package base published at `published` (see the module docs).
 pub fn bump_for(published: Option<&str>) -> Option<PkgrelBump> {
     PkgrelBump::after(published?)

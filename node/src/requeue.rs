@@ -139,6 +139,10 @@ pub fn requeue_published(r: &Requeue) -> Result<Vec<(String, Hash)>> {
         .collect::<Result<Vec<_>>>()?;
     // The file names in the current databases.
     let mut current = std::collections::BTreeSet::new();
+    // Package file → its base, and each base's published version: every rebuild gets a pkgrel
+    // bump (`1.0-1` → `1.0-1.1`), or the publisher would refuse a second file of one name.
+    let mut base_of_file: BTreeMap<String, String> = BTreeMap::new();
+    let mut published: BTreeMap<String, String> = BTreeMap::new();
     for arch in &arches {
         let bytes = match client.get_bytes(&format!("/{repo}/os/{arch}/{repo}.db")) {
             Ok(b) => b,
@@ -148,6 +152,20 @@ pub fn requeue_published(r: &Requeue) -> Result<Vec<(String, Hash)>> {
         let db = pacmesh_repo::db::Database::from_archives(&repo, &bytes, None)
             .with_context(|| format!("reading the {repo} database for {arch}"))?;
         current.extend(db.entries.values().map(|e| e.filename.clone()));
+        for e in db.entries.values() {
+            base_of_file.insert(
+                e.filename.clone(),
+                e.base.clone().unwrap_or_else(|| e.name.clone()),
+            );
+        }
+        for (base, v) in crate::rebuild::versions_by_base(&db) {
+            match published.get(&base) {
+                Some(old) if pacmesh_repo::version::vercmp(old, &v).is_ge() => {}
+                _ => {
+                    published.insert(base, v);
+                }
+            }
+        }
     }
     let q = client.get_json("/api/v1/queue")?;
     // Newest published entry per package source.
@@ -167,22 +185,24 @@ pub fn requeue_published(r: &Requeue) -> Result<Vec<(String, Hash)>> {
     for (_, (_, e)) in newest {
         let id = e["id"].as_str().unwrap_or("");
         let d = client.get_json(&format!("/api/v1/entries/{id}"))?;
-        let in_repo = d["reports"].as_array().into_iter().flatten().any(|rep| {
-            rep["artifacts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a["file_name"].as_str().is_some_and(|f| current.contains(f)))
-        });
-        if !in_repo {
+        let base = d["reports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rep| rep["artifacts"].as_array().into_iter().flatten())
+            .filter_map(|a| a["file_name"].as_str())
+            .find(|f| current.contains(*f))
+            .and_then(|f| base_of_file.get(f).cloned());
+        let Some(base) = base else {
             continue;
-        }
+        };
         let name = e["name"].as_str().unwrap_or("?").to_string();
         let Some(source) = source_of(&e["source"]) else {
             eprintln!("{name}: its source kind is not known to this client; skipped");
             continue;
         };
         let mut entry = QueueEntry::new(repo_n.clone(), source);
+        entry.pkgrel_bump = crate::rebuild::bump_for(published.get(&base).map(String::as_str));
         entry.needs = if needs.is_empty() {
             e["needs"]
                 .as_array()

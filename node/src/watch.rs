@@ -427,6 +427,13 @@ pub fn check_once(
                     .map_err(|e| anyhow::anyhow!("AUR package base {:?}: {e}", p.package_base))?,
             },
         );
+        // An update whose PKGBUILD keeps the published version is a rebuild: it gets a pkgrel
+        // bump (ignored by the sandbox when the PKGBUILD's version is new).
+        entry.pkgrel_bump = crate::rebuild::bump_for(
+            crate::rebuild::published_versions(core, &repo_n)
+                .get(&p.package_base)
+                .map(String::as_str),
+        );
         if w.review.unwrap_or(true)
             && let Some(old) = &last_built
         {

@@ -507,6 +507,9 @@ fn sync_tree(
         return Ok(out);
     }
     let mut ids: BTreeMap<String, Hash> = BTreeMap::new();
+    // Folders whose package base is published are rebuilt with a pkgrel bump (a new upstream
+    // version in the PKGBUILD overrides it in the sandbox), as `pacmesh tree sync` does.
+    let published = crate::rebuild::published_versions(ctx.core, repo);
     for (folder, deps) in order {
         let mut e = QueueEntry::new(
             repo.clone(),
@@ -518,6 +521,7 @@ fn sync_tree(
         );
         e.after = deps.iter().filter_map(|d| ids.get(d).copied()).collect();
         e.review = plan.review.get(&folder).cloned();
+        e.pkgrel_bump = crate::rebuild::bump_for(published.get(&folder).map(String::as_str));
         let id = ctx
             .submit(e)
             .with_context(|| format!("enqueuing {folder}"))?;
@@ -1126,8 +1130,22 @@ fn enqueue_for_trigger(
             "pacmesh queue add",
         )));
     }
+    let base = match &source {
+        Source::Aur { pkgbase } => Some(pkgbase.to_string()),
+        Source::Tree { pkgbases, .. } if pkgbases.len() == 1 => Some(pkgbases[0].to_string()),
+        _ => None,
+    };
+    let mut entry = QueueEntry::new(repo, source);
+    // A triggered rebuild of a published version gets a pkgrel bump, so it can be published.
+    if let Some(base) = base {
+        entry.pkgrel_bump = crate::rebuild::bump_for(
+            crate::rebuild::published_versions(ctx.core, &entry.repo)
+                .get(&base)
+                .map(String::as_str),
+        );
+    }
     let id = ctx
-        .submit(QueueEntry::new(repo, source))
+        .submit(entry)
         .map_err(|e| format!("enqueuing {label}: {e:#}"))?;
     round.enqueued.push((label.to_string(), id.to_string()));
     Ok(Some(format!("trigger {trigger}: enqueued {id}")))

@@ -210,6 +210,27 @@ fn queue_add_tree_and_all() {
         assert!(Instant::now() < deadline, "the rebuilds did not finish");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The rebuilds of unchanged folders were published with a pkgrel bump (the same version
+    // again would be refused by the publisher: one file name, other bytes).
+    let published_version = |pkg: &str| -> String {
+        let v: Value = serde_json::from_str(&pacmesh_ok(&[
+            "queue", "why", pkg, "--node", &base, "--json",
+        ]))
+        .unwrap();
+        v["published"][0]["version"].as_str().unwrap_or("").to_string()
+    };
+    let wait_versions = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while published_version("q-one") != want || published_version("q-two") != want {
+            assert!(
+                Instant::now() < deadline,
+                "rebuilds not published as {want}: {}",
+                pacmesh_ok(&["queue", "why", "q-one", "--node", &base, "--json"])
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_versions("1-1.1");
     let o = add(&["--all", "--json"]);
     assert!(o.status.success(), "{}", show(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -223,4 +244,6 @@ fn queue_add_tree_and_all() {
     assert_eq!(names, ["tree/q-one", "tree/q-two"], "{v:#}");
     let q = json(&format!("{base}/api/v1/queue"));
     assert_eq!(q["entries"].as_array().unwrap().len(), 6);
+    // ... and `queue add --all` bumps again.
+    wait_versions("1-1.2");
 }
