@@ -282,6 +282,75 @@ struct Pick {
     timeout: Duration,
     /// A dependency (`QueueEntry::after`) failed or was cancelled: report this entry failed.
     broken_dependency: Option<String>,
+    /// The packages the `after` entries built (their first `built` report each): in the
+    /// chroot profile they are installable in the build root (see [`dependency_repo`]).
+    dep_artifacts: Vec<Artifact>,
+}
+
+/// Name of the job-local pacman repository holding the packages of an entry's `after`
+/// entries (chroot profile).
+pub const DEPS_REPO: &str = "pacmesh-deps";
+
+/// The packages the `after` entries of `q` built: the artifacts of each one's published
+/// build, else of its first `built` report (all agreed builds of an entry have the same file
+/// names).
+pub fn dependency_artifacts(state: &QueueState, q: &QueueEntry) -> Vec<Artifact> {
+    let mut out = Vec::new();
+    for dep in &q.after {
+        let Some(d) = state.entry(dep) else { continue };
+        if let Some(crate::state::ReportOutcome::Built { artifacts, .. }) =
+            d.built().next().map(|r| &r.outcome)
+        {
+            out.extend(artifacts.iter().cloned());
+        }
+    }
+    out
+}
+
+/// Makes the job-local repository [`DEPS_REPO`] in `dir` from `artifacts` (packages only,
+/// exported from the content store, each checked against its BLAKE3 on the way), so that a
+/// chroot build installs its dependencies as the mesh built them, not from elsewhere.
+/// A package not in this node's store yet is a node-side problem (it is being replicated):
+/// the attempt is retried.
+pub fn dependency_repo(
+    blobs: &dyn BlobStore,
+    artifacts: &[Artifact],
+    dir: &Path,
+) -> Result<Option<pacmesh_sandbox::PacmanRepo>, String> {
+    let pkgs: Vec<&Artifact> = artifacts
+        .iter()
+        .filter(|a| a.file_name.as_str().contains(".pkg.tar"))
+        .collect();
+    if pkgs.is_empty() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for a in pkgs {
+        let dest = dir.join(a.file_name.as_str());
+        match blobs.has(&a.blake3) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(format!(
+                    "dependency package {} is not on this node yet (replication)",
+                    a.file_name
+                ));
+            }
+            Err(e) => return Err(format!("content store: {e}")),
+        }
+        blobs
+            .export(&a.blake3, &dest)
+            .map_err(|e| format!("exporting {}: {e}", a.file_name))?;
+        files.push(dest);
+    }
+    let db = dir.join(format!("{DEPS_REPO}.db.tar.zst"));
+    pacmesh_repo::db::repo_add(&db, &files, &pacmesh_repo::db::AddOptions::default(), None)
+        .map_err(|e| format!("making the dependency repository: {e}"))?;
+    Ok(Some(pacmesh_sandbox::PacmanRepo::local(
+        DEPS_REPO,
+        dir,
+        "Optional TrustAll",
+    )))
 }
 
 /// Where an entry's dependencies (`QueueEntry::after`) stand.
@@ -755,6 +824,10 @@ fn pick(
                 }
                 None => cfg.default_timeout,
             };
+            let dep_artifacts = match broken_dependency {
+                None => dependency_artifacts(state, q),
+                Some(_) => Vec::new(),
+            };
             candidates.push((
                 enq.time,
                 Pick {
@@ -765,6 +838,7 @@ fn pick(
                     lease,
                     timeout,
                     broken_dependency,
+                    dep_artifacts,
                 },
             ));
         }
@@ -1176,6 +1250,20 @@ fn execute(
     };
     let mut bc = BuildConfig::new(job_dir.join("work"), &cfg.source_cache);
     bc.profile = cfg.profile.clone();
+    // Chroot builds install what the `after` entries built, from a job-local repository
+    // searched before the configured ones: dependants are built against the mesh's fresh
+    // packages.
+    if let Profile::Chroot(c) = &mut bc.profile {
+        match dependency_repo(&*core.blobs, &p.dep_artifacts, &job_dir.join("deps")) {
+            Ok(Some(repo)) => c.repos.insert(0, repo),
+            Ok(None) => {}
+            Err(e) => {
+                let line = format!("cannot prepare the dependencies: {e}");
+                tracing::warn!(entry = %p.id.fmt_short(), "{line}");
+                return Err(NodeFault::new(line, None));
+            }
+        }
+    }
     bc.timeout = timeout;
     bc.grace = cfg.grace;
     bc.log_cap = cfg.log_cap;

@@ -216,6 +216,20 @@ pub fn missing(core: &Core, wants: Wants) -> Vec<(Hash, Option<PublicKey>)> {
             {
                 out.push((*s, Some(enq.by)));
             }
+            // The packages an open entry's `after` entries built: a chroot build installs them
+            // (`executor::dependency_repo`).
+            if wants.snapshots
+                && matches!(label, "waiting" | "claimed")
+                && let Some(enq) = &e.enqueued
+                && !enq.entry.after.is_empty()
+            {
+                out.extend(
+                    crate::executor::dependency_artifacts(state, &enq.entry)
+                        .iter()
+                        .filter(|a| a.file_name.as_str().contains(".pkg.tar"))
+                        .map(|a| (a.blake3, None)),
+                );
+            }
             if wants.artifacts && label == "built" {
                 for r in e.built() {
                     if let crate::state::ReportOutcome::Built { artifacts, log, .. } = &r.outcome {
