@@ -55,6 +55,9 @@ pub struct Core {
     capabilities: Mutex<Option<pacmesh_protocol::Capabilities>>,
     /// The running network, once started (unset with the mesh turned off).
     pub net: std::sync::OnceLock<crate::net::NetHandle>,
+    /// Whether accepted events pin the blobs they name (`event:<id>`). A node keeps what its
+    /// log refers to; a mirror turns this off and pins only the generations it keeps.
+    pin_events: std::sync::atomic::AtomicBool,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -105,7 +108,14 @@ impl Core {
             capabilities: Mutex::new(None),
             peers: Mutex::new(PeerTable::default()),
             net: std::sync::OnceLock::new(),
+            pin_events: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Stops (or restarts) pinning the blobs that accepted events name (a mirror).
+    pub fn set_pin_events(&self, on: bool) {
+        self.pin_events
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The event log and derived state. Hold the guard briefly: never across a build, a
@@ -191,6 +201,9 @@ impl Core {
             return None;
         };
         let ev: Event = ev;
+        if !self.pin_events.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(ev);
+        }
         let tag = format!("event:{id}");
         for h in crate::state::referenced_blobs(&ev.body) {
             if let Err(e) = crate::store::BlobStore::pin(self.blobs.as_ref(), &h, &tag) {
