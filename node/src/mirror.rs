@@ -310,14 +310,19 @@ impl Mirror {
         if sources.is_empty() {
             bail!("blob {blob}: no peer connected");
         }
-        Fetcher::new(
+        let report = Fetcher::new(
             self.core.blobs.clone(),
             self.cfg.data_dir.join("partial"),
             sources,
             FetchConfig::default(),
         )
         .fetch(blob, size, progress)
-        .await
+        .await?;
+        // A peer caught lying is banned at once, before it is asked for the next blob.
+        for bad in &report.bad_sources {
+            crate::mirror_mesh::charge(net, bad).await;
+        }
+        Ok(report)
     }
 
     /// Anti-entropy with every followed peer until each says it sent everything. Returns the
@@ -535,9 +540,6 @@ impl Mirror {
                 received += r.bytes_received;
                 for bad in r.bad_sources {
                     tracing::warn!(source = %bad, "a peer sent bytes that do not verify");
-                    if let Some(net) = self.core.net.get() {
-                        crate::mirror_mesh::charge(net, &bad).await;
-                    }
                     *self.bad_sources.lock().unwrap().entry(bad).or_default() += 1;
                 }
             }

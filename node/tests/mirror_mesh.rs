@@ -563,9 +563,12 @@ fn a_corrupting_peer_is_banned_and_a_killed_mirror_resumes() {
     });
 
     // Generation 2: a package of six 4 MiB segments. Every connected holder is asked for some
-    // segment; the proxy now corrupts what it serves.
+    // segment (the first four go to four different peers); the proxy now corrupts every range
+    // of that package it serves.
+    let big1 = big("big", 22);
+    *liar.only.lock().unwrap() = Some(Hash::new(&big1.archive_bytes()));
     liar.mode.store(proxy::CORRUPT, Ordering::SeqCst);
-    mesh.publish("big", &[big("big", 22)], 2);
+    mesh.publish("big", &[big1], 2);
     wait_until(
         "mirror serves generation 2",
         Duration::from_secs(90),
@@ -573,7 +576,7 @@ fn a_corrupting_peer_is_banned_and_a_killed_mirror_resumes() {
     );
     assert_eq!(check_set(&mirror.http, &pgp), Ok(2), "never the corrupt bytes");
     let seen = liar.seen();
-    assert!(seen.corrupted >= 1, "the liar was asked for a segment");
+    assert!(seen.corrupted >= 1, "the liar was asked for a segment of the package");
     let mirror_id = peer_id_of(&mirror.p2p);
     wait_until("the mirror dropped the liar", Duration::from_secs(10), || {
         liar.seen().closed.contains(&mirror_id)
@@ -697,6 +700,8 @@ mod proxy {
         tx: mpsc::UnboundedSender<Cmd>,
         seen: Arc<Mutex<Seen>>,
         pub mode: Arc<AtomicU8>,
+        /// With [`CORRUPT`]: corrupt only this blob's ranges (every blob when `None`).
+        pub only: Arc<Mutex<Option<Hash>>>,
         /// Bytes per second over all ranges served (0: no limit).
         pub throttle: Arc<AtomicU64>,
         pub addr: Multiaddr,
@@ -803,11 +808,18 @@ mod proxy {
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mode = Arc::new(AtomicU8::new(HONEST));
+        let only: Arc<Mutex<Option<Hash>>> = Arc::default();
         let throttle = Arc::new(AtomicU64::new(0));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let key = identity::Keypair::generate_ed25519();
         let peer_id = key.public().to_peer_id();
-        let (s2, m2, t2, tx2) = (seen.clone(), mode.clone(), throttle.clone(), tx.clone());
+        let (s2, m2, t2, tx2, o2) = (
+            seen.clone(),
+            mode.clone(),
+            throttle.clone(),
+            tx.clone(),
+            only.clone(),
+        );
         let upstream = upstream.to_string();
         // When the throttled link is next free.
         let next_free = Arc::new(Mutex::new(Instant::now()));
@@ -858,13 +870,14 @@ mod proxy {
                         }
                         SwarmEvent::Behaviour(BehaviourEvent::Blobs(request_response::Event::Message { message, .. })) => match message {
                             request_response::Message::Request { request, channel, .. } => {
-                                let (up, s3, m3, t3, tx3, nf) = (upstream.clone(), s2.clone(), m2.clone(), t2.clone(), tx2.clone(), next_free.clone());
+                                let (up, s3, m3, t3, tx3, nf, o3) = (upstream.clone(), s2.clone(), m2.clone(), t2.clone(), tx2.clone(), next_free.clone(), o2.clone());
                                 tokio::task::spawn_blocking(move || {
                                     let mut answer = forward_blob(&up, &request);
                                     if let BlobAnswer::Data { bytes } = &mut answer {
                                         let mut seen = s3.lock().unwrap();
                                         seen.ranges += 1;
-                                        if m3.load(Ordering::SeqCst) == CORRUPT && !bytes.is_empty() {
+                                        let target = o3.lock().unwrap().is_none_or(|h| h == request.hash);
+                                        if m3.load(Ordering::SeqCst) == CORRUPT && target && !bytes.is_empty() {
                                             bytes[0] ^= 0xff; // the lie
                                             seen.corrupted += 1;
                                         }
@@ -923,6 +936,7 @@ mod proxy {
             tx,
             seen,
             mode,
+            only,
             throttle,
             addr,
             peer_id,
