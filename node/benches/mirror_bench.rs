@@ -8,7 +8,7 @@
 //! 2. **Providers**: `PACMESH_BENCH_GIB` (1) GiB in 4 blobs fetched by the fetch engine from 1
 //!    and from 3 provider nodes over HTTP, unthrottled (loopback, CPU-bound) and with each
 //!    provider's upload limited to `PACMESH_BENCH_UPLINK_MIB` (40) MiB/s by the relay.
-//! 3. **Initial sync over libp2p**: a published generation of `PACMESH_BENCH_MESH_GIB` (1) GiB
+//! 3. **Initial sync over libp2p**: a published generation of `PACMESH_BENCH_MESH_MIB` (1024) MiB
 //!    in `PACMESH_BENCH_MESH_PACKAGES` (16) packages; an empty mirror (the code of `pacmesh
 //!    mirror --bootstrap`) joins 1 and then 3 provider peers on the mesh and syncs it; the same
 //!    with the mirror following 1 and 3 of the same providers over HTTP (`--follow`) as the
@@ -521,11 +521,11 @@ fn start_net(
 }
 
 fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
-    let gib = env("PACMESH_BENCH_MESH_GIB", 1);
+    let total_mib = env("PACMESH_BENCH_MESH_MIB", 1024);
     let n = env("PACMESH_BENCH_MESH_PACKAGES", 16).max(1);
-    let each = ((gib << 30) / n) as usize;
+    let each = ((total_mib << 20) / n) as usize;
     println!(
-        "== initial mirror sync of {gib} GiB ({n} packages of {} MiB) from 1 and from 3 providers: libp2p (--bootstrap) and HTTP (--follow)",
+        "== initial mirror sync of {total_mib} MiB ({n} packages of {} MiB) from 1 and from 3 providers: libp2p (--bootstrap) and HTTP (--follow)",
         each >> 20
     );
     let pdir = dir.join("mesh-providers");
@@ -642,7 +642,7 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
         );
         let _ = mstop_tx.send(true);
         drop(mirror);
-        rt.block_on(tokio::time::sleep(Duration::from_millis(300)));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
         let _ = std::fs::remove_dir_all(&mdir);
         took
     };
@@ -653,7 +653,7 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
     let three_h = run("HTTP, 3 providers", vec![], http.clone());
     println!("ratio 1/3 providers (HTTP, loopback): {:.2}", one_h / three_h);
     let _ = stop_tx.send(true);
-    rt.block_on(tokio::time::sleep(Duration::from_millis(300)));
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     drop(providers);
     let _ = std::fs::remove_dir_all(&pdir);
 }
