@@ -527,6 +527,35 @@ fn a_mirror_on_the_mesh_serves_generations_pacman_upgrades_and_rolls_back() {
         get(&format!("{}/{REPO}/gen/2/os/{ARCH}/{REPO}.db", mirror.http)).0,
         200
     );
+    // `--once` on the mesh: joins, syncs, serves the newest generation, exits 0.
+    let out2 = t.path().join("once-out");
+    let o = run(
+        std::process::Command::new(BIN).args([
+            "mirror",
+            "--policy",
+            s(&mesh.policy),
+            "--out",
+            s(&out2),
+            "--data-dir",
+            s(&t.path().join("once-data")),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--bootstrap",
+            &mesh.nodes[2].p2p,
+            "--bootstrap",
+            &mesh.nodes[0].p2p,
+            "--once",
+        ]),
+        Duration::from_secs(90),
+    );
+    assert!(o.status.success(), "mirror --once: {}", show(&o));
+    assert_eq!(
+        pacmesh_node::mirror::served_generation(&out2, REPO, ARCH),
+        Some(3),
+        "{}",
+        show(&o)
+    );
     // No node ever claimed anything (nothing was enqueued to build; the mirror never claims).
     let st0 = json(&format!("{}/api/v1/status", mesh.nodes[0].http));
     assert_eq!(st0["claims"].as_array().map_or(0, |c| c.len()), 0, "{st0:#}");
