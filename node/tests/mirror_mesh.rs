@@ -527,7 +527,8 @@ fn a_mirror_on_the_mesh_serves_generations_pacman_upgrades_and_rolls_back() {
         get(&format!("{}/{REPO}/gen/2/os/{ARCH}/{REPO}.db", mirror.http)).0,
         200
     );
-    // `--once` on the mesh: joins, syncs, serves the newest generation, exits 0.
+    // `--once` on the mesh (and following node 1 over HTTP as well): joins, syncs, serves the
+    // newest generation, exits 0.
     let out2 = t.path().join("once-out");
     let o = run(
         std::process::Command::new(BIN).args([
@@ -545,6 +546,8 @@ fn a_mirror_on_the_mesh_serves_generations_pacman_upgrades_and_rolls_back() {
             &mesh.nodes[2].p2p,
             "--bootstrap",
             &mesh.nodes[0].p2p,
+            "--follow",
+            &mesh.nodes[1].http,
             "--once",
         ]),
         Duration::from_secs(90),
