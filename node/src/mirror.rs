@@ -1074,6 +1074,7 @@ pub async fn run(
             .await
             .map_err(|e| anyhow!("cannot listen for HTTP on {a}: {e}"))?;
         let local = listener.local_addr()?;
+        let listener = axum::serve::ListenerExt::tap_io(listener, crate::http::nodelay);
         println!("pacmesh: mirror http listening on http://{local}");
         addr = Some(local);
         let app = router(mirror.clone());
