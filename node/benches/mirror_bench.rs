@@ -681,34 +681,6 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
     let one_h = run("HTTP, 1 provider", vec![], http[..1].to_vec());
     let three_h = run("HTTP, 3 providers", vec![], http.clone());
     println!("ratio 1/3 providers (HTTP, loopback): {:.2}", one_h / three_h);
-    // Each provider's upload limited by a TCP relay in front of its libp2p port (the mirror
-    // dials the relay; noise and yamux run through it unchanged).
-    let uplink = env("PACMESH_BENCH_UPLINK_MIB", 40) << 20;
-    let relays: Vec<(Relay, String)> = p2p
-        .iter()
-        .map(|a| {
-            let (ip_port, peer) = a.split_once("/p2p/").unwrap();
-            let port: u16 = ip_port.rsplit('/').next().unwrap().parse().unwrap();
-            let r = relay(SocketAddr::from(([127, 0, 0, 1], port)), uplink);
-            let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer}", r.addr.port());
-            (r, via)
-        })
-        .collect();
-    let one = run(
-        &format!("libp2p, 1 provider, {} MiB/s uplink", uplink >> 20),
-        vec![relays[0].1.clone()],
-        vec![],
-    );
-    let three = run(
-        &format!("libp2p, 3 providers, {} MiB/s uplink each", uplink >> 20),
-        relays.iter().map(|r| r.1.clone()).collect(),
-        vec![],
-    );
-    println!(
-        "ratio 1/3 providers (libp2p, uplink-limited): {:.2} (target > 1)",
-        one / three
-    );
-    drop(relays);
     let _ = stop_tx.send(true);
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     drop(providers);
