@@ -576,8 +576,10 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
         .unwrap();
     let mut artifacts = Vec::new();
     for i in 0..n as usize {
-        let mut p = SyntheticPackage::new(&format!("big{i:03}"), "1-1")
-            .file(&format!("usr/share/big{i:03}/data"), &noise(each, 77 + i as u64));
+        let mut p = SyntheticPackage::new(&format!("big{i:03}"), "1-1").file(
+            &format!("usr/share/big{i:03}/data"),
+            &noise(each, 77 + i as u64),
+        );
         p.compression = pacmesh_repo::package::Compression::None;
         let bytes = p.archive_bytes();
         artifacts.push(Artifact {
@@ -598,7 +600,10 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
         })
         .unwrap();
     publish_once(&publisher, &PublisherConfig::default()).unwrap();
-    println!("setup (packages, publish): {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "setup (packages, publish): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let providers = [
         publisher,
         open_core_seeded(&pdir.join("p1"), Some(store.clone()), 11),
@@ -655,7 +660,10 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
                 if synced && h.connected().len() >= want_peers {
                     break;
                 }
-                assert!(Instant::now() < deadline, "the mirror did not sync the events");
+                assert!(
+                    Instant::now() < deadline,
+                    "the mirror did not sync the events"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         } else {
@@ -677,10 +685,16 @@ fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
     };
     let one = run("libp2p, 1 provider", p2p[..1].to_vec(), vec![]);
     let three = run("libp2p, 3 providers", p2p.clone(), vec![]);
-    println!("ratio 1/3 providers (libp2p, loopback): {:.2} (target > 1)", one / three);
+    println!(
+        "ratio 1/3 providers (libp2p, loopback): {:.2} (target > 1)",
+        one / three
+    );
     let one_h = run("HTTP, 1 provider", vec![], http[..1].to_vec());
     let three_h = run("HTTP, 3 providers", vec![], http.clone());
-    println!("ratio 1/3 providers (HTTP, loopback): {:.2}", one_h / three_h);
+    println!(
+        "ratio 1/3 providers (HTTP, loopback): {:.2}",
+        one_h / three_h
+    );
     let _ = stop_tx.send(true);
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     drop(providers);

@@ -559,7 +559,10 @@ impl Mirror {
             })
             .await
             .map_err(|e| anyhow!("{e}"))??;
-            tracing::debug!(ms = t_sync.elapsed().as_millis() as u64, "fetched blobs made durable");
+            tracing::debug!(
+                ms = t_sync.elapsed().as_millis() as u64,
+                "fetched blobs made durable"
+            );
             tracing::info!(%repo, %arch, generation = g, bytes = received, ms = t.elapsed().as_millis() as u64, rate = %crate::fetch::rate(received, t), "fetched");
             if !self.cfg.progress {
                 println!(
@@ -1150,11 +1153,8 @@ pub async fn run_once(cfg: MirrorConfig) -> Result<()> {
         let mut caught_up = handle.caught_up();
         let _ = mirror.core.net.set(handle);
         net_task = Some(task);
-        let _ = tokio::time::timeout(
-            crate::net::CATCH_UP_WAIT * 2,
-            caught_up.wait_for(|c| *c),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(crate::net::CATCH_UP_WAIT * 2, caught_up.wait_for(|c| *c)).await;
         let mut changed = mirror.core.subscribe();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline

@@ -561,7 +561,11 @@ fn a_mirror_on_the_mesh_serves_generations_pacman_upgrades_and_rolls_back() {
     );
     // No node ever claimed anything (nothing was enqueued to build; the mirror never claims).
     let st0 = json(&format!("{}/api/v1/status", mesh.nodes[0].http));
-    assert_eq!(st0["claims"].as_array().map_or(0, |c| c.len()), 0, "{st0:#}");
+    assert_eq!(
+        st0["claims"].as_array().map_or(0, |c| c.len()),
+        0,
+        "{st0:#}"
+    );
 }
 
 /// A libp2p peer that corrupts every range it serves is caught at the first bad segment,
@@ -588,17 +592,21 @@ fn a_corrupting_peer_is_banned_and_a_killed_mirror_resumes() {
         Duration::from_secs(60),
         || mirror_served(&mirror.http) == Some(1),
     );
-    wait_until("mirror connected to all four", Duration::from_secs(30), || {
-        mirror.status()["peers_connected"]
-            .as_array()
-            .is_some_and(|p| p.len() >= 4)
-    });
+    wait_until(
+        "mirror connected to all four",
+        Duration::from_secs(30),
+        || {
+            mirror.status()["peers_connected"]
+                .as_array()
+                .is_some_and(|p| p.len() >= 4)
+        },
+    );
 
     // Generation 2: a package of six 4 MiB segments. Every connected holder is asked for some
     // segment (the first four go to four different peers); the proxy now corrupts every range
     // of that package it serves.
     let big1 = big("big", 22);
-    *liar.only.lock().unwrap() = Some(Hash::new(&big1.archive_bytes()));
+    *liar.only.lock().unwrap() = Some(Hash::new(big1.archive_bytes()));
     liar.mode.store(proxy::CORRUPT, Ordering::SeqCst);
     mesh.publish("big", &[big1], 2);
     wait_until(
@@ -606,13 +614,22 @@ fn a_corrupting_peer_is_banned_and_a_killed_mirror_resumes() {
         Duration::from_secs(90),
         || mirror_served(&mirror.http) == Some(2),
     );
-    assert_eq!(check_set(&mirror.http, &pgp), Ok(2), "never the corrupt bytes");
+    assert_eq!(
+        check_set(&mirror.http, &pgp),
+        Ok(2),
+        "never the corrupt bytes"
+    );
     let seen = liar.seen();
-    assert!(seen.corrupted >= 1, "the liar was asked for a segment of the package");
+    assert!(
+        seen.corrupted >= 1,
+        "the liar was asked for a segment of the package"
+    );
     let mirror_id = peer_id_of(&mirror.p2p);
-    wait_until("the mirror dropped the liar", Duration::from_secs(10), || {
-        liar.seen().closed.contains(&mirror_id)
-    });
+    wait_until(
+        "the mirror dropped the liar",
+        Duration::from_secs(10),
+        || liar.seen().closed.contains(&mirror_id),
+    );
     let st = mirror.status();
     assert!(
         st["bad_sources"][&liar_id].as_u64().unwrap_or(0) >= 1,

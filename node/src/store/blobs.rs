@@ -467,8 +467,7 @@ impl FsStore {
     /// empty or short; reads still verify every byte, and a mirror re-verifies such blobs at
     /// its next start.
     pub fn set_deferred_durability(&self, on: bool) {
-        self.deferred
-            .store(on, std::sync::atomic::Ordering::SeqCst);
+        self.deferred.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn is_deferred(&self) -> bool {
