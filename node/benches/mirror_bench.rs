@@ -8,6 +8,11 @@
 //! 2. **Providers**: `PACMESH_BENCH_GIB` (1) GiB in 4 blobs fetched by the fetch engine from 1
 //!    and from 3 provider nodes over HTTP, unthrottled (loopback, CPU-bound) and with each
 //!    provider's upload limited to `PACMESH_BENCH_UPLINK_MIB` (40) MiB/s by the relay.
+//! 3. **Initial sync over libp2p**: a published generation of `PACMESH_BENCH_MESH_MIB` (1024) MiB
+//!    in `PACMESH_BENCH_MESH_PACKAGES` (16) packages; an empty mirror (the code of `pacmesh
+//!    mirror --bootstrap`) joins 1 and then 3 provider peers on the mesh and syncs it; the same
+//!    with the mirror following 1 and 3 of the same providers over HTTP (`--follow`) as the
+//!    same-run reference.
 //!
 //! `cargo bench -p pacmesh-node --bench mirror_bench` (or `--profile dev` to skip the release
 //! build of every dependency; the figures then name the profile).
@@ -77,6 +82,21 @@ fn open_core(dir: &Path, store: Option<Arc<FsStore>>) -> Arc<Core> {
     let blobs = store.unwrap_or_else(|| Arc::new(FsStore::open(dir, &db).unwrap().0));
     Core::new(
         NodeKey::from_seed(&[3; 32]),
+        Some(NodeKey::from_seed(&[4; 32])),
+        ingest,
+        blobs,
+        dir.to_path_buf(),
+    )
+}
+
+/// Like [`open_core`] with node key `[seed; 32]` (libp2p peers need distinct keys).
+fn open_core_seeded(dir: &Path, store: Option<Arc<FsStore>>, seed: u8) -> Arc<Core> {
+    std::fs::create_dir_all(dir).unwrap();
+    let db = open_db(&dir.join("db"), &DbConfig::default()).unwrap();
+    let (ingest, _) = Ingest::open(&db, pk(1), Some(&policy()), IngestConfig::default()).unwrap();
+    let blobs = store.unwrap_or_else(|| Arc::new(FsStore::open(dir, &db).unwrap().0));
+    Core::new(
+        NodeKey::from_seed(&[seed; 32]),
         Some(NodeKey::from_seed(&[4; 32])),
         ingest,
         blobs,
@@ -262,6 +282,35 @@ fn incremental(rt: &tokio::runtime::Runtime, dir: &Path) {
         t.elapsed().as_secs_f64(),
         mib(wire.bytes.load(Ordering::Relaxed))
     );
+    // The same initial sync with one durable import per blob (file fsync, directory fsync and
+    // index flush each: how the mirror imported before batching), into a second mirror.
+    {
+        let mut cfg = MirrorConfig::new(
+            dir.join("policy.cbor"),
+            dir.join("out-each"),
+            vec![format!("http://{addr}")],
+        );
+        cfg.data_dir = dir.join("mirror-each");
+        cfg.progress = false;
+        let m2 = rt
+            .block_on(async move {
+                tokio::task::spawn_blocking(move || Mirror::open(cfg))
+                    .await
+                    .unwrap()
+            })
+            .unwrap();
+        m2.core.blobs.set_deferred_durability(false);
+        let t = Instant::now();
+        let got = rt.block_on(m2.once()).unwrap();
+        assert_eq!(got.len(), 1);
+        println!(
+            "initial mirror sync, one fsync + index flush per blob (before batching; same run): {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        drop(m2);
+        let _ = std::fs::remove_dir_all(dir.join("out-each"));
+        let _ = std::fs::remove_dir_all(dir.join("mirror-each"));
+    }
     // rsync reference, initial copy.
     let rsync_dst = dir.join("rsync-dst");
     let gen1 = generation_dir(&node.data_dir, REPO, ARCH, 1);
@@ -462,6 +511,196 @@ fn providers(rt: &tokio::runtime::Runtime, dir: &Path) {
     );
 }
 
+/// Starts the libp2p network of `core` on 127.0.0.1 (a provider that announces no build
+/// slots and fetches nothing); returns its full address.
+fn start_net(
+    rt: &tokio::runtime::Runtime,
+    core: &Arc<Core>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> String {
+    let caps = pacmesh_protocol::Capabilities {
+        arch: Name::new(ARCH).unwrap(),
+        microarch: 0,
+        cores: 1,
+        memory_bytes: 0,
+        disk_free_bytes: 0,
+        tags: vec![],
+        profile: Name::new("host").unwrap(),
+        load: 0,
+        slots: 0,
+        busy: 0,
+    };
+    let cfg = pacmesh_node::net::NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![],
+        mdns: false,
+        relay_server: false,
+        relays: vec![],
+        announce_interval: Duration::from_secs(5),
+        sync_interval: Duration::from_secs(10),
+        max_connections: 64,
+        capabilities: Arc::new(move || caps.clone()),
+        replicate: pacmesh_node::net::replicate::Wants::default(),
+    };
+    let (h, _task) = rt
+        .block_on(pacmesh_node::net::start(core.clone(), cfg, stop))
+        .unwrap();
+    let a = h.listen_addrs()[0].clone();
+    format!("{a}/p2p/{}", h.peer_id)
+}
+
+fn mesh_initial(rt: &tokio::runtime::Runtime, dir: &Path) {
+    let total_mib = env("PACMESH_BENCH_MESH_MIB", 1024);
+    let n = env("PACMESH_BENCH_MESH_PACKAGES", 16).max(1);
+    let each = ((total_mib << 20) / n) as usize;
+    println!(
+        "== initial mirror sync of {total_mib} MiB ({n} packages of {} MiB) from 1 and from 3 providers: libp2p (--bootstrap) and HTTP (--follow)",
+        each >> 20
+    );
+    let pdir = dir.join("mesh-providers");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let sdb = open_db(&pdir.join("store-db"), &DbConfig::default()).unwrap();
+    let store = Arc::new(FsStore::open(&pdir, &sdb).unwrap().0);
+    let publisher = open_core_seeded(&pdir.join("p0"), Some(store.clone()), 3);
+    let t = Instant::now();
+    let entry = publisher
+        .submit_as(
+            &NodeKey::from_seed(&[2; 32]),
+            EventBody::Enqueue(QueueEntry::new(
+                Name::new(REPO).unwrap(),
+                Source::Aur {
+                    pkgbase: Name::new("big").unwrap(),
+                },
+            )),
+        )
+        .unwrap();
+    let mut artifacts = Vec::new();
+    for i in 0..n as usize {
+        let mut p = SyntheticPackage::new(&format!("big{i:03}"), "1-1").file(
+            &format!("usr/share/big{i:03}/data"),
+            &noise(each, 77 + i as u64),
+        );
+        p.compression = pacmesh_repo::package::Compression::None;
+        let bytes = p.archive_bytes();
+        artifacts.push(Artifact {
+            file_name: FileName::new(p.file_name()).unwrap(),
+            blake3: store.import_bytes(&bytes).unwrap(),
+            sha256: Sha256::digest(&bytes),
+            size: bytes.len() as u64,
+        });
+    }
+    let log = store.import_bytes(b"log\n").unwrap();
+    publisher
+        .submit(EventBody::Built {
+            entry,
+            attempt: 1,
+            artifacts,
+            log,
+            source_commit: None,
+        })
+        .unwrap();
+    publish_once(&publisher, &PublisherConfig::default()).unwrap();
+    println!(
+        "setup (packages, publish): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let providers = [
+        publisher,
+        open_core_seeded(&pdir.join("p1"), Some(store.clone()), 11),
+        open_core_seeded(&pdir.join("p2"), Some(store.clone()), 12),
+    ];
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let p2p: Vec<String> = providers
+        .iter()
+        .map(|c| start_net(rt, c, stop_rx.clone()))
+        .collect();
+    let http: Vec<String> = providers
+        .iter()
+        .map(|c| format!("http://{}", serve(rt, c.clone())))
+        .collect();
+    let policy_path = dir.join("policy.cbor");
+    std::fs::write(&policy_path, policy()).unwrap();
+    let run = |label: &str, boot: Vec<String>, follow: Vec<String>| -> f64 {
+        let mdir = dir.join("mesh-mirror");
+        let _ = std::fs::remove_dir_all(&mdir);
+        let mut cfg = MirrorConfig::new(policy_path.clone(), mdir.join("out"), follow);
+        cfg.data_dir = mdir.join("data");
+        cfg.progress = false;
+        cfg.mdns = false;
+        if !boot.is_empty() {
+            cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        }
+        let want_peers = boot.len();
+        cfg.bootstrap = boot;
+        let mirror = rt
+            .block_on(async move {
+                tokio::task::spawn_blocking(move || Mirror::open(cfg))
+                    .await
+                    .unwrap()
+            })
+            .unwrap();
+        let (mstop_tx, mstop_rx) = tokio::sync::watch::channel(false);
+        if want_peers > 0 {
+            let (h, _task) = rt
+                .block_on(pacmesh_node::mirror_mesh::start(
+                    &mirror.core,
+                    mirror.config(),
+                    mstop_rx,
+                ))
+                .unwrap();
+            let _ = mirror.core.net.set(h.clone());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let synced = mirror
+                    .core
+                    .ingest()
+                    .state()
+                    .latest_generation(&Name::new(REPO).unwrap(), &Name::new(ARCH).unwrap())
+                    .is_some();
+                if synced && h.connected().len() >= want_peers {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the mirror did not sync the events"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            rt.block_on(mirror.sync_all());
+        }
+        let t = Instant::now();
+        let got = rt.block_on(mirror.step()).unwrap();
+        let took = t.elapsed().as_secs_f64();
+        assert_eq!(got.len(), 1, "switched to the generation");
+        println!(
+            "{label}: {took:.2} s, {:.0} MiB/s (fetched, verified, durable, materialised)",
+            mib(mirror.bytes_fetched.load(Ordering::Relaxed)) / took
+        );
+        let _ = mstop_tx.send(true);
+        drop(mirror);
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        let _ = std::fs::remove_dir_all(&mdir);
+        took
+    };
+    let one = run("libp2p, 1 provider", p2p[..1].to_vec(), vec![]);
+    let three = run("libp2p, 3 providers", p2p.clone(), vec![]);
+    println!(
+        "ratio 1/3 providers (libp2p, loopback): {:.2} (target > 1)",
+        one / three
+    );
+    let one_h = run("HTTP, 1 provider", vec![], http[..1].to_vec());
+    let three_h = run("HTTP, 3 providers", vec![], http.clone());
+    println!(
+        "ratio 1/3 providers (HTTP, loopback): {:.2}",
+        one_h / three_h
+    );
+    let _ = stop_tx.send(true);
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    drop(providers);
+    let _ = std::fs::remove_dir_all(&pdir);
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing to filter.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -479,5 +718,8 @@ fn main() {
     }
     if only.is_empty() || only == "providers" {
         providers(&rt, t.path());
+    }
+    if only.is_empty() || only == "mesh" {
+        mesh_initial(&rt, t.path());
     }
 }

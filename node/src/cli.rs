@@ -197,9 +197,17 @@ pub struct MirrorArgs {
     /// The signed mesh policy (names the mesh and its publishers).
     #[arg(long)]
     pub policy: PathBuf,
-    /// libp2p bootstrap peer (repeatable; not in this version yet: use --follow).
-    #[arg(long)]
+    /// Join the libp2p mesh through this peer (repeatable; `/p2p/ID` optional): events by
+    /// gossip and sync, blobs from every connected peer; the mirror serves blobs to the mesh too.
+    #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
+    /// libp2p listen address (repeatable; joins the mesh) [default with --bootstrap: TCP and
+    /// QUIC on all interfaces, ports picked by the system].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// No mDNS discovery of mesh peers on the LAN.
+    #[arg(long)]
+    pub no_mdns: bool,
     /// A node or mirror to follow over HTTP (repeatable): events and blobs come from all.
     #[arg(long, value_name = "URL")]
     pub follow: Vec<String>,
@@ -651,6 +659,8 @@ fn default_uid(key: &NodeKey) -> String {
 fn mirror_command(a: MirrorArgs) -> Result<()> {
     let mut cfg = crate::mirror::MirrorConfig::new(a.policy, a.out, a.follow);
     cfg.bootstrap = a.bootstrap;
+    cfg.listen = a.listen;
+    cfg.mdns = !a.no_mdns;
     cfg.keep = a.keep;
     cfg.interval = std::time::Duration::from_secs(a.interval.max(1));
     if let Some(d) = a.data_dir {
@@ -664,11 +674,7 @@ fn mirror_command(a: MirrorArgs) -> Result<()> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     if a.once {
-        return rt.block_on(async move {
-            let m = tokio::task::spawn_blocking(move || crate::mirror::Mirror::open(cfg)).await??;
-            m.once().await?;
-            Ok(())
-        });
+        return rt.block_on(crate::mirror::run_once(cfg));
     }
     rt.block_on(crate::mirror::run(
         cfg,

@@ -57,6 +57,9 @@ pub struct Core {
     pub net: std::sync::OnceLock<crate::net::NetHandle>,
     /// Entries this node's executor will try again after a transient failure (`queue why`).
     retries: Mutex<std::collections::HashMap<Hash, crate::executor::RetryNote>>,
+    /// Whether accepted events pin the blobs they name (`event:<id>`). A node keeps what its
+    /// log refers to; a mirror turns this off and pins only the generations it keeps.
+    pin_events: std::sync::atomic::AtomicBool,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -108,7 +111,14 @@ impl Core {
             peers: Mutex::new(PeerTable::default()),
             net: std::sync::OnceLock::new(),
             retries: Mutex::default(),
+            pin_events: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Stops (or restarts) pinning the blobs that accepted events name (a mirror).
+    pub fn set_pin_events(&self, on: bool) {
+        self.pin_events
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The event log and derived state. Hold the guard briefly: never across a build, a
@@ -201,6 +211,9 @@ impl Core {
             return None;
         };
         let ev: Event = ev;
+        if !self.pin_events.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(ev);
+        }
         let tag = format!("event:{id}");
         for h in crate::state::referenced_blobs(&ev.body) {
             if let Err(e) = crate::store::BlobStore::pin(self.blobs.as_ref(), &h, &tag) {

@@ -24,6 +24,7 @@ pub mod livelog;
 pub mod mesh_cli;
 pub mod metrics;
 pub mod mirror;
+pub mod mirror_mesh;
 pub mod net;
 pub mod ops;
 pub mod peers;

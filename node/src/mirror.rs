@@ -20,11 +20,14 @@
 //! # One step
 //!
 //! 1. anti-entropy with each `--follow` peer (`POST /api/v1/sync`), every event verified by
-//!    the same [`crate::ingest`] pipeline as a node's: signature, policy role, manifest chain;
+//!    the same [`crate::ingest`] pipeline as a node's: signature, policy role, manifest chain
+//!    (on the mesh, [`crate::mirror_mesh`], events also arrive by gossip and libp2p sync at any
+//!    time, through the same ingest, and wake the loop);
 //! 2. per (repo, arch): the newest generation on the chain ([`crate::state::QueueState::chain`]);
 //!    if `OUT` does not hold it: pin its blobs, fetch the missing ones ([`crate::fetch`]: in
-//!    segments, verified, from every followed peer, resumable), build the directory in
-//!    `.tmp-*`, `syncfs`, rename it into place, switch the symlink;
+//!    segments, verified, from every followed and connected peer, resumable; imported without
+//!    a per-blob `fsync`), make them durable at once (one `syncfs`, one index flush), build the
+//!    directory in `.tmp-*`, `syncfs`, rename it into place, switch the symlink;
 //! 3. prune to `--keep` generations (never the served one), unpin what they held and collect
 //!    blobs no kept generation references.
 //!
@@ -53,7 +56,7 @@ use pacmesh_protocol::{
 use serde_json::json;
 
 use crate::core::Core;
-use crate::fetch::{FetchConfig, Fetcher, Progress, http_sources};
+use crate::fetch::{BlobSource, FetchConfig, FetchReport, Fetcher, Progress, http_sources};
 use crate::generation::{check_file, check_names, db_names, fsync_dir, sync_fs, unique};
 use crate::ingest::{Ingest, IngestConfig, IngestOutcome};
 use crate::store::{BlobStore, DbConfig, FsStore, open_db};
@@ -72,8 +75,14 @@ pub struct MirrorConfig {
     pub data_dir: PathBuf,
     /// Peers followed over HTTP (`http://HOST:PORT` of a node or mirror).
     pub follow: Vec<String>,
-    /// libp2p bootstrap peers (not in this version).
+    /// libp2p bootstrap peers: with these (or `listen`) the mirror joins the mesh
+    /// ([`crate::mirror_mesh`]).
     pub bootstrap: Vec<String>,
+    /// libp2p listen addresses (default with the mesh on: TCP and QUIC on every interface,
+    /// ports picked by the system).
+    pub listen: Vec<String>,
+    /// mDNS discovery of mesh peers on the LAN (with the mesh on).
+    pub mdns: bool,
     /// Serve `OUT` (and the blob/sync API) here.
     pub http: Option<SocketAddr>,
     /// Generations kept per (repo, arch), the served one included.
@@ -93,11 +102,20 @@ impl MirrorConfig {
             out,
             follow,
             bootstrap: Vec::new(),
+            listen: Vec::new(),
+            mdns: true,
             http: None,
             keep: crate::generation::DEFAULT_KEEP,
             interval: Duration::from_secs(2),
             progress: std::io::stderr().is_terminal(),
         }
+    }
+}
+
+impl MirrorConfig {
+    /// Whether the mirror joins the libp2p mesh (`--bootstrap` or `--listen` given).
+    pub fn mesh_enabled(&self) -> bool {
+        !self.bootstrap.is_empty() || !self.listen.is_empty()
     }
 }
 
@@ -159,7 +177,10 @@ pub struct Mirror {
     /// Event log, state, content store (no publisher key; never builds).
     pub core: Arc<Core>,
     cfg: MirrorConfig,
+    /// The fetcher of the HTTP-only mirror (sources: the followed peers).
     fetcher: Fetcher,
+    /// The followed peers as blob sources (with the mesh on, fetched from beside the peers).
+    http_sources: Vec<Arc<dyn BlobSource>>,
     agent: ureq::Agent,
     /// Payload bytes received by the fetcher since start (benchmarks).
     pub bytes_fetched: AtomicU64,
@@ -182,16 +203,12 @@ fn read_root(policy: &[u8], limits: &Limits) -> Result<pacmesh_protocol::PublicK
 impl Mirror {
     /// Opens the stores in `cfg.data_dir` (created if needed) and checks `cfg`.
     pub fn open(cfg: MirrorConfig) -> Result<Mirror> {
-        if !cfg.bootstrap.is_empty() {
+        if cfg.follow.is_empty() && !cfg.mesh_enabled() {
             bail!(
-                "--bootstrap needs libp2p networking, which is not in this version yet; follow peers over HTTP with --follow URL"
+                "nothing to follow: give --bootstrap MULTIADDR (join the mesh) or --follow URL (a node's or mirror's HTTP address)"
             );
         }
-        if cfg.follow.is_empty() {
-            bail!(
-                "nothing to follow: give at least one --follow URL (a node's or mirror's HTTP address)"
-            );
-        }
+        crate::mirror_mesh::check(&cfg)?;
         for d in [&cfg.data_dir, &cfg.out] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
@@ -218,11 +235,16 @@ impl Mirror {
         let (blobs, _) =
             FsStore::open(&cfg.data_dir, &db).context("cannot open the content store")?;
         let key = crate::daemon::load_or_create_key(&cfg.data_dir.join("node.key"))?;
+        // Blobs are made durable in one go before a generation switch (see `install`).
+        blobs.set_deferred_durability(true);
         let core = Core::new(key, None, ingest, Arc::new(blobs), cfg.data_dir.clone());
+        // The kept generations pin what the mirror keeps; events pin nothing.
+        core.set_pin_events(false);
+        let http_sources = http_sources(&cfg.follow, Duration::from_secs(60));
         let fetcher = Fetcher::new(
             core.blobs.clone(),
             cfg.data_dir.join("partial"),
-            http_sources(&cfg.follow, Duration::from_secs(60)),
+            http_sources.clone(),
             FetchConfig::default(),
         );
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -244,10 +266,12 @@ impl Mirror {
                 }
             }
         }
+        recover_unsynced(&core.blobs, &cfg)?;
         Ok(Mirror {
             core,
             cfg,
             fetcher,
+            http_sources,
             agent,
             bytes_fetched: AtomicU64::new(0),
             bytes_synced: AtomicU64::new(0),
@@ -259,6 +283,46 @@ impl Mirror {
     /// The configuration.
     pub fn config(&self) -> &MirrorConfig {
         &self.cfg
+    }
+
+    /// Fetches one blob. Without the mesh: from the followed peers (one fetcher, which
+    /// remembers sources caught twice). With it: from the connected peers, rotated per blob
+    /// ([`crate::mirror_mesh::peer_sources`]), then the followed peers not caught twice.
+    async fn fetch_one(
+        &self,
+        blob: Hash,
+        size: Option<u64>,
+        progress: Option<Progress>,
+    ) -> Result<FetchReport> {
+        let Some(net) = self.core.net.get() else {
+            return self.fetcher.fetch(blob, size, progress).await;
+        };
+        let mut sources = crate::mirror_mesh::peer_sources(net, &blob);
+        {
+            let bad = self.bad_sources.lock().unwrap();
+            sources.extend(
+                self.http_sources
+                    .iter()
+                    .filter(|s| bad.get(&s.name()).is_none_or(|n| *n < 2))
+                    .cloned(),
+            );
+        }
+        if sources.is_empty() {
+            bail!("blob {blob}: no peer connected");
+        }
+        let report = Fetcher::new(
+            self.core.blobs.clone(),
+            self.cfg.data_dir.join("partial"),
+            sources,
+            FetchConfig::default(),
+        )
+        .fetch(blob, size, progress)
+        .await?;
+        // A peer caught lying is banned at once, before it is asked for the next blob.
+        for bad in &report.bad_sources {
+            crate::mirror_mesh::charge(net, bad).await;
+        }
+        Ok(report)
     }
 
     /// Anti-entropy with every followed peer until each says it sent everything. Returns the
@@ -449,11 +513,14 @@ impl Mirror {
             let progress: Option<Progress> = bar
                 .clone()
                 .map(|b| Arc::new(move |n: u64| b.inc(n)) as Progress);
+            // Imports from here on are not durable one by one (one syncfs below); a crash
+            // before that leaves the marker, and the next start re-verifies what it fetched.
+            let data = self.cfg.data_dir.clone();
+            tokio::task::spawn_blocking(move || mark_unsynced(&data))
+                .await
+                .map_err(|e| anyhow!("{e}"))??;
             let results: Vec<Result<crate::fetch::FetchReport>> = stream::iter(missing.iter())
-                .map(|h| {
-                    self.fetcher
-                        .fetch(*h, sizes.get(h).copied(), progress.clone())
-                })
+                .map(|h| self.fetch_one(*h, sizes.get(h).copied(), progress.clone()))
                 .buffer_unordered(8)
                 .collect()
                 .await;
@@ -461,15 +528,41 @@ impl Mirror {
                 b.finish_and_clear();
             }
             let mut received = 0;
+            let mut first_err = None;
             for r in results {
-                let r = r?;
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        continue;
+                    }
+                };
                 received += r.bytes_received;
                 for bad in r.bad_sources {
-                    tracing::warn!(source = %bad, "a followed peer sent bytes that do not verify");
+                    tracing::warn!(source = %bad, "a peer sent bytes that do not verify");
                     *self.bad_sources.lock().unwrap().entry(bad).or_default() += 1;
                 }
             }
             self.bytes_fetched.fetch_add(received, Ordering::Relaxed);
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            // Everything fetched becomes durable at once: one syncfs, one index flush.
+            let t_sync = Instant::now();
+            let (store, data) = (self.core.blobs.clone(), self.cfg.data_dir.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                store
+                    .make_durable()
+                    .context("Failed to make the fetched blobs durable")?;
+                clear_unsynced(&data);
+                Ok(())
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))??;
+            tracing::debug!(
+                ms = t_sync.elapsed().as_millis() as u64,
+                "fetched blobs made durable"
+            );
             tracing::info!(%repo, %arch, generation = g, bytes = received, ms = t.elapsed().as_millis() as u64, rate = %crate::fetch::rate(received, t), "fetched");
             if !self.cfg.progress {
                 println!(
@@ -562,6 +655,8 @@ impl Mirror {
 
     /// Serving state as JSON (`GET /api/v1/status` of a mirror).
     pub fn status(&self) -> serde_json::Value {
+        // The peer table first: never both locks at once.
+        let peers = self.core.peers().view(pacmesh_protocol::Timestamp::now());
         let ingest = self.core.ingest();
         let state = ingest.state();
         let out = &self.cfg.out;
@@ -580,10 +675,15 @@ impl Mirror {
                 })
             })
             .collect();
+        let net = self.core.net.get();
         json!({
             "mirror": true,
             "out": out.display().to_string(),
             "follow": self.cfg.follow,
+            "peer_id": self.core.key.peer_id().to_string(),
+            "p2p": net.map(|n| n.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+            "peers_connected": net.map(|n| n.connected().iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+            "peers": peers,
             "state_digest": state.digest().to_string(),
             "events": ingest.counters(),
             "repos": repos,
@@ -592,6 +692,75 @@ impl Mirror {
             "bad_sources": self.bad_sources.lock().unwrap().clone(),
         })
     }
+}
+
+/// Present in the data dir while fetched blobs may not be durable yet.
+const UNSYNCED: &str = "unsynced";
+
+/// Notes (durably) that blobs are about to be imported without per-blob durability.
+fn mark_unsynced(data: &Path) -> Result<()> {
+    let p = data.join(UNSYNCED);
+    if p.exists() {
+        return Ok(());
+    }
+    let f = fs::File::create(&p).with_context(|| format!("Failed to create {}", p.display()))?;
+    f.sync_all()
+        .with_context(|| format!("Failed to fsync {}", p.display()))?;
+    fsync_dir(data)
+}
+
+/// Everything imported so far is durable.
+fn clear_unsynced(data: &Path) {
+    let _ = fs::remove_file(data.join(UNSYNCED));
+}
+
+/// After an unclean stop during a fetch (the marker is there), a blob imported since the last
+/// durable point may be indexed while its file is empty or short: every blob that no complete
+/// generation directory names is read and checked against its hash again, and a bad one is
+/// forgotten (fetched again). Blobs of complete generations were durable before their
+/// directory was renamed into place.
+fn recover_unsynced(store: &FsStore, cfg: &MirrorConfig) -> Result<()> {
+    if !cfg.data_dir.join(UNSYNCED).exists() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let mut durable = BTreeSet::new();
+    for repo in fs::read_dir(&cfg.out).into_iter().flatten().flatten() {
+        for g in fs::read_dir(repo.path().join("gen"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for arch in fs::read_dir(g.path().join("os"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Some(m) = read_manifest(&arch.path()) {
+                    durable.extend(crate::generation::manifest_blobs(&m));
+                }
+            }
+        }
+    }
+    let (mut checked, mut bad) = (0u64, 0u64);
+    for h in store.list()? {
+        if durable.contains(&h) {
+            continue;
+        }
+        checked += 1;
+        if !store.verify(&h)? {
+            bad += 1;
+        }
+    }
+    store.make_durable()?;
+    clear_unsynced(&cfg.data_dir);
+    tracing::info!(
+        checked,
+        bad,
+        ms = t.elapsed().as_millis() as u64,
+        "blobs fetched before an unclean stop verified again"
+    );
+    Ok(())
 }
 
 fn parse_wanted(file: &str, repo: &str, arch: &str) -> Option<u64> {
@@ -876,8 +1045,9 @@ impl Mirror {
     }
 }
 
-/// Runs a mirror until `shutdown` resolves: serves HTTP (if configured), then syncs and steps
-/// every `interval`. `on_start` gets the HTTP address once listening.
+/// Runs a mirror until `shutdown` resolves: serves HTTP (if configured), joins the mesh (with
+/// `--bootstrap`/`--listen`), then syncs and steps every `interval`, and at once when an event
+/// arrives from the mesh. `on_start` gets the HTTP address once listening.
 pub async fn run(
     cfg: MirrorConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -892,6 +1062,14 @@ pub async fn run(
         mirror.cfg.out.display(),
         mirror.cfg.data_dir.display()
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut net_task = None;
+    if mirror.cfg.mesh_enabled() {
+        let (handle, task) =
+            crate::mirror_mesh::start(&mirror.core, &mirror.cfg, stop_rx.clone()).await?;
+        let _ = mirror.core.net.set(handle);
+        net_task = Some(task);
+    }
     let mut server = None;
     let mut addr = None;
     if let Some(a) = http {
@@ -899,6 +1077,7 @@ pub async fn run(
             .await
             .map_err(|e| anyhow!("cannot listen for HTTP on {a}: {e}"))?;
         let local = listener.local_addr()?;
+        let listener = axum::serve::ListenerExt::tap_io(listener, crate::http::nodelay);
         println!("pacmesh: mirror http listening on http://{local}");
         addr = Some(local);
         let app = router(mirror.clone());
@@ -912,11 +1091,12 @@ pub async fn run(
     }
     on_start(addr);
     tokio::pin!(shutdown);
+    let mut changed = mirror.core.subscribe();
     let mut failures = 0u32;
-    loop {
+    let result = loop {
         let r = tokio::select! {
             // Stopping mid-step is safe: the served generation only changes by a rename.
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
             r = mirror.once() => r,
         };
         let pause = match r {
@@ -930,18 +1110,66 @@ pub async fn run(
                 interval * failures.min(15)
             }
         };
+        changed.borrow_and_update();
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
             () = tokio::time::sleep(pause) => {}
+            // An event from the mesh: step now (after a short pause that lets a burst land).
+            Ok(()) = changed.changed(), if failures == 0 => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         if let Some(s) = &server
             && s.is_finished()
         {
-            bail!("the HTTP server stopped");
+            break Err(anyhow!("the HTTP server stopped"));
         }
+        if let Some(t) = &net_task
+            && t.is_finished()
+        {
+            break Err(anyhow!("the mesh network stopped"));
+        }
+    };
+    let _ = stop_tx.send(true);
+    if let Some(t) = net_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     if let Err(e) = mirror.core.ingest().events().flush() {
         tracing::warn!("flushing the event store: {e}");
     }
-    Ok(())
+    result
+}
+
+/// `pacmesh mirror --once`: one sync and one step, then exit. With the mesh: joins it, waits
+/// for a first sync round and until no new event arrived for a second (at most 60 s), steps,
+/// leaves.
+pub async fn run_once(cfg: MirrorConfig) -> Result<()> {
+    let mirror = tokio::task::spawn_blocking(move || Mirror::open(cfg)).await??;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut net_task = None;
+    if mirror.cfg.mesh_enabled() {
+        let (handle, task) =
+            crate::mirror_mesh::start(&mirror.core, &mirror.cfg, stop_rx.clone()).await?;
+        let mut caught_up = handle.caught_up();
+        let _ = mirror.core.net.set(handle);
+        net_task = Some(task);
+        let _ =
+            tokio::time::timeout(crate::net::CATCH_UP_WAIT * 2, caught_up.wait_for(|c| *c)).await;
+        let mut changed = mirror.core.subscribe();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline
+            && tokio::time::timeout(Duration::from_secs(1), changed.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+        {}
+    }
+    let r = mirror.once().await.map(|_| ());
+    let _ = stop_tx.send(true);
+    if let Some(t) = net_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Err(e) = mirror.core.ingest().events().flush() {
+        tracing::warn!("flushing the event store: {e}");
+    }
+    r
 }

@@ -1109,18 +1109,13 @@ fn mirror_cli_refuses_what_it_cannot_do() {
         s(&data),
         "--once",
     ];
-    // libp2p bootstrap peers: not in this version; a clear error, exit 1.
+    // A bootstrap address that is not a multiaddr: a clear error, exit 1.
     let mut args = base.to_vec();
-    args.extend([
-        "--bootstrap",
-        "/ip4/127.0.0.1/tcp/4001",
-        "--follow",
-        "http://127.0.0.1:9",
-    ]);
+    args.extend(["--bootstrap", "127.0.0.1:4001"]);
     let o = run(Command::new(BIN).args(&args), Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("--follow"),
+        String::from_utf8_lossy(&o.stderr).contains("not a multiaddr"),
         "{}",
         show(&o)
     );

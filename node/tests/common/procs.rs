@@ -307,6 +307,13 @@ impl Pacman {
     }
     /// `pacman -Sydd` (the test root has no `sh` to satisfy dependencies with).
     pub fn install(&self, pkgs: &[&str]) -> Output {
+        let mut args = vec!["-Sydd"];
+        args.extend_from_slice(pkgs);
+        self.pacman(&args)
+    }
+
+    /// pacman with `args` (e.g. `-Syudd`) on the test root, keyring and configuration.
+    pub fn pacman(&self, args: &[&str]) -> Output {
         let root = self.root();
         for d in [
             "var/lib/pacman",
@@ -337,9 +344,8 @@ impl Pacman {
                     "--noprogressbar",
                     "--noscriptlet",
                     "--disable-download-timeout",
-                    "-Sydd",
                 ])
-                .args(pkgs),
+                .args(args),
             Duration::from_secs(180),
         )
     }
