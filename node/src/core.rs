@@ -55,6 +55,8 @@ pub struct Core {
     capabilities: Mutex<Option<pacmesh_protocol::Capabilities>>,
     /// The running network, once started (unset with the mesh turned off).
     pub net: std::sync::OnceLock<crate::net::NetHandle>,
+    /// Set when this node releases its own build output once replicated ([`crate::retention`]).
+    pub retention: std::sync::OnceLock<crate::retention::Retention>,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -105,6 +107,7 @@ impl Core {
             capabilities: Mutex::new(None),
             peers: Mutex::new(PeerTable::default()),
             net: std::sync::OnceLock::new(),
+            retention: std::sync::OnceLock::new(),
         })
     }
 

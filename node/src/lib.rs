@@ -28,6 +28,7 @@ pub mod net;
 pub mod ops;
 pub mod peers;
 pub mod publisher;
+pub mod retention;
 pub mod review;
 pub mod source;
 pub mod state;
