@@ -484,7 +484,7 @@ mod hostile {
     use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identity, noise, tcp, yamux};
     use pacmesh_node::net::codec::BlobCodec;
     use pacmesh_protocol::{
-        BlobAnswer, BlobRequest, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES,
+        BlobAnswer, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES,
         segment_count, segment_value,
     };
     use tokio::sync::mpsc;
