@@ -710,6 +710,7 @@ impl Fetcher {
         }
         // A blob of at most one segment (the usual package, signature or database): one
         // request, checked against the hash itself; no outboard needed.
+        let mut probe: Option<Vec<u8>> = None;
         if state.is_none() && expected_len.is_none_or(|l| l <= SEGMENT_LEN) {
             for i in 0..n_src {
                 if dropped.contains_key(&i) {
@@ -740,7 +741,10 @@ impl Fetcher {
                             self.strike(&name);
                             dropped.insert(i, "sent bad bytes".into());
                         } else {
-                            break; // a larger blob: outboard and segments
+                            // A larger blob: outboard and segments. These bytes may well be its
+                            // first segment: kept, and checked once the outboard is known.
+                            probe = Some(d);
+                            break;
                         }
                     }
                     Err(SourceError::NotFound) => {
@@ -891,9 +895,27 @@ impl Fetcher {
                                     dropped.insert(i, "wrong outboard length".into());
                                 }
                                 Ok(ob) => {
-                                    let p = self.start_partial(&blob, &ob)?;
+                                    let mut p = self.start_partial(&blob, &ob)?;
                                     queue = (0..ob.segments()).collect();
                                     epoch += 1;
+                                    if let Some(d) = probe.take()
+                                        && !ob.cvs.is_empty()
+                                    {
+                                        let (seg0, part) = (ob.for_segment(0), p.part.clone());
+                                        let landed = tokio::task::spawn_blocking(move || {
+                                            land(&seg0, &blob, 0, &d, &part)
+                                        })
+                                        .await
+                                        .map_err(|e| anyhow!("{e}"))?;
+                                        if landed.verified && landed.write_error.is_none() {
+                                            p.have[0] = true;
+                                            queue.remove(&0);
+                                            report.fetched_segments += 1;
+                                            if let Some(f) = &progress {
+                                                f(landed.len);
+                                            }
+                                        }
+                                    }
                                     state = Some((ob, p, i));
                                 }
                                 Err(e) => {
@@ -1484,7 +1506,8 @@ mod tests {
         let d = data(8 * S + 5, 7);
         let h = Hash::new(&d);
         let e = env();
-        // The first request is the one-segment probe (a 4 MiB prefix, not kept), then 3 segments.
+        // The first request is the one-segment probe (a 4 MiB prefix: kept as segment 0 once the
+        // outboard verifies it), then 3 segments.
         let dying = [MemSource::new("dies", &d, Behaviour::DiesAfter(4))];
         let err = rt().block_on(fetcher(&e, &dying).fetch(h, None, None));
         assert!(err.is_err());
@@ -1496,7 +1519,8 @@ mod tests {
         let part = e.partial.join(format!("{}.part", h.to_hex()));
         let have = fs::read(e.partial.join(format!("{}.have", h.to_hex()))).unwrap();
         let saved: Vec<usize> = (0..have.len()).filter(|&i| have[i] == 1).collect();
-        assert_eq!(saved.len(), 3, "{have:?}");
+        assert_eq!(saved.len(), 4, "{have:?}");
+        assert_eq!(saved[0], 0, "the probe is segment 0: {have:?}");
         let f = OpenOptions::new().write(true).open(&part).unwrap();
         f.write_all_at(b"XX", (saved[0] * S) as u64 + 10).unwrap();
         drop(f);
@@ -1506,11 +1530,11 @@ mod tests {
             .block_on(fetcher(&e, &good).fetch(h, None, None))
             .unwrap();
         assert_eq!(e.store.read(&h).unwrap(), d);
-        assert_eq!(r.resumed_segments, 2, "{r:?}");
-        assert_eq!(r.fetched_segments, 7, "{r:?}");
+        assert_eq!(r.resumed_segments, 3, "{r:?}");
+        assert_eq!(r.fetched_segments, 6, "{r:?}");
         assert_eq!(
             good[0].served.load(Ordering::SeqCst),
-            d.len() as u64 - 2 * SEGMENT_LEN
+            d.len() as u64 - 3 * SEGMENT_LEN
         );
     }
 
