@@ -415,6 +415,29 @@ struct Latencies {
     lost: usize,
     /// Accepted by the node it was posted to (HTTP + ingest), milliseconds (pacmesh only).
     first: Vec<f64>,
+    /// Every node's own latency for every event, milliseconds (pacmesh only): its shape tells
+    /// hop latency (a smooth tail) from gossipsub's lazy push (clusters a heartbeat apart).
+    each: Vec<f64>,
+}
+
+/// A histogram of `v` in 50 ms buckets up to 1 s, one line.
+fn histogram(v: &[f64]) -> String {
+    let mut b = [0usize; 21];
+    for x in v {
+        b[((x / 50.0) as usize).min(20)] += 1;
+    }
+    b.iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| {
+            if i == 20 {
+                format!("≥1000:{n}")
+            } else {
+                format!("{}:{n}", i * 50)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn summary(l: &Latencies) -> String {
@@ -448,6 +471,7 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
     let warm = 5;
     let mut all = Vec::new();
     let mut first = Vec::new();
+    let mut each = Vec::new();
     let mut lost = 0;
     let mut len = 0;
     for k in 0..warm + m {
@@ -470,6 +494,11 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
             {
                 first.push((at - sent) * 1000.0);
             }
+            if k >= warm
+                && let Some(at) = seen
+            {
+                each.push((at - sent) * 1000.0);
+            }
             worst = match (worst, seen) {
                 (Some(w), Some(s)) => Some(w.max(s)),
                 _ => None,
@@ -485,7 +514,16 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
     }
     std::thread::sleep(Duration::from_secs(5));
     let rss = nodes.iter().map(|n| rss_kib(n.pid())).collect();
-    (Latencies { all, lost, first }, len, rss)
+    (
+        Latencies {
+            all,
+            lost,
+            first,
+            each,
+        },
+        len,
+        rss,
+    )
 }
 
 /// The bare gossipsub reference: `n` swarms in this process, same dial graph.
@@ -622,6 +660,7 @@ async fn gossip_reference_async(n: usize, m: usize, len: usize) -> Latencies {
         all,
         lost,
         first: Vec::new(),
+        each: Vec::new(),
     }
 }
 
@@ -654,6 +693,10 @@ fn propagation() {
             pct(&sorted(lat.first.clone()), 50.0),
             summary(&reference),
             p99(&lat) / p99(&reference),
+        );
+        eprintln!(
+            "propagation: {n} nodes, per-node latency histogram (50 ms buckets, count): {}",
+            histogram(&lat.each)
         );
         let rs = sorted(rss.iter().map(|k| *k as f64 / 1024.0).collect());
         eprintln!(

@@ -3,7 +3,8 @@
 //! The node runs the same replication as for the blobs its role wants
 //! ([`crate::net::replicate::fetch`]): outboards from every connected peer, 4 MiB segments
 //! from all peers whose outboard matches, each segment verified before it is written, the
-//! finished file hashed once more on import. Useful to pre-seed a mirror or a new builder with
+//! finished file fsynced and moved into the store (not hashed again: every segment verified).
+//! Useful to pre-seed a mirror or a new builder with
 //! a large blob, to check that the mesh still holds one, and to measure replication
 //! (`node/benches/mesh_bench.rs`).
 //!

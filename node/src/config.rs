@@ -67,6 +67,10 @@ pub struct MeshSection {
     pub relays: Option<Vec<String>>,
     /// Turn libp2p off entirely: a single-node mesh (default true = on).
     pub enabled: Option<bool>,
+    /// A builder keeps its own output until this many peers keep it (default 2; 0: keep all).
+    pub replicas: Option<u32>,
+    /// How often a builder asks its peers which of its outputs they keep (default 30000).
+    pub retention_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +132,10 @@ pub struct Config {
     pub relay_server: bool,
     pub relays: Vec<String>,
     pub max_connections: u32,
+    /// `[mesh] replicas`: see [`crate::retention`].
+    pub replicas: u32,
+    /// `[mesh] retention_interval_ms`.
+    pub retention_interval: std::time::Duration,
     pub webhooks: Vec<crate::webhooks::Webhook>,
     pub health: crate::health::HealthLimits,
     /// Update detection (`[watch]`).
@@ -207,7 +215,9 @@ impl Config {
                 || self.claim_step != new.claim_step
                 || self.relay_server != new.relay_server
                 || self.relays != new.relays
-                || self.max_connections != new.max_connections,
+                || self.max_connections != new.max_connections
+                || self.replicas != new.replicas
+                || self.retention_interval != new.retention_interval,
         );
         v
     }
@@ -392,6 +402,12 @@ impl Config {
             relay_server: file.mesh.relay_server.unwrap_or(false),
             relays: file.mesh.relays.unwrap_or_default(),
             max_connections: file.mesh.max_connections.unwrap_or(64).max(1),
+            replicas: file.mesh.replicas.unwrap_or(2),
+            retention_interval: ms(
+                file.mesh.retention_interval_ms,
+                30_000,
+                "mesh.retention_interval_ms",
+            )?,
             data_dir,
             key,
         })

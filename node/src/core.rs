@@ -60,6 +60,8 @@ pub struct Core {
     /// Whether accepted events pin the blobs they name (`event:<id>`). A node keeps what its
     /// log refers to; a mirror turns this off and pins only the generations it keeps.
     pin_events: std::sync::atomic::AtomicBool,
+    /// Set when this node releases its own build output once replicated ([`crate::retention`]).
+    pub retention: std::sync::OnceLock<crate::retention::Retention>,
 }
 
 /// An event the node accepted (see [`Core::subscribe_accepted`]).
@@ -112,6 +114,7 @@ impl Core {
             net: std::sync::OnceLock::new(),
             retries: Mutex::default(),
             pin_events: std::sync::atomic::AtomicBool::new(true),
+            retention: std::sync::OnceLock::new(),
         })
     }
 

@@ -247,6 +247,17 @@ pub async fn run(
             crate::net::replicate::run(c, h, wants, s).await;
             Ok("replication")
         });
+        if cfg.build_enabled && core.publisher_key.is_none() && cfg.replicas > 0 {
+            let _ = core.retention.set(crate::retention::Retention {
+                replicas: cfg.replicas,
+                interval: cfg.retention_interval,
+            });
+        }
+        let (c, h, s) = (core.clone(), handle.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            crate::retention::run(c, h, s).await;
+            Ok("retention")
+        });
         Some(handle)
     } else {
         None

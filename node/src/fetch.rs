@@ -130,6 +130,15 @@ impl Outboard {
         Ok((Hash::from(whole.finalize()), Outboard { len, cvs }))
     }
 
+    /// What checking segment `i` needs: the length, and only that segment's chaining value
+    /// (cheap to hand to another thread whatever the blob's size).
+    fn for_segment(&self, i: u64) -> Outboard {
+        Outboard {
+            len: self.len,
+            cvs: self.cvs.get(i as usize).copied().into_iter().collect(),
+        }
+    }
+
     /// Number of segments.
     pub fn segments(&self) -> u64 {
         segment_count(self.len)
@@ -409,7 +418,7 @@ impl Drop for Slot {
 }
 
 struct Partial {
-    part: File,
+    part: Arc<File>,
     have: Vec<bool>,
     have_path: PathBuf,
 }
@@ -425,7 +434,75 @@ impl Partial {
 
 enum Done {
     Outboard(usize, Result<Vec<u8>, SourceError>),
-    Segment(usize, u64, Result<Vec<u8>, SourceError>),
+    /// Source, segment, the outboard epoch it was asked under, what came of it.
+    Segment(usize, u64, u64, Result<Landed, SourceError>),
+}
+
+/// A segment's bytes after they were checked (and, when they verified, written) on the
+/// blocking pool, off the loop that drives the requests.
+struct Landed {
+    /// Bytes received.
+    len: u64,
+    /// Whether they verified against the outboard (and were written at their offset).
+    verified: bool,
+    /// Writing them failed (a local disk error: the fetch fails).
+    write_error: Option<String>,
+}
+
+/// Checks `data` as segment `seg` of `blob` against `ob` and writes it at its offset in
+/// `part`; asks the kernel to start writing it back at once, so the final `fsync` finds
+/// little left to do (blocking).
+fn land(ob: &Outboard, blob: &Hash, seg: u64, data: &[u8], part: &File) -> Landed {
+    let len = data.len() as u64;
+    let seg_ok = if ob.cvs.is_empty() {
+        ob.verify_segment(blob, seg, data)
+    } else {
+        // `ob` is the one-value slice made by [`Outboard::for_segment`].
+        let (off, want) = ob.segment(seg);
+        len == want && segment_cv(off, data) == ob.cvs[0]
+    };
+    if !seg_ok {
+        return Landed {
+            len,
+            verified: false,
+            write_error: None,
+        };
+    }
+    let off = seg * SEGMENT_LEN;
+    let r = (|| {
+        if ob.cvs.is_empty() && len != ob.len {
+            // One-segment blob: the length comes from the verified bytes.
+            part.set_len(len)?;
+        }
+        part.write_all_at(data, off)?;
+        start_writeback(part, off, len);
+        io::Result::Ok(())
+    })();
+    Landed {
+        len,
+        verified: true,
+        write_error: r.err().map(|e| format!("Failed to write a partial blob: {e}")),
+    }
+}
+
+/// Starts writeback of a written range without waiting for it (Linux `sync_file_range`);
+/// durability still comes from the `fsync` before the blob enters the store.
+fn start_writeback(f: &File, off: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only schedules I/O.
+        unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                off as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, off, len);
 }
 
 impl Fetcher {
@@ -519,7 +596,7 @@ impl Fetcher {
         Some((
             ob,
             Partial {
-                part,
+                part: Arc::new(part),
                 have,
                 have_path: have_p,
             },
@@ -544,7 +621,7 @@ impl Fetcher {
         part.set_len(ob.len)
             .with_context(|| format!("Failed to size {}", part_p.display()))?;
         Ok(Partial {
-            part,
+            part: Arc::new(part),
             have: vec![false; ob.segments() as usize],
             have_path: have_p,
         })
@@ -633,6 +710,7 @@ impl Fetcher {
         }
         // A blob of at most one segment (the usual package, signature or database): one
         // request, checked against the hash itself; no outboard needed.
+        let mut probe: Option<Vec<u8>> = None;
         if state.is_none() && expected_len.is_none_or(|l| l <= SEGMENT_LEN) {
             for i in 0..n_src {
                 if dropped.contains_key(&i) {
@@ -663,7 +741,10 @@ impl Fetcher {
                             self.strike(&name);
                             dropped.insert(i, "sent bad bytes".into());
                         } else {
-                            break; // a larger blob: outboard and segments
+                            // A larger blob: outboard and segments. These bytes may well be its
+                            // first segment: kept, and checked once the outboard is known.
+                            probe = Some(d);
+                            break;
                         }
                     }
                     Err(SourceError::NotFound) => {
@@ -685,6 +766,9 @@ impl Fetcher {
         let mut pending: FuturesUnordered<BoxFuture<'_, Done>> = FuturesUnordered::new();
         let mut outboard_pending = false;
         let mut in_flight_segs: BTreeSet<u64> = BTreeSet::new();
+        // Bumped whenever the outboard (and partial file) is replaced: answers to requests made
+        // under an earlier one are not counted.
+        let mut epoch = 0u64;
 
         loop {
             if let Some((_, p, _)) = &state
@@ -717,7 +801,7 @@ impl Fetcher {
                     None => {}
                 }
             }
-            if let Some((ob, _, _)) = &state {
+            if let Some((ob, p, _)) = &state {
                 let total: usize = in_flight.iter().sum();
                 let mut room = self.cfg.max_in_flight.saturating_sub(total);
                 let candidates: Vec<u64> = queue
@@ -750,10 +834,21 @@ impl Fetcher {
                     let s = self.sources[i].clone();
                     self.busy[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let slot = Slot(self.busy.clone(), i);
+                    let (ob, part, ep) = (ob.for_segment(seg), p.part.clone(), epoch);
                     pending.push(Box::pin(async move {
                         let r = s.fetch_range(blob, off, len).await;
                         drop(slot);
-                        Done::Segment(i, seg, r)
+                        let r = match r {
+                            // Hash and write on the blocking pool: segments land in parallel
+                            // while the next ones arrive.
+                            Ok(data) => tokio::task::spawn_blocking(move || {
+                                land(&ob, &blob, seg, &data, &part)
+                            })
+                            .await
+                            .map_err(|e| SourceError::Failed(format!("segment check: {e}"))),
+                            Err(e) => Err(e),
+                        };
+                        Done::Segment(i, seg, ep, r)
                     }));
                 }
                 if pending.is_empty() {
@@ -800,8 +895,27 @@ impl Fetcher {
                                     dropped.insert(i, "wrong outboard length".into());
                                 }
                                 Ok(ob) => {
-                                    let p = self.start_partial(&blob, &ob)?;
+                                    let mut p = self.start_partial(&blob, &ob)?;
                                     queue = (0..ob.segments()).collect();
+                                    epoch += 1;
+                                    if let Some(d) = probe.take()
+                                        && !ob.cvs.is_empty()
+                                    {
+                                        let (seg0, part) = (ob.for_segment(0), p.part.clone());
+                                        let landed = tokio::task::spawn_blocking(move || {
+                                            land(&seg0, &blob, 0, &d, &part)
+                                        })
+                                        .await
+                                        .map_err(|e| anyhow!("{e}"))?;
+                                        if landed.verified && landed.write_error.is_none() {
+                                            p.have[0] = true;
+                                            queue.remove(&0);
+                                            report.fetched_segments += 1;
+                                            if let Some(f) = &progress {
+                                                f(landed.len);
+                                            }
+                                        }
+                                    }
                                     state = Some((ob, p, i));
                                 }
                                 Err(e) => {
@@ -825,35 +939,38 @@ impl Fetcher {
                         }
                     }
                 }
-                Done::Segment(i, seg, r) => {
+                Done::Segment(i, seg, ep, r) => {
                     in_flight[i] -= 1;
                     in_flight_segs.remove(&seg);
                     let mut reset = false;
                     let Some((ob, p, ob_src)) = &mut state else {
                         continue;
                     };
+                    if ep != epoch {
+                        // Asked under an outboard since replaced: its bytes went to the old
+                        // partial file; the segment is in the queue again.
+                        continue;
+                    }
                     let name = self.sources[i].name();
                     match r {
-                        Ok(data) => {
-                            report.bytes_received += data.len() as u64;
-                            if ob.verify_segment(&blob, seg, &data) {
-                                errors[i] = 0;
-                                let off = seg * SEGMENT_LEN;
-                                if ob.cvs.is_empty() && data.len() as u64 != ob.len {
-                                    // One-segment blob: the length comes from the verified bytes.
-                                    ob.len = data.len() as u64;
-                                    p.part.set_len(ob.len)?;
+                        Ok(landed) => {
+                            report.bytes_received += landed.len;
+                            if landed.verified {
+                                if let Some(e) = landed.write_error {
+                                    bail!("blob {blob}: {e}");
                                 }
-                                p.part
-                                    .write_all_at(&data, off)
-                                    .context("Failed to write a partial blob")?;
+                                errors[i] = 0;
+                                if ob.cvs.is_empty() && landed.len != ob.len {
+                                    // One-segment blob: the length comes from the verified bytes.
+                                    ob.len = landed.len;
+                                }
                                 p.have[seg as usize] = true;
                                 p.save_bitmap()
                                     .context("Failed to write a partial bitmap")?;
                                 queue.remove(&seg);
                                 report.fetched_segments += 1;
                                 if let Some(f) = &progress {
-                                    f(data.len() as u64);
+                                    f(landed.len);
                                 }
                             } else {
                                 tracing::warn!(source = %name, blob = %blob.fmt_short(), segment = seg, "segment does not verify; source dropped");
@@ -905,6 +1022,7 @@ impl Fetcher {
                     if reset {
                         seg_failed.clear();
                         self.discard_partial(&blob);
+                        epoch += 1;
                         state = None;
                         queue.clear();
                         outboard_tried = dropped.keys().copied().collect();
@@ -916,17 +1034,22 @@ impl Fetcher {
         drop(pending);
         let (part_p, _, _) = self.paths(&blob);
         let (ob, p, _) = state.expect("complete");
-        p.part
-            .sync_all()
-            .context("Failed to fsync a fetched blob")?;
-        drop(p);
         let store = self.store.clone();
         let len = ob.len;
         let path = part_p.clone();
-        tokio::task::spawn_blocking(move || store.adopt_verified(&path, &blob, len))
-            .await
-            .map_err(|e| anyhow!("{e}"))?
-            .with_context(|| format!("Failed to store fetched blob {blob}"))?;
+        // Every segment verified against the outboard, and the outboard against the blob's
+        // hash: the file is the blob, so it is adopted without hashing it again.
+        tokio::task::spawn_blocking(move || {
+            p.part
+                .sync_all()
+                .context("Failed to fsync a fetched blob")?;
+            drop(p);
+            store
+                .adopt_verified(&path, &blob, len)
+                .with_context(|| format!("Failed to store fetched blob {blob}"))
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))??;
         self.discard_partial(&blob);
         Ok(report)
     }
@@ -1383,7 +1506,8 @@ mod tests {
         let d = data(8 * S + 5, 7);
         let h = Hash::new(&d);
         let e = env();
-        // The first request is the one-segment probe (a 4 MiB prefix, not kept), then 3 segments.
+        // The first request is the one-segment probe (a 4 MiB prefix: kept as segment 0 once the
+        // outboard verifies it), then 3 segments.
         let dying = [MemSource::new("dies", &d, Behaviour::DiesAfter(4))];
         let err = rt().block_on(fetcher(&e, &dying).fetch(h, None, None));
         assert!(err.is_err());
@@ -1395,7 +1519,8 @@ mod tests {
         let part = e.partial.join(format!("{}.part", h.to_hex()));
         let have = fs::read(e.partial.join(format!("{}.have", h.to_hex()))).unwrap();
         let saved: Vec<usize> = (0..have.len()).filter(|&i| have[i] == 1).collect();
-        assert_eq!(saved.len(), 3, "{have:?}");
+        assert_eq!(saved.len(), 4, "{have:?}");
+        assert_eq!(saved[0], 0, "the probe is segment 0: {have:?}");
         let f = OpenOptions::new().write(true).open(&part).unwrap();
         f.write_all_at(b"XX", (saved[0] * S) as u64 + 10).unwrap();
         drop(f);
@@ -1405,11 +1530,11 @@ mod tests {
             .block_on(fetcher(&e, &good).fetch(h, None, None))
             .unwrap();
         assert_eq!(e.store.read(&h).unwrap(), d);
-        assert_eq!(r.resumed_segments, 2, "{r:?}");
-        assert_eq!(r.fetched_segments, 7, "{r:?}");
+        assert_eq!(r.resumed_segments, 3, "{r:?}");
+        assert_eq!(r.fetched_segments, 6, "{r:?}");
         assert_eq!(
             good[0].served.load(Ordering::SeqCst),
-            d.len() as u64 - 2 * SEGMENT_LEN
+            d.len() as u64 - 3 * SEGMENT_LEN
         );
     }
 

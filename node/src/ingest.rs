@@ -231,6 +231,41 @@ fn classify_verify(e: VerifyError) -> RejectReason {
     }
 }
 
+/// The cheap, stateless part of the checks, for gossip validation: size cap, envelope,
+/// signature, payload, author = signer, the author's role under `policy`, the lease cap.
+/// `Ok(true)`: an event that passes may be forwarded before it is stored (see
+/// docs/threat-model.md, "Forwarding before storing"); `Ok(false)`: a `publish`, whose manifest
+/// chain needs the state, so only the full [`Ingest::ingest`] decides. The full ingest checks
+/// all of this again, and more (duplicates, sequence numbers, equivocation).
+pub fn precheck(bytes: &[u8], policy: &MeshPolicy, limits: &Limits) -> Result<bool, RejectReason> {
+    let max = Event::max_bytes(limits);
+    if bytes.len() > max {
+        return Err(RejectReason::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    let signed = Signed::<Event>::from_bytes(bytes, limits).map_err(|e| match e {
+        DecodeError::TooLarge { len, max, .. } => RejectReason::TooLarge { len, max },
+        other => RejectReason::Decode(other),
+    })?;
+    let ev = signed.verify_and_decode(limits).map_err(classify_verify)?;
+    policy
+        .authorize(&ev.author, &ev.body)
+        .map_err(RejectReason::Policy)?;
+    if let EventBody::Claim { lease_until, .. } = &ev.body {
+        let lease_secs = lease_until.saturating_since(ev.time).as_secs();
+        let max_secs = 2 * u64::from(policy.lease_secs);
+        if lease_secs > max_secs {
+            return Err(RejectReason::LeaseTooLong {
+                lease_secs,
+                max_secs,
+            });
+        }
+    }
+    Ok(!matches!(ev.body, EventBody::Publish(_)))
+}
+
 /// What happened to an ingested event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {

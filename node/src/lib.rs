@@ -32,6 +32,7 @@ pub mod pkgbuild_source;
 pub mod publisher;
 pub mod rebuild;
 pub mod requeue;
+pub mod retention;
 pub mod review;
 pub mod schedule;
 pub mod source;

@@ -19,6 +19,7 @@
 //! | `pacmesh_gossip_messages_total` | counter | `result`: accepted, rejected, ignored; `reason` | network layer |
 //! | `pacmesh_peers_connected` | gauge | | network layer |
 //! | `pacmesh_replicated_bytes_total` | counter | | network layer (blob bytes received from peers) |
+//! | `pacmesh_retention_released_total` | counter | | retention (own output dropped once enough peers keep it) |
 //! | `pacmesh_blobs_fetched_total` | counter | `result`: ok, failed | network layer |
 //! | `pacmesh_blobs_stored`, `pacmesh_blobs_stored_bytes` | gauge | | health monitor (every 30 s) |
 //! | `pacmesh_publishes_total` | counter | | publisher (generations this node published) |
@@ -100,6 +101,7 @@ pub struct Metrics {
     pub gossip_messages: Family<ResultReasonLabels, Counter>,
     pub peers_connected: Gauge,
     pub replicated_bytes: Counter,
+    pub retention_released: Counter,
     pub blobs_fetched: Family<ResultLabels, Counter>,
     pub blobs_stored: Gauge,
     pub blobs_stored_bytes: Gauge,
@@ -150,6 +152,7 @@ impl Metrics {
             gossip_messages: Family::default(),
             peers_connected: Gauge::default(),
             replicated_bytes: Counter::default(),
+            retention_released: Counter::default(),
             blobs_fetched: Family::default(),
             blobs_stored: Gauge::default(),
             blobs_stored_bytes: Gauge::default(),
@@ -211,6 +214,11 @@ impl Metrics {
                 "Blob bytes received from peers",
                 Unit::Bytes,
                 m.replicated_bytes.clone(),
+            );
+            r.register(
+                "retention_released",
+                "Own build outputs dropped once enough peers keep them",
+                m.retention_released.clone(),
             );
             r.register(
                 "blobs_fetched",

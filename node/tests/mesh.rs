@@ -482,9 +482,9 @@ mod hostile {
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
     use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identity, noise, tcp, yamux};
-    use pacmesh_node::net::codec::MsgCodec;
+    use pacmesh_node::net::codec::BlobCodec;
     use pacmesh_protocol::{
-        BlobAnswer, BlobRequest, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES,
+        BlobAnswer, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES,
         segment_count, segment_value,
     };
     use tokio::sync::mpsc;
@@ -492,7 +492,7 @@ mod hostile {
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
         gossipsub: gossipsub::Behaviour,
-        blobs: request_response::Behaviour<MsgCodec<BlobRequest, BlobResponse>>,
+        blobs: request_response::Behaviour<BlobCodec>,
     }
 
     pub enum Cmd {
@@ -539,7 +539,7 @@ mod hostile {
                         )
                         .unwrap(),
                         blobs: request_response::Behaviour::with_codec(
-                            MsgCodec::new(Limits::default()),
+                            BlobCodec::new(Limits::default()),
                             [(
                                 StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
                                 ProtocolSupport::Full,
@@ -594,6 +594,12 @@ mod hostile {
                                         bytes[0] ^= 0xff; // the lie
                                         BlobAnswer::Data { bytes }
                                     }
+                                    // The lie again: "I keep it", with a made-up proof.
+                                    BlobWant::Have { challenge } => BlobAnswer::Have {
+                                        size: b.len() as u64,
+                                        keeps: true,
+                                        proof: challenge,
+                                    },
                                 },
                                 _ => BlobAnswer::NotFound,
                             };
@@ -893,4 +899,76 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Builder retention (`[mesh] replicas = 2`): a builder that does not publish keeps its own
+/// output while only one peer (the publisher) keeps it, and drops an artifact from its content
+/// store once a second peer fetched it and proved it holds the bytes; its build log, kept by the
+/// publisher alone, stays. The publisher keeps everything.
+#[test]
+fn a_builder_keeps_its_output_until_two_peers_keep_it() {
+    if skip(&["bwrap", "makepkg"], false) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let net = Net::new(t.path(), 3, 30);
+    let n0 = net.start(0, &[], &["--no-build"]);
+    let n1 = net.start_with(
+        1,
+        &[&n0],
+        &[],
+        "replicas = 2\nretention_interval_ms = 300",
+    );
+    let n2 = net.start(2, &[&n0, &n1], &["--no-build"]);
+    let nodes = [&n0, &n1, &n2];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.iter().any(|n| {
+        status(n)["peers"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|x| x["live"] == true).count())
+            < 2
+    }) {
+        assert!(Instant::now() < deadline, "announcements: {:#}", status(&n1));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = net.enqueue(&n0, &pkg(t.path(), "mesh-kept", "true"), &[]);
+    wait_queue(&n0.http, "published", Duration::from_secs(180), |es| {
+        es.iter()
+            .any(|e| e["id"] == id.as_str() && e["status"]["state"] == "published")
+    });
+    let detail = json(&format!("{}/api/v1/entries/{id}", n0.http));
+    let report = &detail["reports"][0];
+    assert_eq!(report["builder"], net.publics[1].as_str(), "{detail:#}");
+    let artifact = report["artifacts"][0]["blake3"].as_str().unwrap().to_string();
+    let log = report["log"].as_str().unwrap().to_string();
+    let holds = |n: &Node, h: &str| http_get(&format!("{}/api/v1/blobs/{h}", n.http)).0 == 200;
+    assert!(holds(&n0, &artifact) && holds(&n0, &log), "the publisher has both");
+    // Only the publisher keeps them: several retention rounds later the builder still has both.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(holds(&n1, &artifact), "one replica is not enough");
+    assert!(holds(&n1, &log));
+    assert!(!holds(&n2, &artifact));
+    // A second peer fetches the artifact (not the log).
+    let (code, v) = http_post(
+        &format!("{}/api/v1/blobs/{artifact}/fetch", n2.http),
+        b"",
+    );
+    assert_eq!(code, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holds(&n1, &artifact) {
+        assert!(
+            Instant::now() < deadline,
+            "the builder still holds its artifact with two replicas"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = String::from_utf8(http_get(&format!("{}/metrics", n1.http)).1).unwrap();
+    assert!(
+        metrics.contains("pacmesh_retention_released_total 1"),
+        "{metrics}"
+    );
+    // The log has one replica: kept. The keepers keep theirs.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(holds(&n1, &log), "the log has only one replica");
+    assert!(holds(&n0, &artifact) && holds(&n0, &log) && holds(&n2, &artifact));
 }

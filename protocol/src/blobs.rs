@@ -10,6 +10,12 @@
 //! that sends a wrong outboard or wrong bytes is caught at once, on that
 //! segment, and can be dropped. Nothing here is signed: the blob's hash comes
 //! from a signed event, and everything is checked against it.
+//!
+//! Version 2 (`/pacmesh/blobs/2`) frames a response so that segment bytes are
+//! not CBOR: a tag byte, then either a CBOR [`BlobResponse`] (outboards,
+//! `have` answers, refusals) or `u32 BE length ‖ raw bytes` for
+//! [`BlobAnswer::Data`] (see [`DATA_FRAME`]); and it adds [`BlobWant::Have`],
+//! which a builder uses to learn which peers keep its output (retention).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +23,7 @@ use crate::Hash;
 use crate::codec::{DecodeError, Limits, Message, check_len, invalid};
 
 /// The newest blob message version this build understands and writes.
-pub const BLOBS_VERSION: u32 = 1;
+pub const BLOBS_VERSION: u32 = 2;
 
 /// Bytes per segment: 4 MiB, a power-of-two number of BLAKE3 chunks.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
@@ -28,6 +34,15 @@ pub const MAX_BLOB_BYTES: u64 = 64 << 30;
 
 /// Largest encoded blob request or response: one segment plus framing.
 pub const MAX_BLOB_MESSAGE_BYTES: usize = SEGMENT_BYTES as usize + (64 << 10);
+
+/// First byte of a `/pacmesh/blobs/2` response followed by a CBOR
+/// [`BlobResponse`] (to the end of the stream, at most
+/// [`MAX_BLOB_MESSAGE_BYTES`]).
+pub const CBOR_FRAME: u8 = 0;
+/// First byte of a `/pacmesh/blobs/2` response carrying data: then a `u32`
+/// big-endian length (at most [`SEGMENT_BYTES`]) and that many raw bytes, and
+/// the stream ends. Decodes to [`BlobAnswer::Data`].
+pub const DATA_FRAME: u8 = 1;
 
 /// What is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +56,14 @@ pub enum BlobWant {
         offset: u64,
         /// Length, at most [`SEGMENT_BYTES`].
         len: u64,
+    },
+    /// Whether the peer holds the blob complete in its content store and
+    /// keeps it (answered with [`BlobAnswer::Have`] or
+    /// [`BlobAnswer::NotFound`]), with a fresh random `challenge` the answer
+    /// must prove possession against ([`possession_proof`]). Version 2.
+    Have {
+        /// Random, chosen by the asker for this question.
+        challenge: Hash,
     },
 }
 
@@ -83,6 +106,18 @@ pub enum BlobAnswer {
         #[serde(with = "crate::keys::byte_buf")]
         bytes: Vec<u8>,
     },
+    /// Answer to [`BlobWant::Have`]: the peer holds the blob complete.
+    Have {
+        /// Size in bytes.
+        size: u64,
+        /// Whether the peer keeps it: its role keeps the blob (a publisher
+        /// or mirror, or a node that fetched it) rather than dropping it once
+        /// replicated elsewhere (a builder holding its own output).
+        keeps: bool,
+        /// [`possession_proof`] of the challenge, the answering peer and the
+        /// blob's bytes.
+        proof: Hash,
+    },
     /// The peer does not hold the blob.
     NotFound,
     /// The peer will not answer (busy, bad request); a short reason.
@@ -90,6 +125,48 @@ pub enum BlobAnswer {
         /// Why.
         reason: String,
     },
+}
+
+/// Bytes read at each spot of a [`possession_proof`].
+pub const PROOF_SPOT_BYTES: u64 = 1024;
+/// Spots of a [`possession_proof`].
+pub const PROOF_SPOTS: usize = 16;
+
+/// Where a [`possession_proof`] reads: [`PROOF_SPOTS`] ranges of up to
+/// [`PROOF_SPOT_BYTES`] at offsets derived from the challenge (the whole blob
+/// when it is smaller than that), as `(offset, len)`.
+pub fn proof_spots(challenge: &Hash, size: u64) -> Vec<(u64, u64)> {
+    if size <= PROOF_SPOT_BYTES * PROOF_SPOTS as u64 {
+        return vec![(0, size)];
+    }
+    let mut xof = blake3::Hasher::new_derive_key("pacmesh blob possession spots v1")
+        .update(challenge.as_bytes())
+        .finalize_xof();
+    (0..PROOF_SPOTS)
+        .map(|_| {
+            let mut b = [0u8; 8];
+            xof.fill(&mut b);
+            (u64::from_le_bytes(b) % (size - PROOF_SPOT_BYTES + 1), PROOF_SPOT_BYTES)
+        })
+        .collect()
+}
+
+/// Proof that `holder` (its libp2p peer id bytes) holds a blob: BLAKE3 keyed
+/// with the asker's `challenge` over the holder, the size and the bytes at
+/// [`proof_spots`] (`spots`, in that order). Binding the holder means a peer
+/// cannot pass off another peer's answer as its own; random spots mean a peer
+/// holding a fraction *f* of the blob passes with probability about
+/// *f*<sup>16</sup>.
+pub fn possession_proof(challenge: &Hash, holder: &[u8], size: u64, spots: &[&[u8]]) -> Hash {
+    let mut h = blake3::Hasher::new_keyed(challenge.as_bytes());
+    h.update(&(holder.len() as u64).to_le_bytes());
+    h.update(holder);
+    h.update(&size.to_le_bytes());
+    for s in spots {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s);
+    }
+    Hash::from_bytes(*h.finalize().as_bytes())
 }
 
 /// The number of segments of a blob of `size` bytes (at least 1).
@@ -139,6 +216,11 @@ impl Message for BlobResponse {
             }
             BlobAnswer::Data { bytes } => {
                 check_len("blob data", bytes.len(), SEGMENT_BYTES as usize)?
+            }
+            BlobAnswer::Have { size, .. } => {
+                if *size > MAX_BLOB_BYTES {
+                    return Err(invalid("blob size", "larger than the blob limit"));
+                }
             }
             BlobAnswer::Refused { reason } => {
                 crate::codec::check_text("refusal reason", reason, limits.max_text)?
@@ -270,6 +352,58 @@ mod tests {
             },
         };
         assert!(BlobResponse::decode(&lying.encode().unwrap(), &l).is_err());
+        // Version 2: `have` queries and answers.
+        let have = BlobRequest {
+            version: BLOBS_VERSION,
+            hash: Hash::new(b"x"),
+            want: BlobWant::Have {
+                challenge: Hash::new(b"c"),
+            },
+        };
+        assert_eq!(
+            BlobRequest::decode(&have.encode().unwrap(), &l).unwrap(),
+            have
+        );
+        let held = BlobResponse {
+            version: BLOBS_VERSION,
+            answer: BlobAnswer::Have {
+                size: 7,
+                keeps: true,
+                proof: Hash::new(b"p"),
+            },
+        };
+        assert_eq!(
+            BlobResponse::decode(&held.encode().unwrap(), &l).unwrap(),
+            held
+        );
+        let huge = BlobResponse {
+            version: BLOBS_VERSION,
+            answer: BlobAnswer::Have {
+                size: MAX_BLOB_BYTES + 1,
+                keeps: false,
+                proof: Hash::new(b"p"),
+            },
+        };
+        assert!(BlobResponse::decode(&huge.encode().unwrap(), &l).is_err());
+    }
+
+    #[test]
+    fn possession_proofs_depend_on_challenge_holder_and_bytes() {
+        let c = Hash::new(b"challenge");
+        let small = proof_spots(&c, 100);
+        assert_eq!(small, vec![(0, 100)]);
+        let size = 10 << 20;
+        let spots = proof_spots(&c, size);
+        assert_eq!(spots.len(), PROOF_SPOTS);
+        assert!(spots.iter().all(|(o, l)| *l == PROOF_SPOT_BYTES && o + l <= size));
+        assert_ne!(spots, proof_spots(&Hash::new(b"other"), size));
+        let bytes = [1u8; 1024];
+        let p = possession_proof(&c, b"peer a", size, &[&bytes]);
+        assert_ne!(p, possession_proof(&c, b"peer b", size, &[&bytes]));
+        assert_ne!(p, possession_proof(&Hash::new(b"x"), b"peer a", size, &[&bytes]));
+        assert_ne!(p, possession_proof(&c, b"peer a", size, &[&[2u8; 1024]]));
+        assert_eq!(p, possession_proof(&c, b"peer a", size, &[&bytes]));
+        let l = Limits::default();
         for junk in [
             &b""[..],
             b"\xff",

@@ -20,8 +20,9 @@ mod tagged;
 mod time;
 
 pub use blobs::{
-    BLOBS_VERSION, BlobAnswer, BlobRequest, BlobResponse, BlobWant, MAX_BLOB_BYTES,
-    MAX_BLOB_MESSAGE_BYTES, SEGMENT_BYTES, outboard_matches, segment_count, segment_value,
+    BLOBS_VERSION, BlobAnswer, BlobRequest, BlobResponse, BlobWant, CBOR_FRAME, DATA_FRAME,
+    MAX_BLOB_BYTES, MAX_BLOB_MESSAGE_BYTES, PROOF_SPOT_BYTES, PROOF_SPOTS, SEGMENT_BYTES,
+    outboard_matches, possession_proof, proof_spots, segment_count, segment_value,
 };
 pub use caps::{
     ANNOUNCEMENT_VERSION, Announcement, Capabilities, Mismatch, Requirement, RequirementError,
@@ -47,8 +48,9 @@ pub use time::Timestamp;
 
 /// libp2p stream protocol for anti-entropy sync (request-response).
 pub const SYNC_PROTOCOL: &str = "/pacmesh/sync/1";
-/// libp2p stream protocol for fetching blobs by BLAKE3 hash.
-pub const BLOBS_PROTOCOL: &str = "/pacmesh/blobs/1";
+/// libp2p stream protocol for fetching blobs by BLAKE3 hash (version 2: raw segment frames,
+/// `have` queries; see [`BlobRequest`]).
+pub const BLOBS_PROTOCOL: &str = "/pacmesh/blobs/2";
 
 /// The gossipsub topic of a mesh's events: `/pacmesh/<root hex>/events/1`.
 pub fn events_topic(root: &PublicKey) -> String {

@@ -344,7 +344,7 @@ fn signing_context_is_fixed() {
 fn topic_and_protocol_names() {
     let root = pk(&root());
     assert_eq!(SYNC_PROTOCOL, "/pacmesh/sync/1");
-    assert_eq!(BLOBS_PROTOCOL, "/pacmesh/blobs/1");
+    assert_eq!(BLOBS_PROTOCOL, "/pacmesh/blobs/2");
     assert_eq!(
         events_topic(&root),
         format!("/pacmesh/{}/events/1", root.to_hex())

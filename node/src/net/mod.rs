@@ -125,7 +125,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     sync: request_response::Behaviour<codec::MsgCodec<SyncRequest, SyncResponse>>,
-    blobs: request_response::Behaviour<codec::MsgCodec<BlobRequest, BlobResponse>>,
+    blobs: request_response::Behaviour<codec::BlobCodec>,
     logs: request_response::Behaviour<codec::MsgCodec<LogRequest, LogResponse>>,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
@@ -354,7 +354,7 @@ pub async fn start(
                     rr.clone(),
                 ),
                 blobs: request_response::Behaviour::with_codec(
-                    codec::MsgCodec::new(lim.clone()),
+                    codec::BlobCodec::new(lim.clone()),
                     [(
                         StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
                         ProtocolSupport::Full,
@@ -422,6 +422,7 @@ pub async fn start(
         faults: HashMap::new(),
         banned: HashMap::new(),
         inflight: Arc::new(AtomicUsize::new(0)),
+        policy: Arc::new(Mutex::new(Arc::new(core.ingest().policy().clone()))),
         p2p_metrics: core
             .metrics
             .with_registry(|r| libp2p::metrics::Metrics::new(r.sub_registry_with_prefix("libp2p"))),
@@ -492,6 +493,9 @@ struct Loop {
     faults: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
     inflight: Arc<AtomicUsize>,
+    /// The policy as of the last event this node ingested from gossip, for the early checks
+    /// done without the ingest lock.
+    policy: Arc<Mutex<Arc<pacmesh_protocol::MeshPolicy>>>,
     /// libp2p's own metrics, in the node's registry (`GET /metrics`).
     p2p_metrics: libp2p::metrics::Metrics,
 }
@@ -1005,8 +1009,32 @@ impl Loop {
             }
             self.inflight.fetch_add(1, Ordering::Relaxed);
             let (core, tx, inflight) = (self.core.clone(), self.tx.clone(), self.inflight.clone());
+            let (policy, limits) = (self.policy.clone(), self.limits.clone());
             tokio::task::spawn_blocking(move || {
-                let (acceptance, result, why) = match core.ingest_from(&msg.data, Origin::Peer) {
+                // Signature and role first, without the ingest lock: an event that passes is
+                // forwarded now, before this node stores it (fsync) and applies it
+                // (docs/threat-model.md, "Forwarding before storing").
+                let snapshot = policy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let early = matches!(
+                    crate::ingest::precheck(&msg.data, &snapshot, &limits),
+                    Ok(true)
+                );
+                if early {
+                    let _ = tx.blocking_send(Command::Validated {
+                        id: id.clone(),
+                        source,
+                        acceptance: gossipsub::MessageAcceptance::Accept,
+                    });
+                }
+                let outcome = core.ingest_from(&msg.data, Origin::Peer);
+                {
+                    let ingest = core.ingest();
+                    if ingest.policy().policy_version != snapshot.policy_version {
+                        *policy.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Arc::new(ingest.policy().clone());
+                    }
+                }
+                let (acceptance, result, why) = match outcome {
                     IngestOutcome::Accepted { .. } => (
                         gossipsub::MessageAcceptance::Accept,
                         "accepted",
@@ -1042,6 +1070,13 @@ impl Loop {
                     })
                     .inc();
                 inflight.fetch_sub(1, Ordering::Relaxed);
+                if early {
+                    // Reported already; a fault the full checks found still counts.
+                    if matches!(acceptance, gossipsub::MessageAcceptance::Reject) {
+                        let _ = tx.blocking_send(Command::Fault(source, "invalid gossip", 1));
+                    }
+                    return;
+                }
                 let _ = tx.blocking_send(Command::Validated {
                     id,
                     source,

@@ -83,9 +83,20 @@ pub fn serve(core: &Core, req: &BlobRequest) -> BlobResponse {
             if offset >= size && !(offset == 0 && size == 0) {
                 bail!("range starts past the end ({size} bytes)");
             }
+            // Read straight into the response buffer (sent as it is: `/pacmesh/blobs/2` frames
+            // data raw).
             let mut bytes = vec![0u8; len.min(size - offset) as usize];
             f.read_exact_at(&mut bytes, offset)?;
             Ok(BlobAnswer::Data { bytes })
+        })(),
+        BlobWant::Have { challenge } => (|| {
+            let (size, proof) =
+                crate::retention::proof_of(core, &req.hash, &challenge, &core.key.peer_id())?;
+            Ok(BlobAnswer::Have {
+                size,
+                keeps: !crate::retention::releases(core, &req.hash),
+                proof,
+            })
         })(),
     };
     response(r.unwrap_or_else(|e: anyhow::Error| BlobAnswer::Refused {

@@ -656,6 +656,26 @@ impl FsStore {
         Ok(())
     }
 
+    /// Deletes `hash` now if nothing pins it, whatever its age (builder retention releases a
+    /// replicated blob this way); `Ok(true)` if it was removed.
+    pub fn remove_unpinned(&self, hash: &Hash) -> Result<bool, BlobError> {
+        let _exclusive = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        if self.pins.scan_prefix(hash.as_bytes()).next().is_some() {
+            return Ok(false);
+        }
+        // Index first, as in `gc`.
+        if self.index.remove(hash.as_bytes())?.is_none() {
+            return Ok(false);
+        }
+        match fs::remove_file(self.path_of(hash)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove blob")(e)),
+        }
+        self.db.flush()?;
+        Ok(true)
+    }
+
     /// Pins every hash in `hashes` with `tag`, with one flush (a generation pins thousands).
     pub fn pin_all<'a>(
         &self,
