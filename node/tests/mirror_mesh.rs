@@ -712,7 +712,7 @@ mod proxy {
     use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
     use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
-    use pacmesh_node::net::codec::MsgCodec;
+    use pacmesh_node::net::codec::{BlobCodec, MsgCodec};
     use pacmesh_protocol::{
         BLOBS_VERSION, BlobAnswer, BlobRequest, BlobResponse, BlobWant, Hash, Limits, Message,
         SyncRequest, SyncResponse,
@@ -725,7 +725,7 @@ mod proxy {
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
         sync: request_response::Behaviour<MsgCodec<SyncRequest, SyncResponse>>,
-        blobs: request_response::Behaviour<MsgCodec<BlobRequest, BlobResponse>>,
+        blobs: request_response::Behaviour<BlobCodec>,
     }
 
     type Reply = std::sync::mpsc::Sender<Result<BlobAnswer, String>>;
@@ -834,6 +834,8 @@ mod proxy {
                     .unwrap_or_default();
                 BlobAnswer::Data { bytes }
             }
+            // A forwarder holds nothing itself.
+            BlobWant::Have { .. } => BlobAnswer::NotFound,
         }
     }
 
@@ -890,7 +892,7 @@ mod proxy {
                         rr(),
                     ),
                     blobs: request_response::Behaviour::with_codec(
-                        MsgCodec::new(Limits::default()),
+                        BlobCodec::new(Limits::default()),
                         [(
                             StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
                             ProtocolSupport::Full,
