@@ -27,26 +27,10 @@ use serde_json::Value;
 
 #[path = "common/procs.rs"]
 mod procs;
-use procs::{BIN, have, pacmesh_ok, run, s, show};
-
-const REPO: &str = "mtest";
-const ARCH: &str = "x86_64";
-
-fn can_pacman() -> bool {
-    let missing: Vec<&str> = ["pacman", "pacman-key", "gpg"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("SKIPPED (pacman part): missing {missing:?}");
-        return false;
-    }
-    let root = procs::is_root();
-    if !root {
-        eprintln!("SKIPPED (pacman part): pacman needs root");
-    }
-    root
-}
+#[path = "common/mirror_util.rs"]
+mod mirror_util;
+use mirror_util::*;
+use procs::{BIN, pacmesh_ok, run, s, show};
 
 struct Proc {
     child: Child,
@@ -109,67 +93,10 @@ impl Drop for Proc {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
-    get_as(url, "pacmesh-test")
-}
-
-/// A GET with a user agent (the mirror tells clients apart by address and user agent).
-fn get_as(url: &str, ua: &str) -> (u16, Vec<u8>, Option<String>) {
-    let mut r = agent()
-        .get(url)
-        .header("user-agent", ua)
-        .call()
-        .expect("GET");
-    let code = r.status().as_u16();
-    let g = r
-        .headers()
-        .get("x-pacmesh-generation")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (
-        code,
-        r.body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_vec()
-            .unwrap_or_default(),
-        g,
-    )
-}
-
 fn json(url: &str) -> Value {
     let (code, body, _) = get(url);
     assert_eq!(code, 200, "{url}: {}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn mirror_served(base: &str) -> Option<u64> {
-    json(&format!("{base}/api/v1/status"))["repos"][0]["served"].as_u64()
-}
-
-fn node_served(base: &str) -> Option<u64> {
-    let st = json(&format!("{base}/api/v1/status"));
-    st["generations"]
-        .as_array()?
-        .iter()
-        .find(|g| g["repo"] == REPO)?["served"]
-        .as_u64()
 }
 
 /// Keys, a policy, a node process (publisher, no builds) and helpers that publish synthetic
@@ -975,22 +902,7 @@ fn hostile_peers_are_refused_and_a_killed_mirror_resumes() {
     mesh.publish("big", &[big], 2);
     let (mut mirror, mbase) = mesh.mirror("out", &[&hostile.base], &[]);
     let partial = t.path().join("out-data/partial");
-    let segments_done = || -> usize {
-        std::fs::read_dir(&partial)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".have"))
-            .map(|e| {
-                std::fs::read(e.path())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|&&b| b == 1)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    };
+    let segments_done = || mirror_util::segments_done(&partial);
     wait_until("the mirror is mid-fetch", Duration::from_secs(60), || {
         segments_done() >= 3
     });

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pacmesh_node::client::Client;
 use pacmesh_node::keys::NodeKey;
@@ -28,55 +28,9 @@ use serde_json::Value;
 #[path = "common/procs.rs"]
 mod procs;
 use procs::*;
-
-const REPO: &str = "mtest";
-const ARCH: &str = "x86_64";
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-/// GET: status, body, `X-Pacmesh-Generation`.
-fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
-    let mut r = agent().get(url).call().expect("GET");
-    let code = r.status().as_u16();
-    let g = r
-        .headers()
-        .get("x-pacmesh-generation")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = r
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .unwrap_or_default();
-    (code, body, g)
-}
-
-fn mirror_served(base: &str) -> Option<u64> {
-    json(&format!("{base}/api/v1/status"))["repos"][0]["served"].as_u64()
-}
-
-fn node_served(base: &str) -> Option<u64> {
-    json(&format!("{base}/api/v1/status"))["generations"]
-        .as_array()?
-        .iter()
-        .find(|g| g["repo"] == REPO)?["served"]
-        .as_u64()
-}
+#[path = "common/mirror_util.rs"]
+mod mirror_util;
+use mirror_util::*;
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -359,22 +313,6 @@ fn check_set(base: &str, pgp: &OpenPgpKey) -> Result<u64, String> {
     Ok(g)
 }
 
-fn can_pacman() -> bool {
-    let missing: Vec<&str> = ["pacman", "pacman-key", "gpg"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("SKIPPED (pacman part): missing {missing:?}");
-        return false;
-    }
-    if !is_root() {
-        eprintln!("SKIPPED (pacman part): pacman needs root");
-        return false;
-    }
-    true
-}
-
 fn readme(p: &Pacman, name: &str) -> String {
     std::fs::read_to_string(p.root().join(format!("usr/share/{name}/README"))).unwrap_or_default()
 }
@@ -654,22 +592,7 @@ fn a_corrupting_peer_is_banned_and_a_killed_mirror_resumes() {
     mesh.publish("big2", &[big2], 3);
     let mirror = mesh.mirror("out", &[&liar.addr.to_string()]);
     let partial = t.path().join("out-data/partial");
-    let segments_done = || -> usize {
-        std::fs::read_dir(&partial)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".have"))
-            .map(|e| {
-                std::fs::read(e.path())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|&&b| b == 1)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    };
+    let segments_done = || mirror_util::segments_done(&partial);
     wait_until("the mirror is mid-fetch", Duration::from_secs(60), || {
         segments_done() >= 3
     });
