@@ -17,17 +17,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::aur_standin::{AurStandin, commit_dir};
+use common::aur_standin::{AurStandin, commit_dir, write};
 use common::node_proc::*;
 use serde_json::Value;
-
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (p, text) in files {
-        let f = dir.join(p);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    }
-}
 
 /// A one-file package; `extra` goes into the PKGBUILD before `package()`.
 fn pkgbuild(name: &str, ver: &str, extra: &str) -> String {

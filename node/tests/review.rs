@@ -11,20 +11,11 @@ mod common {
     pub mod node_proc;
 }
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::aur_standin::commit_dir;
+use common::aur_standin::{commit_dir, write};
 use common::node_proc::*;
 use serde_json::Value;
-
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (p, text) in files {
-        let f = dir.join(p);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    }
-}
 
 fn pkgbuild(name: &str, ver: &str, build: &str) -> String {
     format!(

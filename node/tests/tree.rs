@@ -13,17 +13,9 @@ mod common {
 use std::path::Path;
 use std::time::Duration;
 
-use common::aur_standin::commit_dir;
+use common::aur_standin::{commit_dir, write};
 use common::node_proc::*;
 use serde_json::Value;
-
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (p, text) in files {
-        let f = dir.join(p);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    }
-}
 
 fn simple(name: &str, build: &str, depends: &str) -> String {
     format!(

@@ -12,23 +12,14 @@ mod common {
     pub mod executor_env;
 }
 
-use std::path::Path;
 
-use common::aur_standin::commit_dir;
+use common::aur_standin::{commit_dir, write};
 use common::executor_env::{Env, MAINT};
 use pacmesh_node::keys::NodeKey;
 use pacmesh_node::watch::{WatchGit, WatchSection, WatchTree};
 use pacmesh_node::watch_git::{check_sources, fire};
 use pacmesh_protocol::{EventBody, Hash, Source, Timestamp};
 use serde_json::Value;
-
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (p, text) in files {
-        let f = dir.join(p);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    }
-}
 
 fn pkgbuild(name: &str, ver: &str, extra: &str) -> String {
     format!(

@@ -3,7 +3,7 @@
 //! `/<pkgbase>.git` (through `git http-backend`, the CGI program git itself ships). Requests
 //! to the RPC are counted; the RPC can be told to answer an error, malformed JSON or HTTP 500.
 //!
-//! Also: [`commit_dir`], which commits a folder into a bare repository with git2 (used for AUR
+//! Also: [`write`], which writes a folder of files, and [`commit_dir`], which commits a folder into a bare repository with git2 (used for AUR
 //! package repositories and packages trees).
 
 #![allow(dead_code)]
@@ -319,6 +319,15 @@ async fn git(
     resp.status(status)
         .body(Body::from(out[i + n..].to_vec()))
         .unwrap()
+}
+
+/// Writes `files` (path relative to `dir`, text) under `dir`, creating folders.
+pub fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (p, text) in files {
+        let f = dir.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    }
 }
 
 /// Commits the files of `dir` (recursively; `.git` left out; executables keep their bit) as a
