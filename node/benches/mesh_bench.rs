@@ -26,7 +26,10 @@
 //! Environment: `PACMESH_BENCH_ENQUEUES` (200), `PACMESH_BENCH_SIZES` ("10,50"),
 //! `PACMESH_BENCH_BLOB_MIB` (1024), `PACMESH_BENCH_FETCH_RUNS` (2),
 //! `PACMESH_BENCH_DUP_ENTRIES` (200), `PACMESH_BENCH_DUP_BUILDERS` (4); for diagnostics
-//! `PACMESH_BENCH_LOG` (the nodes' `RUST_LOG`) and `PACMESH_BENCH_ECHO` (print their logs).
+//! `PACMESH_BENCH_LOG` (the nodes' `RUST_LOG`) and `PACMESH_BENCH_ECHO` (print their logs);
+//! `PACMESH_BENCH_TRANSPORT=quic` (nodes listen on QUIC instead of TCP);
+//! `PACMESH_BENCH_HOLD=SECS` (propagation: print the nodes' pids and pause before measuring, to
+//! profile an idle mesh).
 
 #[path = "../tests/common/procs.rs"]
 mod procs;
@@ -197,12 +200,31 @@ impl NodeProc {
 
     /// Waits for a log line containing every needle; returns the node's timestamp of it.
     fn wait_log(&self, needles: &[&str], deadline: Instant) -> Option<f64> {
+        self.wait_log_noting(needles, &[], deadline).0
+    }
+
+    /// Like [`NodeProc::wait_log`]; also returns the time of the first line passed on the way
+    /// that contains all of `note` (if `note` is not empty).
+    fn wait_log_noting(
+        &self,
+        needles: &[&str],
+        note: &[&str],
+        deadline: Instant,
+    ) -> (Option<f64>, Option<f64>) {
+        let mut noted = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.logs.recv_timeout(left) {
-                Ok(l) if needles.iter().all(|n| l.text.contains(n)) => return Some(l.at),
-                Ok(_) => {}
-                Err(_) => return None,
+                Ok(l) if needles.iter().all(|n| l.text.contains(n)) => return (Some(l.at), noted),
+                Ok(l) => {
+                    if noted.is_none()
+                        && !note.is_empty()
+                        && note.iter().all(|n| l.text.contains(n))
+                    {
+                        noted = Some(l.at);
+                    }
+                }
+                Err(_) => return (None, noted),
             }
         }
     }
@@ -228,6 +250,34 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The nodes' libp2p listen address: TCP (+ noise + yamux), or QUIC with
+/// `PACMESH_BENCH_TRANSPORT=quic`.
+fn listen_addr() -> &'static str {
+    match std::env::var("PACMESH_BENCH_TRANSPORT").as_deref() {
+        Ok("quic") => "/ip4/127.0.0.1/udp/0/quic-v1",
+        _ => "/ip4/127.0.0.1/tcp/0",
+    }
+}
+
+/// CPU time (user + system) a process has used so far, in ms (`/proc/PID/stat`, clock ticks
+/// of 10 ms).
+fn cpu_ms(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 10)
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_all(nodes: &[NodeProc]) -> u64 {
+    nodes.iter().map(|n| cpu_ms(n.pid())).sum()
 }
 
 /// Each node dials up to two earlier nodes (the previous one and a pseudo-random one), so the
@@ -355,7 +405,7 @@ impl Mesh {
             "--http",
             "127.0.0.1:0",
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            listen_addr(),
             "--no-mdns",
         ]
         .iter()
@@ -468,12 +518,29 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
         "propagation: {n} nodes started in {started:.1?}, every announcement everywhere {formed:.1?} later"
     );
     std::thread::sleep(Duration::from_secs(3));
+    if let Some(hold) = std::env::var("PACMESH_BENCH_HOLD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        // For profiling an idle mesh by hand: the nodes' pids, then a pause.
+        let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
+        eprintln!("propagation: holding {hold} s; pids {}", pids.join(" "));
+        std::thread::sleep(Duration::from_secs(hold));
+    }
+    // Idle cost of the mesh: CPU of all nodes over 5 s without events.
+    let (c0, i0) = (cpu_all(&nodes), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_ms_per_s = (cpu_all(&nodes) - c0) as f64 / i0.elapsed().as_secs_f64();
+    let c1 = cpu_all(&nodes);
+    let run_start = Instant::now();
     let warm = 5;
     let mut all = Vec::new();
     let mut first = Vec::new();
     let mut each = Vec::new();
     let mut lost = 0;
     let mut len = 0;
+    // Per event: the last node's latency, its index, when the gossip message reached it.
+    let mut last: Vec<(f64, usize, Option<f64>)> = Vec::new();
     for k in 0..warm + m {
         let (id, bytes) = mesh.maint.enqueue(Source::Git {
             url: format!("https://example.invalid/bench-{k}.git"),
@@ -486,8 +553,19 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
         post_event(&nodes[0].http, &bytes);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut worst: Option<f64> = Some(sent);
+        let mut slowest: Option<(f64, usize, Option<f64>)> = None;
         for (i, node) in nodes.iter().enumerate() {
-            let seen = node.wait_log(&[" accepted", &needle], deadline);
+            let (seen, arrived) = node.wait_log_noting(
+                &[" accepted", &needle],
+                &[" gossip received", &needle],
+                deadline,
+            );
+            if k >= warm
+                && let Some(at) = seen
+                && slowest.is_none_or(|(w, _, _)| at > w)
+            {
+                slowest = Some((at, i, arrived));
+            }
             if i == 0
                 && k >= warm
                 && let Some(at) = seen
@@ -509,9 +587,39 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
                 Some(w) => all.push((w - sent) * 1000.0),
                 None => lost += 1,
             }
+            // Where the last node's time went: arrival by gossip (or none: by sync), then ingest.
+            if let Some((at, i, arrived)) = slowest {
+                last.push((
+                    (at - sent) * 1000.0,
+                    i,
+                    arrived.map(|a| (a - sent) * 1000.0),
+                ));
+            }
         }
         std::thread::sleep(Duration::from_millis(20 + (k as u64 * 7919) % 30));
     }
+    last.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let show: Vec<String> = last
+        .iter()
+        .take(5)
+        .map(|(t, i, a)| match a {
+            Some(a) => format!("{t:.0} ms at node {i} (gossip arrived at {a:.0} ms)"),
+            None => format!("{t:.0} ms at node {i} (not by gossip)"),
+        })
+        .collect();
+    eprintln!(
+        "propagation: {n} nodes, slowest last deliveries: {}",
+        show.join("; ")
+    );
+    let busy = (cpu_all(&nodes) - c1) as f64;
+    let run_s = run_start.elapsed().as_secs_f64();
+    eprintln!(
+        "propagation: {n} nodes: CPU of all nodes idle {:.0} ms/s ({:.1} ms/s per node); during the run {:.0} ms/s; per event per node, beyond idle: {:.2} ms",
+        idle_ms_per_s,
+        idle_ms_per_s / n as f64,
+        busy / run_s,
+        (busy - idle_ms_per_s * run_s) / ((warm + m) * n) as f64,
+    );
     std::thread::sleep(Duration::from_secs(5));
     let rss = nodes.iter().map(|n| rss_kib(n.pid())).collect();
     (

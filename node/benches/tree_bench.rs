@@ -94,15 +94,24 @@ fn main() {
     assert_eq!(p.review.len(), 1, "one folder changed beyond its version");
 
     println!("tree of {n} folders (each: PKGBUILD, .SRCINFO, .CI/config):");
-    println!("  reference: read the folders           {:>8.1} ms", ms(read));
-    println!("  first sync: plan + dependency order   {:>8.1} ms   (budget 5000 ms)", ms(first));
+    println!(
+        "  reference: read the folders           {:>8.1} ms",
+        ms(read)
+    );
+    println!(
+        "  first sync: plan + dependency order   {:>8.1} ms   (budget 5000 ms)",
+        ms(first)
+    );
     println!(
         "  later sync: diff + review + trigger   {:>8.1} ms   ({} to build, {} to review)",
         ms(later),
         order2.len(),
         p.review.len()
     );
-    assert!(first.as_secs_f64() < 5.0 && later.as_secs_f64() < 5.0, "over the 5 s budget");
+    assert!(
+        first.as_secs_f64() < 5.0 && later.as_secs_f64() < 5.0,
+        "over the 5 s budget"
+    );
 
     // The AUR RPC: 1000 packages.
     let aur = AurStandin::start(&t.path().join("aur"));
@@ -123,7 +132,10 @@ fn main() {
     let requests = aur.requests() - before;
     assert_eq!(all.len(), 1000);
     println!("AUR RPC info, local stand-in:");
-    println!("  reference: 1 package                  {:>8.1} ms   1 request", ms(one_t));
+    println!(
+        "  reference: 1 package                  {:>8.1} ms   1 request",
+        ms(one_t)
+    );
     println!(
         "  1000 packages                         {:>8.1} ms   {requests} requests (budget 10)",
         ms(all_t)

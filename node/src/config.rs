@@ -394,7 +394,7 @@ impl Config {
             mesh_enabled: file.mesh.enabled.unwrap_or(true),
             announce_interval: ms(
                 file.mesh.announce_interval_ms,
-                5000,
+                15_000,
                 "mesh.announce_interval_ms",
             )?,
             sync_interval: ms(file.mesh.sync_interval_ms, 10_000, "mesh.sync_interval_ms")?,

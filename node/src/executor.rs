@@ -1199,26 +1199,28 @@ fn execute(
     };
     // A tree folder whose `.CI/config` names an upstream PKGBUILD source (`crate::upstream`).
     let (fetched, upstream) = match &p.entry.source {
-        Source::Tree { pkgbases, .. } if pkgbases.len() == 1 => match crate::pkgbuild_source::overlay(
-            &cfg.source,
-            &cfg.gitlab_url,
-            &fetched,
-            pkgbases[0].as_str(),
-            &job_dir.join("upstream"),
-            cancel,
-        ) {
-            Ok(Some((f, u))) => (f, Some(u)),
-            Ok(None) => (fetched, None),
-            Err(e) => {
-                let line = format!("cannot fetch the upstream PKGBUILD: {e}");
-                let log = log_blob(&format!("==> pacmesh: {line}\n"));
-                tracing::warn!(entry = %p.id.fmt_short(), "{line}");
-                if e.is_transient() {
-                    return Err(NodeFault::transient(line, log));
+        Source::Tree { pkgbases, .. } if pkgbases.len() == 1 => {
+            match crate::pkgbuild_source::overlay(
+                &cfg.source,
+                &cfg.gitlab_url,
+                &fetched,
+                pkgbases[0].as_str(),
+                &job_dir.join("upstream"),
+                cancel,
+            ) {
+                Ok(Some((f, u))) => (f, Some(u)),
+                Ok(None) => (fetched, None),
+                Err(e) => {
+                    let line = format!("cannot fetch the upstream PKGBUILD: {e}");
+                    let log = log_blob(&format!("==> pacmesh: {line}\n"));
+                    tracing::warn!(entry = %p.id.fmt_short(), "{line}");
+                    if e.is_transient() {
+                        return Err(NodeFault::transient(line, log));
+                    }
+                    return failed(line, log);
                 }
-                return failed(line, log);
             }
-        },
+        }
         _ => (fetched, None),
     };
     if let Some(u) = &upstream {

@@ -481,7 +481,9 @@ fn land(ob: &Outboard, blob: &Hash, seg: u64, data: &[u8], part: &File) -> Lande
     Landed {
         len,
         verified: true,
-        write_error: r.err().map(|e| format!("Failed to write a partial blob: {e}")),
+        write_error: r
+            .err()
+            .map(|e| format!("Failed to write a partial blob: {e}")),
     }
 }
 

@@ -72,7 +72,12 @@ pub fn own_output(core: &Core) -> BTreeSet<Hash> {
 
 /// The proof `holder` gives for `hash` under `challenge`, computed from the local copy
 /// (blocking; reads at most 16 KiB).
-pub fn proof_of(core: &Core, hash: &Hash, challenge: &Hash, holder: &PeerId) -> Result<(u64, Hash)> {
+pub fn proof_of(
+    core: &Core,
+    hash: &Hash,
+    challenge: &Hash,
+    holder: &PeerId,
+) -> Result<(u64, Hash)> {
     let path = core.blobs.path_of(hash);
     let f = File::open(&path).with_context(|| format!("Failed to open {}", path.display()))?;
     let size = f.metadata()?.len();
@@ -84,7 +89,10 @@ pub fn proof_of(core: &Core, hash: &Hash, challenge: &Hash, holder: &PeerId) -> 
         bufs.push(b);
     }
     let spots: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-    Ok((size, possession_proof(challenge, &holder.to_bytes(), size, &spots)))
+    Ok((
+        size,
+        possession_proof(challenge, &holder.to_bytes(), size, &spots),
+    ))
 }
 
 /// Whether `peer` may count as a replica: the policy names its key as a publisher or builder.
@@ -123,12 +131,11 @@ async fn confirmed_by(core: &Arc<Core>, net: &NetHandle, peer: PeerId, hash: Has
         hash,
         want: BlobWant::Have { challenge },
     };
-    let answer = match tokio::time::timeout(Duration::from_secs(30), net.blob_request(peer, req))
-        .await
-    {
-        Ok(Ok(r)) => r.answer,
-        _ => return false,
-    };
+    let answer =
+        match tokio::time::timeout(Duration::from_secs(30), net.blob_request(peer, req)).await {
+            Ok(Ok(r)) => r.answer,
+            _ => return false,
+        };
     let BlobAnswer::Have { size, keeps, proof } = answer else {
         return false;
     };

@@ -33,7 +33,8 @@ fn a_dependant_is_built_against_the_package_its_dependency_entry_built() {
         return;
     };
     // The tree: A installs a marker file, B's build() copies it (fails without it).
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/fixtures");
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/fixtures");
     let work = t.path().join("tree-work");
     for (folder, srcinfo) in [
         (
@@ -48,7 +49,9 @@ fn a_dependant_is_built_against_the_package_its_dependency_entry_built() {
         let d = work.join(folder);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::copy(
-            fixtures.join(folder.replace("pacmesh-chroot-", "chroot-dep-")).join("PKGBUILD"),
+            fixtures
+                .join(folder.replace("pacmesh-chroot-", "chroot-dep-"))
+                .join("PKGBUILD"),
             d.join("PKGBUILD"),
         )
         .unwrap();
@@ -72,7 +75,16 @@ fn a_dependant_is_built_against_the_package_its_dependency_entry_built() {
     let (_node, node_url) = mesh.start(&["--config", s(&cfg)]);
     let cache = t.path().join("cache");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_pacmesh"))
-        .args(["tree", "sync", "--key", s(&mesh.maintainer), "--node", &node_url, "--git", &url])
+        .args([
+            "tree",
+            "sync",
+            "--key",
+            s(&mesh.maintainer),
+            "--node",
+            &node_url,
+            "--git",
+            &url,
+        ])
         .env("XDG_CACHE_HOME", &cache)
         .output()
         .unwrap();
@@ -91,7 +103,10 @@ fn a_dependant_is_built_against_the_package_its_dependency_entry_built() {
         Some("published"),
         "{b:#}"
     );
-    assert_eq!(state_of(&entries, "tree/pacmesh-chroot-a"), Some("published"));
+    assert_eq!(
+        state_of(&entries, "tree/pacmesh-chroot-a"),
+        Some("published")
+    );
     // B's log: pacman installed A from the job-local repository of what the mesh built.
     let id = b["id"].as_str().unwrap();
     let (code, log) = http_get(&format!("{node_url}/logs/{id}?format=text"));

@@ -484,8 +484,8 @@ mod hostile {
     use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identity, noise, tcp, yamux};
     use pacmesh_node::net::codec::BlobCodec;
     use pacmesh_protocol::{
-        BlobAnswer, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES,
-        segment_count, segment_value,
+        BlobAnswer, BlobResponse, BlobWant, Hash, Limits, SEGMENT_BYTES, segment_count,
+        segment_value,
     };
     use tokio::sync::mpsc;
 
@@ -527,14 +527,20 @@ mod hostile {
                 .with_tokio()
                 .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
                 .unwrap()
-                .with_behaviour(|key| {
+                .with_behaviour(|_key| {
+                    // Speaks the mesh's gossip (anonymous messages), so that what it sends
+                        // reaches the nodes' own validation.
                     let cfg = gossipsub::ConfigBuilder::default()
+                        .validation_mode(gossipsub::ValidationMode::Anonymous)
+                        .message_id_fn(|m: &gossipsub::Message| {
+                            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                        })
                         .max_transmit_size(1 << 20)
                         .build()
                         .unwrap();
                     Behaviour {
                         gossipsub: gossipsub::Behaviour::new(
-                            gossipsub::MessageAuthenticity::Signed(key.clone()),
+                            gossipsub::MessageAuthenticity::Anonymous,
                             cfg,
                         )
                         .unwrap(),
@@ -913,12 +919,7 @@ fn a_builder_keeps_its_output_until_two_peers_keep_it() {
     let t = tempfile::tempdir().unwrap();
     let net = Net::new(t.path(), 3, 30);
     let n0 = net.start(0, &[], &["--no-build"]);
-    let n1 = net.start_with(
-        1,
-        &[&n0],
-        &[],
-        "replicas = 2\nretention_interval_ms = 300",
-    );
+    let n1 = net.start_with(1, &[&n0], &[], "replicas = 2\nretention_interval_ms = 300");
     let n2 = net.start(2, &[&n0, &n1], &["--no-build"]);
     let nodes = [&n0, &n1, &n2];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -928,7 +929,11 @@ fn a_builder_keeps_its_output_until_two_peers_keep_it() {
             .map_or(0, |p| p.iter().filter(|x| x["live"] == true).count())
             < 2
     }) {
-        assert!(Instant::now() < deadline, "announcements: {:#}", status(&n1));
+        assert!(
+            Instant::now() < deadline,
+            "announcements: {:#}",
+            status(&n1)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let id = net.enqueue(&n0, &pkg(t.path(), "mesh-kept", "true"), &[]);
@@ -939,20 +944,23 @@ fn a_builder_keeps_its_output_until_two_peers_keep_it() {
     let detail = json(&format!("{}/api/v1/entries/{id}", n0.http));
     let report = &detail["reports"][0];
     assert_eq!(report["builder"], net.publics[1].as_str(), "{detail:#}");
-    let artifact = report["artifacts"][0]["blake3"].as_str().unwrap().to_string();
+    let artifact = report["artifacts"][0]["blake3"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let log = report["log"].as_str().unwrap().to_string();
     let holds = |n: &Node, h: &str| http_get(&format!("{}/api/v1/blobs/{h}", n.http)).0 == 200;
-    assert!(holds(&n0, &artifact) && holds(&n0, &log), "the publisher has both");
+    assert!(
+        holds(&n0, &artifact) && holds(&n0, &log),
+        "the publisher has both"
+    );
     // Only the publisher keeps them: several retention rounds later the builder still has both.
     std::thread::sleep(Duration::from_secs(3));
     assert!(holds(&n1, &artifact), "one replica is not enough");
     assert!(holds(&n1, &log));
     assert!(!holds(&n2, &artifact));
     // A second peer fetches the artifact (not the log).
-    let (code, v) = http_post(
-        &format!("{}/api/v1/blobs/{artifact}/fetch", n2.http),
-        b"",
-    );
+    let (code, v) = http_post(&format!("{}/api/v1/blobs/{artifact}/fetch", n2.http), b"");
     assert_eq!(code, 200, "{v}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while holds(&n1, &artifact) {

@@ -25,10 +25,10 @@ use pacmesh_repo::package::testutil::SyntheticPackage;
 use pacmesh_repo::sign::OpenPgpKey;
 use serde_json::Value;
 
-#[path = "common/procs.rs"]
-mod procs;
 #[path = "common/mirror_util.rs"]
 mod mirror_util;
+#[path = "common/procs.rs"]
+mod procs;
 use mirror_util::*;
 use procs::{BIN, pacmesh_ok, run, s, show};
 

@@ -208,7 +208,10 @@ fn queue_add_tree_and_all() {
             "queue", "why", pkg, "--node", &base, "--json",
         ]))
         .unwrap();
-        v["published"][0]["version"].as_str().unwrap_or("").to_string()
+        v["published"][0]["version"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     };
     let wait_versions = |want: &str| {
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -12,7 +12,6 @@ mod common {
     pub mod executor_env;
 }
 
-
 use common::aur_standin::{commit_dir, write};
 use common::executor_env::{Env, MAINT};
 use pacmesh_node::keys::NodeKey;

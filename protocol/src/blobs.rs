@@ -146,7 +146,10 @@ pub fn proof_spots(challenge: &Hash, size: u64) -> Vec<(u64, u64)> {
         .map(|_| {
             let mut b = [0u8; 8];
             xof.fill(&mut b);
-            (u64::from_le_bytes(b) % (size - PROOF_SPOT_BYTES + 1), PROOF_SPOT_BYTES)
+            (
+                u64::from_le_bytes(b) % (size - PROOF_SPOT_BYTES + 1),
+                PROOF_SPOT_BYTES,
+            )
         })
         .collect()
 }
@@ -395,12 +398,19 @@ mod tests {
         let size = 10 << 20;
         let spots = proof_spots(&c, size);
         assert_eq!(spots.len(), PROOF_SPOTS);
-        assert!(spots.iter().all(|(o, l)| *l == PROOF_SPOT_BYTES && o + l <= size));
+        assert!(
+            spots
+                .iter()
+                .all(|(o, l)| *l == PROOF_SPOT_BYTES && o + l <= size)
+        );
         assert_ne!(spots, proof_spots(&Hash::new(b"other"), size));
         let bytes = [1u8; 1024];
         let p = possession_proof(&c, b"peer a", size, &[&bytes]);
         assert_ne!(p, possession_proof(&c, b"peer b", size, &[&bytes]));
-        assert_ne!(p, possession_proof(&Hash::new(b"x"), b"peer a", size, &[&bytes]));
+        assert_ne!(
+            p,
+            possession_proof(&Hash::new(b"x"), b"peer a", size, &[&bytes])
+        );
         assert_ne!(p, possession_proof(&c, b"peer a", size, &[&[2u8; 1024]]));
         assert_eq!(p, possession_proof(&c, b"peer a", size, &[&bytes]));
         let l = Limits::default();

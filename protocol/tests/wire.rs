@@ -173,7 +173,10 @@ fn enqueue_with_review_wire_format() {
     let signed = Signed::sign(&key, &event(&key, 1, EventBody::Enqueue(big))).unwrap();
     let back = Signed::<Event>::from_bytes(&signed.to_bytes(), &limits).unwrap();
     let err = back.verify_and_decode(&limits).unwrap_err().to_string();
-    assert!(err.contains("review"), "an oversized review must be refused: {err}");
+    assert!(
+        err.contains("review"),
+        "an oversized review must be refused: {err}"
+    );
 }
 
 /// `pkgrel_bump` and `cascade` (added without a version bump, like `after`): present only when

@@ -896,9 +896,8 @@ impl Builder {
                 ));
             }
         }
-        let cfg = pacmesh_repo::ciconfig::read_folder(&folder).map_err(|e| {
-            (phase, Outcome::Failed { code: 1 }, e.to_string())
-        })?;
+        let cfg = pacmesh_repo::ciconfig::read_folder(&folder)
+            .map_err(|e| (phase, Outcome::Failed { code: 1 }, e.to_string()))?;
         for w in cfg.iter().flat_map(|c| &c.warnings) {
             log.note(&format!("==> pacmesh: .CI/config: {w}"));
         }
@@ -947,7 +946,13 @@ impl Builder {
         }
         let mut b = self.sandbox(ctx, false, false);
         self.env(&mut b, SANDBOX_STARTDIR);
-        b.command(["bash", "-c", crate::interfere::HOOK_SCRIPT, "pacmesh-hook", hook]);
+        b.command([
+            "bash",
+            "-c",
+            crate::interfere::HOOK_SCRIPT,
+            "pacmesh-hook",
+            hook,
+        ]);
         b.remount_ro("/");
         log.note(&format!("==> pacmesh: hook .CI/{hook}"));
         let opts = RunOptions {

@@ -4,9 +4,9 @@
 //! with `repo-add`, then builds B (makedepends=A) whose layer gets A installed
 //! by pacman from that repository.
 
-mod common;
 #[path = "common/chroot_base.rs"]
 mod chroot_base;
+mod common;
 
 use std::path::Path;
 use std::process::Command;

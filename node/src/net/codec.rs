@@ -208,11 +208,7 @@ impl libp2p::request_response::Codec for BlobCodec {
         decode(&bytes, &self.limits)
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<BlobResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobResponse>
     where
         T: AsyncRead + Unpin + Send,
     {

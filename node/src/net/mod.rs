@@ -19,8 +19,9 @@
 //!   [`Core::ingest_from`] accepted it (signature, then the signer's role in the policy);
 //!   a rejected one is reported `Reject`, which lowers the sender's peer score, and after
 //!   [`MAX_PEER_FAULTS`] faults the peer is disconnected and refused for [`BAN_TIME`].
-//! - **Announcements.** Every `announce_interval` the node signs its capabilities (with its
-//!   current load and busy slots) and its queue-state digest. Peers keep them in the
+//! - **Announcements.** Every `announce_interval` (15 s by default), and within a second of a
+//!   material change of its capabilities (busy slots, tags, …), the node signs its
+//!   capabilities (with its current load and busy slots) and its queue-state digest. Peers keep them in the
 //!   [`crate::peers::PeerTable`]; a peer whose digest differs from ours is asked for what
 //!   we lack.
 //! - **Anti-entropy.** `SyncRequest` (our per-author heads) → `SyncResponse` (what follows),
@@ -47,8 +48,8 @@ use libp2p::{
     identify, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use pacmesh_protocol::{
-    Announcement, BlobRequest, BlobResponse, Capabilities, Limits, LogRequest, LogResponse, Roles,
-    Signed, SyncRequest, SyncResponse, Timestamp, announce_topic, events_topic,
+    Announcement, BlobRequest, BlobResponse, Capabilities, Hash, Limits, LogRequest, LogResponse,
+    Roles, Signed, SyncRequest, SyncResponse, Timestamp, announce_topic, events_topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -267,9 +268,14 @@ pub async fn start(
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(move |key, relay_client| {
             let local = key.public().to_peer_id();
+            // Anonymous gossip: every event and announcement is signed by its author's key in
+            // the payload and verified once per message by this node; gossipsub's own
+            // per-message signature (checked again on every duplicate copy a peer forwards,
+            // before duplicates are dropped) added nothing but CPU: in a 50-node mesh it was a
+            // quarter of an idle node's work (docs/benchmarks.md, "Queue propagation").
             let gcfg = gossipsub::ConfigBuilder::default()
                 .validate_messages()
-                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
                 .max_transmit_size(GOSSIP_TRANSMIT_MAX)
                 .heartbeat_interval(Duration::from_millis(500))
                 .message_id_fn(|m: &gossipsub::Message| {
@@ -277,11 +283,9 @@ pub async fn start(
                 })
                 .build()
                 .map_err(|e| anyhow!("gossipsub config: {e}"))?;
-            let mut gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gcfg,
-            )
-            .map_err(|e| anyhow!("gossipsub: {e}"))?;
+            let mut gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
+                    .map_err(|e| anyhow!("gossipsub: {e}"))?;
             let mut params = gossipsub::PeerScoreParams {
                 // No penalty for peers sharing an IP address. Nodes of one mesh often do (one
                 // host in tests and benchmarks, an HPC allocation or an office behind one NAT);
@@ -426,6 +430,7 @@ pub async fn start(
         p2p_metrics: core
             .metrics
             .with_registry(|r| libp2p::metrics::Metrics::new(r.sub_registry_with_prefix("libp2p"))),
+        last_announced: None,
     };
     // Wait for the listeners so that the addresses printed at start-up are real.
     let want = listen.len();
@@ -498,7 +503,25 @@ struct Loop {
     policy: Arc<Mutex<Arc<pacmesh_protocol::MeshPolicy>>>,
     /// libp2p's own metrics, in the node's registry (`GET /metrics`).
     p2p_metrics: libp2p::metrics::Metrics,
+    /// The capabilities last announced, and when: a material change is announced at once.
+    last_announced: Option<(Capabilities, Instant)>,
 }
+
+/// Whether `new` differs from `old` in something peers rank or match by and that changes by
+/// steps: not the load, the available memory or the free disk, which drift all the time and
+/// travel with the periodic announcement.
+fn material_change(old: &Capabilities, new: &Capabilities) -> bool {
+    old.slots != new.slots
+        || old.busy != new.busy
+        || old.tags != new.tags
+        || old.arch != new.arch
+        || old.microarch != new.microarch
+        || old.profile != new.profile
+        || old.cores != new.cores
+}
+
+/// How often the capabilities are compared with the last announced ones.
+const CAPS_CHECK: Duration = Duration::from_secs(1);
 
 impl Loop {
     async fn run(
@@ -509,6 +532,8 @@ impl Loop {
         let mut announce = tokio::time::interval(self.cfg.announce_interval);
         let mut sync = tokio::time::interval(self.cfg.sync_interval);
         let mut kad = tokio::time::interval(Duration::from_secs(60));
+        let mut caps_check = tokio::time::interval(CAPS_CHECK.min(self.cfg.announce_interval));
+        caps_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let catch_up = tokio::time::sleep(CATCH_UP_WAIT);
         tokio::pin!(catch_up);
         announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -517,7 +542,21 @@ impl Loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 Some(cmd) = rx.recv() => self.on_command(cmd),
-                _ = announce.tick() => self.announce(),
+                _ = announce.tick() => self.announce(None),
+                _ = caps_check.tick() => {
+                    // Busy slots, tags, …: peers rank builders by them, so a change is
+                    // announced now rather than at the next periodic announcement (at most
+                    // once per check).
+                    let caps = (self.cfg.capabilities)();
+                    if self
+                        .last_announced
+                        .as_ref()
+                        .is_some_and(|(old, _)| material_change(old, &caps))
+                    {
+                        self.announce(Some(caps));
+                        announce.reset();
+                    }
+                }
                 _ = sync.tick() => self.sync_round(),
                 _ = kad.tick() => {
                     if !self.handle.connected().is_empty() {
@@ -569,7 +608,7 @@ impl Loop {
                     Err(e) => tracing::debug!("event not gossiped: {e}"),
                 }
             }
-            Command::AnnounceNow => self.announce(),
+            Command::AnnounceNow => self.announce(None),
             Command::SyncWith(p) => self.sync_with(p, true),
             Command::SyncDone(p) => {
                 self.syncing.remove(&p);
@@ -624,15 +663,18 @@ impl Loop {
         }
     }
 
-    fn announce(&mut self) {
+    /// Signs and gossips an announcement of `caps` (computed now when `None`).
+    fn announce(&mut self, caps: Option<Capabilities>) {
         let now = Timestamp::now();
         let digest = self.core.ingest().state().digest();
+        let capabilities = caps.unwrap_or_else(|| (self.cfg.capabilities)());
+        self.last_announced = Some((capabilities.clone(), Instant::now()));
         let a = Announcement {
             version: pacmesh_protocol::ANNOUNCEMENT_VERSION,
             node: self.core.public,
             time: now,
             expires: now.saturating_add(self.cfg.announce_interval * 3),
-            capabilities: (self.cfg.capabilities)(),
+            capabilities,
             digest: Some(digest),
         };
         let bytes = match Signed::sign(self.core.key.signing_key(), &a) {
@@ -995,6 +1037,14 @@ impl Loop {
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
         if msg.topic == self.events.hash() {
+            // The message id is the event id (BLAKE3 of the signed bytes): where a delivery's
+            // time goes (arrival here vs "accepted" after the ingest) shows in the log.
+            tracing::debug!(
+                target: "pacmesh_node::core",
+                event = %Hash::new(&msg.data).fmt_short(),
+                peer = %source,
+                "gossip received"
+            );
             if self.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT_INGEST {
                 let _ = self
                     .swarm
@@ -1125,9 +1175,8 @@ impl Loop {
         let a = signed.verify_and_decode(&self.limits)?;
         let from =
             crate::keys::peer_id_of(&a.node).context("announcing key is not a libp2p key")?;
-        if msg.source != Some(from) {
-            anyhow::bail!("announcement of {} relayed as another peer's own", a.node);
-        }
+        // No check of who relayed it: the signature binds it to `a.node`, and a replayed old
+        // one is not newer than what the table holds.
         if a.node == self.core.public {
             return Ok(false);
         }
@@ -1161,4 +1210,44 @@ fn rand_index(n: usize) -> usize {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     (u64::from_le_bytes(b) % n as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacmesh_protocol::Name;
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            arch: Name::new("x86_64").unwrap(),
+            microarch: 3,
+            cores: 8,
+            memory_bytes: 16 << 30,
+            disk_free_bytes: 100 << 30,
+            tags: vec![Name::new("bigmem").unwrap()],
+            profile: Name::new("host").unwrap(),
+            load: 2,
+            slots: 2,
+            busy: 0,
+        }
+    }
+
+    #[test]
+    fn drifting_figures_are_not_announced_at_once_but_slots_and_tags_are() {
+        let old = caps();
+        let mut drift = caps();
+        drift.load = 7;
+        drift.memory_bytes -= 123 << 20;
+        drift.disk_free_bytes -= 1 << 30;
+        assert!(!material_change(&old, &drift));
+        let mut busy = caps();
+        busy.busy = 1;
+        assert!(material_change(&old, &busy));
+        let mut tags = caps();
+        tags.tags.clear();
+        assert!(material_change(&old, &tags));
+        let mut slots = caps();
+        slots.slots = 0;
+        assert!(material_change(&old, &slots));
+    }
 }

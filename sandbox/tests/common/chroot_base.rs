@@ -74,4 +74,3 @@ pub fn make_base(dir: &Path) -> Option<PathBuf> {
     std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
     Some(base)
 }
-
