@@ -199,12 +199,8 @@ impl NodeProc {
     }
 
     /// Waits for a log line containing every needle; returns the node's timestamp of it.
-    fn wait_log(&self, needles: &[&str], deadline: Instant) -> Option<f64> {
-        self.wait_log_noting(needles, &[], deadline).0
-    }
-
-    /// Like [`NodeProc::wait_log`]; also returns the time of the first line passed on the way
-    /// that contains all of `note` (if `note` is not empty).
+    /// Waits for a log line containing all of `needles` and returns its time; also returns the
+    /// time of the first line passed on the way that contains all of `note` (if not empty).
     fn wait_log_noting(
         &self,
         needles: &[&str],

@@ -53,7 +53,8 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshSection {
-    /// Capability announcements every this many milliseconds (default 5000).
+    /// Capability announcements every this many milliseconds (default 15000; material changes
+    /// are announced within a second regardless).
     pub announce_interval_ms: Option<u64>,
     /// Anti-entropy with a random peer every this many milliseconds (default 10000).
     pub sync_interval_ms: Option<u64>,

@@ -163,7 +163,12 @@ impl Core {
 
     /// Verifies, stores and applies a signed event that came from `origin`.
     pub fn ingest_from(&self, bytes: &[u8], origin: Origin) -> IngestOutcome {
-        let outcome = self.ingest().ingest(bytes);
+        // Peer events are applied without waiting for the flush (`Ingest::ingest_deferred`:
+        // peers hold them too); what this node signs or a client hands it is durable first.
+        let outcome = match origin {
+            Origin::Local => self.ingest().ingest(bytes),
+            Origin::Peer => self.ingest().ingest_deferred(bytes),
+        };
         match &outcome {
             IngestOutcome::Accepted { id } => {
                 tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");

@@ -7,6 +7,9 @@
 //!       ─▶ policy role for the body kind ─▶ (author, seq) checks ─▶ store + flush ─▶ apply
 //! ```
 //!
+//! Events received from peers skip the wait for the flush ([`Ingest::ingest_deferred`]): they
+//! are applied once written and become durable with the store's periodic flush (500 ms).
+//!
 //! Every refusal is a [`RejectReason`] with a stable [`RejectReason::label`],
 //! counted in [`Counters`] and logged (`warn`) with the reason. A refusal
 //! changes nothing that was accepted before.
@@ -655,12 +658,31 @@ impl Ingest {
     /// Verifies, stores (durably) and applies one `Signed<Event>`. See the
     /// [module docs](self).
     pub fn ingest(&mut self, bytes: &[u8]) -> IngestOutcome {
+        self.ingest_with(bytes, true)
+    }
+
+    /// Like [`Ingest::ingest`], but the event is applied once it is written, without waiting
+    /// for the store's flush: it becomes durable with the store's periodic flush (every
+    /// 500 ms) or the next durable ingest, whichever comes first.
+    ///
+    /// For events received from peers only: a crash before the flush loses them here, and
+    /// anti-entropy fetches them again from the peers that hold them (they are signed by their
+    /// authors, who made them durable before gossiping them). The store recovers a prefix of
+    /// its writes, so an author's log never has a hole. Events this node signs or accepts
+    /// from a client keep [`Ingest::ingest`].
+    pub fn ingest_deferred(&mut self, bytes: &[u8]) -> IngestOutcome {
+        self.ingest_with(bytes, false)
+    }
+
+    fn ingest_with(&mut self, bytes: &[u8], durable: bool) -> IngestOutcome {
         let r = self.check_and_store(bytes).and_then(|c| match c {
             Checked::Duplicate(id) => Ok(Checked::Duplicate(id)),
             Checked::New(id, ev) => {
-                self.events
-                    .flush()
-                    .map_err(|e| RejectReason::Storage(e.to_string()))?;
+                if durable {
+                    self.events
+                        .flush()
+                        .map_err(|e| RejectReason::Storage(e.to_string()))?;
+                }
                 Ok(Checked::New(id, ev))
             }
         });
