@@ -316,8 +316,6 @@ mod tests {
         }
     }
 
-    use super::*;
-
     #[test]
     fn roundtrip_and_limits() {
         let l = Limits::default();

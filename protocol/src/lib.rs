@@ -52,13 +52,17 @@ pub const SYNC_PROTOCOL: &str = "/pacmesh/sync/1";
 /// `have` queries; see [`BlobRequest`]).
 pub const BLOBS_PROTOCOL: &str = "/pacmesh/blobs/2";
 
-/// The gossipsub topic of a mesh's events: `/pacmesh/<root hex>/events/1`.
+/// The gossipsub topic of a mesh's events: `/pacmesh/<root hex>/events/2`.
+///
+/// Version 2: messages are anonymous (no libp2p source, sequence number or signature; the
+/// payload is signed by its author). Version-1 nodes signed every message and refused
+/// anonymous ones as invalid, so the two never share a topic.
 pub fn events_topic(root: &PublicKey) -> String {
-    format!("/pacmesh/{root}/events/1")
+    format!("/pacmesh/{root}/events/2")
 }
 
 /// The gossipsub topic of a mesh's capability announcements:
-/// `/pacmesh/<root hex>/announce/1`.
+/// `/pacmesh/<root hex>/announce/2` (anonymous messages, as [`events_topic`]).
 pub fn announce_topic(root: &PublicKey) -> String {
-    format!("/pacmesh/{root}/announce/1")
+    format!("/pacmesh/{root}/announce/2")
 }

@@ -350,12 +350,12 @@ fn topic_and_protocol_names() {
     assert_eq!(BLOBS_PROTOCOL, "/pacmesh/blobs/2");
     assert_eq!(
         events_topic(&root),
-        format!("/pacmesh/{}/events/1", root.to_hex())
+        format!("/pacmesh/{}/events/2", root.to_hex())
     );
     assert_eq!(policy(1).events_topic(), events_topic(&root));
     assert_eq!(
         announce_topic(&root),
-        format!("/pacmesh/{}/announce/1", root.to_hex())
+        format!("/pacmesh/{}/announce/2", root.to_hex())
     );
 }
 
