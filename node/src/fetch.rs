@@ -454,8 +454,8 @@ struct Landed {
 ///
 /// Why direct I/O: on the machines measured, copying a verified segment into the page cache
 /// (page allocation, memcg charge, copy) was the largest single cost of a 1 GiB fetch: a
-/// quarter of both cores, more than BLAKE3 and ChaCha20 together (docs/benchmarks.md,
-/// "Replication"). A direct write hands the aligned buffer to the device instead, and the
+/// quarter of both cores, more than BLAKE3 and ChaCha20 together (docs/benchmarks.md, "Where
+/// the 50-node time went, and what changed", replication). A direct write hands the aligned buffer to the device instead, and the
 /// final `fsync` finds nothing left to write back. The bytes were verified before either
 /// write; readers of the finished blob see them through the page cache as usual (the kernel
 /// keeps the two coherent).
@@ -472,7 +472,8 @@ const DIRECT_ALIGN: usize = 4096;
 struct Block([u8; DIRECT_ALIGN]);
 
 thread_local! {
-    /// One segment-sized, block-aligned buffer per blocking thread, reused.
+    /// One segment-sized, block-aligned buffer per blocking thread, reused (freed when the
+    /// idle thread exits).
     static ALIGNED: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -667,9 +667,9 @@ impl Ingest {
     ///
     /// For events received from peers only: a crash before the flush loses them here, and
     /// anti-entropy fetches them again from the peers that hold them (they are signed by their
-    /// authors, who made them durable before gossiping them). The store recovers a prefix of
-    /// its writes, so an author's log never has a hole. Events this node signs or accepts
-    /// from a client keep [`Ingest::ingest`].
+    /// authors, who made them durable before gossiping them); a hole this leaves in an
+    /// author's log is a gap, accepted like any other and filled by sync. Events this node
+    /// signs or accepts from a client keep [`Ingest::ingest`].
     pub fn ingest_deferred(&mut self, bytes: &[u8]) -> IngestOutcome {
         self.ingest_with(bytes, false)
     }

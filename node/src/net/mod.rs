@@ -21,8 +21,8 @@
 //!   [`MAX_PEER_FAULTS`] faults the peer is disconnected and refused for [`BAN_TIME`].
 //! - **Announcements.** Every `announce_interval` (15 s by default), and within a second of a
 //!   material change of its capabilities (busy slots, tags, …), the node signs its
-//!   capabilities (with its current load and busy slots) and its queue-state digest. Peers keep them in the
-//!   [`crate::peers::PeerTable`]; a peer whose digest differs from ours is asked for what
+//!   capabilities (with its current load and busy slots) and its queue-state digest. Peers
+//!   keep them in the [`crate::peers::PeerTable`]; a peer whose digest differs from ours is asked for what
 //!   we lack.
 //! - **Anti-entropy.** `SyncRequest` (our per-author heads) → `SyncResponse` (what follows),
 //!   on connection, on a differing digest, and every `sync_interval` with a random peer.
@@ -272,7 +272,8 @@ pub async fn start(
             // the payload and verified once per message by this node; gossipsub's own
             // per-message signature (checked again on every duplicate copy a peer forwards,
             // before duplicates are dropped) added nothing but CPU: in a 50-node mesh it was a
-            // quarter of an idle node's work (docs/benchmarks.md, "Queue propagation").
+            // quarter of an idle node's work (docs/benchmarks.md, "Where the 50-node time
+            // went").
             let gcfg = gossipsub::ConfigBuilder::default()
                 .validate_messages()
                 .validation_mode(gossipsub::ValidationMode::Anonymous)
@@ -503,8 +504,8 @@ struct Loop {
     policy: Arc<Mutex<Arc<pacmesh_protocol::MeshPolicy>>>,
     /// libp2p's own metrics, in the node's registry (`GET /metrics`).
     p2p_metrics: libp2p::metrics::Metrics,
-    /// The capabilities last announced, and when: a material change is announced at once.
-    last_announced: Option<(Capabilities, Instant)>,
+    /// The capabilities last announced: a material change is announced at once.
+    last_announced: Option<Capabilities>,
 }
 
 /// Whether `new` differs from `old` in something peers rank or match by and that changes by
@@ -551,7 +552,7 @@ impl Loop {
                     if self
                         .last_announced
                         .as_ref()
-                        .is_some_and(|(old, _)| material_change(old, &caps))
+                        .is_some_and(|old| material_change(old, &caps))
                     {
                         self.announce(Some(caps));
                         announce.reset();
@@ -668,7 +669,7 @@ impl Loop {
         let now = Timestamp::now();
         let digest = self.core.ingest().state().digest();
         let capabilities = caps.unwrap_or_else(|| (self.cfg.capabilities)());
-        self.last_announced = Some((capabilities.clone(), Instant::now()));
+        self.last_announced = Some(capabilities.clone());
         let a = Announcement {
             version: pacmesh_protocol::ANNOUNCEMENT_VERSION,
             node: self.core.public,
