@@ -241,6 +241,13 @@ fn classify_verify(e: VerifyError) -> RejectReason {
 /// chain needs the state, so only the full [`Ingest::ingest`] decides. The full ingest checks
 /// all of this again, and more (duplicates, sequence numbers, equivocation).
 pub fn precheck(bytes: &[u8], policy: &MeshPolicy, limits: &Limits) -> Result<bool, RejectReason> {
+    let ev = authorized(&envelope(bytes, limits)?, policy, limits)?;
+    Ok(!matches!(ev.body, EventBody::Publish(_)))
+}
+
+/// The size cap and the envelope decode (no signature check yet: a duplicate is recognised by
+/// its id first, for the cost of one hash).
+fn envelope(bytes: &[u8], limits: &Limits) -> Result<Signed<Event>, RejectReason> {
     let max = Event::max_bytes(limits);
     if bytes.len() > max {
         return Err(RejectReason::TooLarge {
@@ -248,10 +255,19 @@ pub fn precheck(bytes: &[u8], policy: &MeshPolicy, limits: &Limits) -> Result<bo
             max,
         });
     }
-    let signed = Signed::<Event>::from_bytes(bytes, limits).map_err(|e| match e {
+    Signed::<Event>::from_bytes(bytes, limits).map_err(|e| match e {
         DecodeError::TooLarge { len, max, .. } => RejectReason::TooLarge { len, max },
         other => RejectReason::Decode(other),
-    })?;
+    })
+}
+
+/// The signature, the payload, author = signer, the author's role under `policy` and the lease
+/// cap of a claim: the checks that need no state.
+fn authorized(
+    signed: &Signed<Event>,
+    policy: &MeshPolicy,
+    limits: &Limits,
+) -> Result<Event, RejectReason> {
     let ev = signed.verify_and_decode(limits).map_err(classify_verify)?;
     policy
         .authorize(&ev.author, &ev.body)
@@ -266,7 +282,7 @@ pub fn precheck(bytes: &[u8], policy: &MeshPolicy, limits: &Limits) -> Result<bo
             });
         }
     }
-    Ok(!matches!(ev.body, EventBody::Publish(_)))
+    Ok(ev)
 }
 
 /// What happened to an ingested event.
@@ -880,39 +896,15 @@ impl Ingest {
 
     /// Everything but the flush and the apply.
     fn check_and_store(&mut self, bytes: &[u8]) -> Result<Checked, RejectReason> {
-        let limits = &self.limits;
-        let max = Event::max_bytes(limits);
-        if bytes.len() > max {
-            return Err(RejectReason::TooLarge {
-                len: bytes.len(),
-                max,
-            });
-        }
-        let signed = Signed::<Event>::from_bytes(bytes, limits).map_err(|e| match e {
-            DecodeError::TooLarge { len, max, .. } => RejectReason::TooLarge { len, max },
-            other => RejectReason::Decode(other),
-        })?;
+        let signed = envelope(bytes, &self.limits)?;
         let id = signed.id();
         let storage = |e: EventStoreError| RejectReason::Storage(e.to_string());
         if self.state.contains(&id) || self.pending.contains(&id) {
             return Ok(Checked::Duplicate(id));
         }
-        let ev = signed.verify_and_decode(limits).map_err(classify_verify)?;
-        self.policy
-            .authorize(&ev.author, &ev.body)
-            .map_err(RejectReason::Policy)?;
+        let ev = authorized(&signed, &self.policy, &self.limits)?;
         if let EventBody::Publish(m) = &ev.body {
             self.check_manifest(&ev.author, m)?;
-        }
-        if let EventBody::Claim { lease_until, .. } = &ev.body {
-            let lease_secs = lease_until.saturating_since(ev.time).as_secs();
-            let max_secs = 2 * u64::from(self.policy.lease_secs);
-            if lease_secs > max_secs {
-                return Err(RejectReason::LeaseTooLong {
-                    lease_secs,
-                    max_secs,
-                });
-            }
         }
         if self.events.contains(&id).map_err(storage)? {
             // Stored but not applied: a flush failed after the insert, or
