@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use pacmesh_node::client::Client;
 use pacmesh_node::keys::NodeKey;
 use pacmesh_protocol::{
-    Artifact, Event, EventBody, FileName, Hash, Limits, Message, Name, PublicKey, QueueEntry,
-    RepoManifest, Sha256, Signed, Source, SyncResponse, Timestamp,
+    Event, EventBody, Hash, Limits, Message, PublicKey, RepoManifest, Sha256, Signed, SyncResponse,
+    Timestamp,
 };
 use pacmesh_repo::package::testutil::SyntheticPackage;
 use pacmesh_repo::sign::OpenPgpKey;
@@ -177,42 +177,7 @@ impl Mesh {
     /// serves generation `expect`.
     fn publish(&self, pkgbase: &str, pkgs: &[SyntheticPackage], expect: u64) {
         let c = Client::new(&self.base);
-        let entry = c
-            .submit(
-                &self.maint,
-                EventBody::Enqueue(QueueEntry::new(
-                    Name::new(REPO).unwrap(),
-                    Source::Aur {
-                        pkgbase: Name::new(pkgbase).unwrap(),
-                    },
-                )),
-            )
-            .unwrap();
-        let mut artifacts = Vec::new();
-        for p in pkgs {
-            let bytes = p.archive_bytes();
-            let blake3 = c.put_blob(&bytes).unwrap();
-            artifacts.push(Artifact {
-                file_name: FileName::new(p.file_name()).unwrap(),
-                blake3,
-                sha256: Sha256::digest(&bytes),
-                size: bytes.len() as u64,
-            });
-        }
-        let log = c
-            .put_blob(format!("build log of {pkgbase}\n").as_bytes())
-            .unwrap();
-        c.submit(
-            &self.builder,
-            EventBody::Built {
-                entry,
-                attempt: 1,
-                artifacts,
-                log,
-                source_commit: None,
-            },
-        )
-        .unwrap();
+        enqueue_and_report_built(&c, &[], &self.maint, &self.builder, pkgbase, pkgs);
         wait_until(
             &format!("node serves generation {expect}"),
             Duration::from_secs(60),

@@ -17,10 +17,7 @@ use std::time::Duration;
 
 use pacmesh_node::client::Client;
 use pacmesh_node::keys::NodeKey;
-use pacmesh_protocol::{
-    Artifact, BLOBS_VERSION, BlobAnswer, BlobRequest, BlobWant, EventBody, FileName, Hash, Name,
-    QueueEntry, Sha256, Source,
-};
+use pacmesh_protocol::{BLOBS_VERSION, BlobAnswer, BlobRequest, BlobWant, Hash, Sha256};
 use pacmesh_repo::package::testutil::SyntheticPackage;
 use pacmesh_repo::sign::OpenPgpKey;
 use serde_json::Value;
@@ -169,42 +166,7 @@ impl Mesh {
     fn publish(&self, pkgbase: &str, pkgs: &[SyntheticPackage], expect: u64) {
         let c1 = Client::new(&self.nodes[1].http);
         let c2 = Client::new(&self.nodes[2].http);
-        let entry = c1
-            .submit(
-                &self.maint,
-                EventBody::Enqueue(QueueEntry::new(
-                    Name::new(REPO).unwrap(),
-                    Source::Aur {
-                        pkgbase: Name::new(pkgbase).unwrap(),
-                    },
-                )),
-            )
-            .unwrap();
-        let mut artifacts = Vec::new();
-        for p in pkgs {
-            let bytes = p.archive_bytes();
-            let blake3 = c1.put_blob(&bytes).unwrap();
-            assert_eq!(c2.put_blob(&bytes).unwrap(), blake3);
-            artifacts.push(Artifact {
-                file_name: FileName::new(p.file_name()).unwrap(),
-                blake3,
-                sha256: Sha256::digest(&bytes),
-                size: bytes.len() as u64,
-            });
-        }
-        let log = format!("build log of {pkgbase}\n");
-        let log = c1.put_blob(log.as_bytes()).unwrap();
-        c1.submit(
-            &self.builder,
-            EventBody::Built {
-                entry,
-                attempt: 1,
-                artifacts,
-                log,
-                source_commit: None,
-            },
-        )
-        .unwrap();
+        enqueue_and_report_built(&c1, &[&c2], &self.maint, &self.builder, pkgbase, pkgs);
         wait_until(
             &format!("node 0 serves generation {expect}"),
             Duration::from_secs(90),

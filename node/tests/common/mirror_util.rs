@@ -8,10 +8,67 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pacmesh_node::client::Client;
+use pacmesh_node::keys::NodeKey;
+use pacmesh_protocol::{Artifact, EventBody, FileName, Name, QueueEntry, Sha256, Source};
+use pacmesh_repo::package::testutil::SyntheticPackage;
+
 use crate::procs::{have, is_root, json};
 
 pub const REPO: &str = "mtest";
 pub const ARCH: &str = "x86_64";
+
+/// Enqueues AUR base `pkgbase` of [`REPO`] as `maint` through `c`, stores `pkgs` and a build
+/// log there (the packages also at each of `also`: other holders of the builder's output) and
+/// reports the build as `builder`.
+pub fn enqueue_and_report_built(
+    c: &Client,
+    also: &[&Client],
+    maint: &NodeKey,
+    builder: &NodeKey,
+    pkgbase: &str,
+    pkgs: &[SyntheticPackage],
+) {
+    let entry = c
+        .submit(
+            maint,
+            EventBody::Enqueue(QueueEntry::new(
+                Name::new(REPO).unwrap(),
+                Source::Aur {
+                    pkgbase: Name::new(pkgbase).unwrap(),
+                },
+            )),
+        )
+        .unwrap();
+    let mut artifacts = Vec::new();
+    for p in pkgs {
+        let bytes = p.archive_bytes();
+        let blake3 = c.put_blob(&bytes).unwrap();
+        for o in also {
+            assert_eq!(o.put_blob(&bytes).unwrap(), blake3);
+        }
+        artifacts.push(Artifact {
+            file_name: FileName::new(p.file_name()).unwrap(),
+            blake3,
+            sha256: Sha256::digest(&bytes),
+            size: bytes.len() as u64,
+        });
+    }
+    let log = c
+        .put_blob(format!("build log of {pkgbase}\n").as_bytes())
+        .unwrap();
+    c.submit(
+        builder,
+        EventBody::Built {
+            entry,
+            attempt: 1,
+            artifacts,
+            log,
+            source_commit: None,
+        },
+    )
+    .unwrap();
+}
 
 /// Whether pacman can run here (tools present, root); prints why not.
 pub fn can_pacman() -> bool {
