@@ -29,7 +29,8 @@
 //! `PACMESH_BENCH_LOG` (the nodes' `RUST_LOG`) and `PACMESH_BENCH_ECHO` (print their logs);
 //! `PACMESH_BENCH_TRANSPORT=quic` (nodes listen on QUIC instead of TCP);
 //! `PACMESH_BENCH_HOLD=SECS` (propagation: print the nodes' pids and pause before measuring, to
-//! profile an idle mesh).
+//! profile an idle mesh); `PACMESH_BENCH_THREADS` (propagation: the nodes' `--threads`, 1; or
+//! `default`, one per core).
 
 #[path = "../tests/common/procs.rs"]
 mod procs;
@@ -507,7 +508,16 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
     let t = tempfile::tempdir().unwrap();
     let mut mesh = Mesh::new(t.path(), n, false);
     let t0 = Instant::now();
-    let nodes = mesh.start_all(n, &["--no-build"], "warn,pacmesh_node::core=debug");
+    // Fifty nodes share two cores here: each runs one async worker thread (`threads = 1`,
+    // examples/node.toml), as a node alone on its machine would not compete with forty-nine
+    // others for the cores. PACMESH_BENCH_THREADS=N changes it, `default` is one per core.
+    let threads = std::env::var("PACMESH_BENCH_THREADS").unwrap_or_else(|_| "1".into());
+    let mut extra = vec!["--no-build"];
+    if threads != "default" {
+        extra.extend(["--threads", threads.as_str()]);
+    }
+    eprintln!("propagation: async worker threads per node: {threads}");
+    let nodes = mesh.start_all(n, &extra, "warn,pacmesh_node::core=debug");
     let started = t0.elapsed();
     let formed = wait_announced(&nodes, n - 1, Duration::from_secs(300));
     eprintln!(

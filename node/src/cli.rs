@@ -187,6 +187,10 @@ pub struct NodeArgs {
     /// Do not build (serve and publish only).
     #[arg(long)]
     pub no_build: bool,
+    /// Worker threads of the async runtime (default: one per core; 1 when many nodes share
+    /// a machine).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// TOML config file (see examples/node.toml); flags override it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
@@ -555,8 +559,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 tags: args.tags,
                 aur_url: args.aur_url,
                 no_build: args.no_build,
+                threads: args.threads,
             })?;
-            let rt = tokio::runtime::Runtime::new()?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = cfg.threads {
+                rt.worker_threads(n);
+            }
+            let rt = rt.enable_all().build()?;
             rt.block_on(crate::daemon::run(
                 cfg,
                 crate::daemon::stop_signal(),

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub mdns: Option<bool>,
     pub tags: Option<Vec<String>>,
     pub aur_url: Option<String>,
+    /// Worker threads of the node's async runtime (network, HTTP); default: one per core.
+    pub threads: Option<usize>,
     /// GitLab API base for `CI_PKGBUILD_SOURCE=gitlab:ID` (default https://gitlab.com).
     pub gitlab_url: Option<String>,
     #[serde(default)]
@@ -116,6 +118,8 @@ pub struct Config {
     pub mdns: bool,
     pub tags: Vec<String>,
     pub aur_url: String,
+    /// Worker threads of the async runtime; `None`: one per core.
+    pub threads: Option<usize>,
     pub build_enabled: bool,
     pub profile: String,
     pub base_root: Option<PathBuf>,
@@ -190,6 +194,7 @@ impl Config {
         diff("mdns", self.mdns != new.mdns);
         diff("tags", self.tags != new.tags);
         diff("aur_url", self.aur_url != new.aur_url);
+        diff("threads", self.threads != new.threads);
         diff("build.enabled", self.build_enabled != new.build_enabled);
         diff("build.profile", self.profile != new.profile);
         diff("build.base_root", self.base_root != new.base_root);
@@ -245,6 +250,7 @@ pub struct Flags {
     pub tags: Vec<String>,
     pub aur_url: Option<String>,
     pub no_build: bool,
+    pub threads: Option<usize>,
 }
 
 impl ConfigFile {
@@ -383,6 +389,10 @@ impl Config {
                 .aur_url
                 .or(file.aur_url)
                 .unwrap_or_else(|| DEFAULT_AUR_URL.into()),
+            threads: match flags.threads.or(file.threads) {
+                Some(0) => bail!("threads: at least 1"),
+                t => t,
+            },
             build_enabled: !flags.no_build && file.build.enabled.unwrap_or(true),
             profile,
             base_root: file.build.base_root.map(rel),
@@ -433,7 +443,7 @@ mod tests {
         let cfg = dir.path().join("node.toml");
         std::fs::write(
             &cfg,
-            "data_dir = \"state\"\nhttp = \"127.0.0.1:9000\"\ntags = [\"bigmem\"]\n[build]\nslots = 2\n[publish]\nkeep_generations = 3\n",
+            "data_dir = \"state\"\nhttp = \"127.0.0.1:9000\"\ntags = [\"bigmem\"]\nthreads = 3\n[build]\nslots = 2\n[publish]\nkeep_generations = 3\n",
         )
         .unwrap();
         let c = Config::resolve(Flags {
@@ -446,15 +456,28 @@ mod tests {
         assert_eq!(c.http.port(), 9000);
         assert_eq!((c.slots, c.keep_generations), (2, 3));
         assert_eq!(c.tags, vec!["bigmem"]);
+        assert_eq!(c.threads, Some(3));
         let c = Config::resolve(Flags {
-            config: Some(cfg),
+            config: Some(cfg.clone()),
             http: Some("127.0.0.1:0".into()),
             tags: vec!["x".into()],
+            threads: Some(1),
             ..Default::default()
         })
         .unwrap();
         assert_eq!(c.http.port(), 0);
         assert_eq!(c.tags, vec!["x"]);
+        assert_eq!(c.threads, Some(1));
+        let err = Config::resolve(Flags {
+            config: Some(cfg),
+            threads: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("threads: at least 1"),
+            "{err:#}"
+        );
     }
 
     #[test]

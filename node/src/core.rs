@@ -169,25 +169,58 @@ impl Core {
             Origin::Local => self.ingest().ingest(bytes),
             Origin::Peer => self.ingest().ingest_deferred(bytes),
         };
-        match &outcome {
-            IngestOutcome::Accepted { id } => {
-                tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");
-                self.metrics.event("accepted", "");
-                let ev = self.pin_referenced(id, bytes);
-                self.changed.send_modify(|n| *n += 1);
-                if let Some(ev) = ev {
-                    let _ = self.accepted.send(Accepted {
-                        id: *id,
-                        event: Arc::new(ev),
-                        bytes: Arc::from(bytes),
-                        origin,
-                    });
-                }
-            }
+        if let IngestOutcome::Accepted { id } = &outcome {
+            let ev = self.decode_and_pin(id, bytes);
+            self.settled(id, ev, Arc::from(bytes), origin);
+        }
+        self.count(&outcome);
+        outcome
+    }
+
+    /// Stores and applies an event from gossip whose signature was verified on arrival
+    /// (`Ingest::ingest_prechecked`: not verified again; durable like [`Origin::Peer`]).
+    pub fn ingest_prechecked(&self, p: &crate::ingest::Prechecked) -> IngestOutcome {
+        let t0 = std::time::Instant::now();
+        let mut ingest = self.ingest();
+        let waited = t0.elapsed();
+        let outcome = ingest.ingest_prechecked(p);
+        drop(ingest);
+        if t0.elapsed() > std::time::Duration::from_millis(20) {
+            tracing::debug!(
+                event = %p.id().fmt_short(),
+                lock_ms = waited.as_millis() as u64,
+                total_ms = t0.elapsed().as_millis() as u64,
+                "slow ingest"
+            );
+        }
+        if let IngestOutcome::Accepted { id } = &outcome {
+            self.pin_referenced(id, p.event());
+            self.settled(id, Some(p.event().clone()), p.bytes().clone(), Origin::Peer);
+        }
+        self.count(&outcome);
+        outcome
+    }
+
+    /// After an event was accepted: the log line, the metric, the waiters, the subscribers.
+    fn settled(&self, id: &Hash, ev: Option<Event>, bytes: Arc<[u8]>, origin: Origin) {
+        tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");
+        self.changed.send_modify(|n| *n += 1);
+        if let Some(ev) = ev {
+            let _ = self.accepted.send(Accepted {
+                id: *id,
+                event: Arc::new(ev),
+                bytes,
+                origin,
+            });
+        }
+    }
+
+    fn count(&self, outcome: &IngestOutcome) {
+        match outcome {
+            IngestOutcome::Accepted { .. } => self.metrics.event("accepted", ""),
             IngestOutcome::Duplicate { .. } => self.metrics.event("duplicate", ""),
             IngestOutcome::Rejected { reason } => self.metrics.event("rejected", reason.label()),
         }
-        outcome
     }
 
     /// Wakes the waiters without an event (a blob they may wait for arrived).
@@ -207,20 +240,21 @@ impl Core {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pins every blob an accepted event refers to (snapshots, artifacts, logs, repository files)
-    /// as `event:<id>`, so garbage collection keeps what the log needs. The event was verified
-    /// by the ingest; it is only decoded again here.
-    fn pin_referenced(&self, id: &Hash, bytes: &[u8]) -> Option<Event> {
+    /// Decodes an accepted event (verified by the ingest: only decoded again here) and pins
+    /// what it refers to ([`Core::pin_referenced`]).
+    fn decode_and_pin(&self, id: &Hash, bytes: &[u8]) -> Option<Event> {
         let limits = self.ingest().limits().clone();
-        let Ok(signed) = Signed::<Event>::from_bytes(bytes, &limits) else {
-            return None;
-        };
-        let Ok(ev) = pacmesh_protocol::Message::decode(&signed.payload, &limits) else {
-            return None;
-        };
-        let ev: Event = ev;
+        let signed = Signed::<Event>::from_bytes(bytes, &limits).ok()?;
+        let ev: Event = pacmesh_protocol::Message::decode(&signed.payload, &limits).ok()?;
+        self.pin_referenced(id, &ev);
+        Some(ev)
+    }
+
+    /// Pins every blob an accepted event refers to (snapshots, artifacts, logs, repository files)
+    /// as `event:<id>`, so garbage collection keeps what the log needs.
+    fn pin_referenced(&self, id: &Hash, ev: &Event) {
         if !self.pin_events.load(std::sync::atomic::Ordering::Relaxed) {
-            return Some(ev);
+            return;
         }
         let tag = format!("event:{id}");
         for h in crate::state::referenced_blobs(&ev.body) {
@@ -228,7 +262,6 @@ impl Core {
                 tracing::warn!(blob = %h.fmt_short(), "cannot pin: {e}");
             }
         }
-        Some(ev)
     }
 
     /// Signs `body` as this node and ingests it. Fails if the policy refuses it (e.g. this node

@@ -71,6 +71,7 @@
 //! (signer and author, ≈ 40 µs each under that load).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pacmesh_protocol::{
@@ -234,15 +235,57 @@ fn classify_verify(e: VerifyError) -> RejectReason {
     }
 }
 
-/// The cheap, stateless part of the checks, for gossip validation: size cap, envelope,
-/// signature, payload, author = signer, the author's role under `policy`, the lease cap.
-/// `Ok(true)`: an event that passes may be forwarded before it is stored (see
-/// docs/threat-model.md, "Forwarding before storing"); `Ok(false)`: a `publish`, whose manifest
-/// chain needs the state, so only the full [`Ingest::ingest`] decides. The full ingest checks
-/// all of this again, and more (duplicates, sequence numbers, equivocation).
-pub fn precheck(bytes: &[u8], policy: &MeshPolicy, limits: &Limits) -> Result<bool, RejectReason> {
-    let ev = authorized(&envelope(bytes, limits)?, policy, limits)?;
-    Ok(!matches!(ev.body, EventBody::Publish(_)))
+/// An event whose envelope decoded and whose signature verified, with the author's role
+/// checked under some policy: the cheap, stateless part of the checks, done once when a gossip
+/// message arrives. Only [`precheck`] makes one, so holding one proves that `bytes` carry a
+/// valid signature of `event`; [`Ingest::ingest_prechecked`] relies on it and does not verify
+/// the signature a second time (it checks the role again, under the policy current then).
+#[derive(Debug, Clone)]
+pub struct Prechecked {
+    bytes: Arc<[u8]>,
+    id: Hash,
+    event: Event,
+}
+
+impl Prechecked {
+    /// The signed bytes.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// The event id.
+    pub fn id(&self) -> Hash {
+        self.id
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// Whether the event may be forwarded before it is stored (see docs/threat-model.md,
+    /// "Forwarding before storing"): everything but a `publish`, whose manifest chain needs the
+    /// state, so that only the full ingest decides.
+    pub fn forward_early(&self) -> bool {
+        !matches!(self.event.body, EventBody::Publish(_))
+    }
+}
+
+/// The stateless checks, for gossip validation: size cap, envelope, signature, payload,
+/// author = signer, the author's role under `policy`, the lease cap. The full ingest then checks
+/// the rest (duplicates, sequence numbers, equivocation, manifest chains) and the role again.
+pub fn precheck(
+    bytes: Arc<[u8]>,
+    policy: &MeshPolicy,
+    limits: &Limits,
+) -> Result<Prechecked, RejectReason> {
+    let signed = envelope(&bytes, limits)?;
+    let event = authorized(&signed, policy, limits)?;
+    Ok(Prechecked {
+        id: signed.id(),
+        bytes,
+        event,
+    })
 }
 
 /// The size cap and the envelope decode (no signature check yet: a duplicate is recognised by
@@ -269,6 +312,12 @@ fn authorized(
     limits: &Limits,
 ) -> Result<Event, RejectReason> {
     let ev = signed.verify_and_decode(limits).map_err(classify_verify)?;
+    permitted(&ev, policy)?;
+    Ok(ev)
+}
+
+/// The author's role under `policy` and the lease cap of a claim.
+fn permitted(ev: &Event, policy: &MeshPolicy) -> Result<(), RejectReason> {
     policy
         .authorize(&ev.author, &ev.body)
         .map_err(RejectReason::Policy)?;
@@ -282,7 +331,7 @@ fn authorized(
             });
         }
     }
-    Ok(ev)
+    Ok(())
 }
 
 /// What happened to an ingested event.
@@ -674,7 +723,7 @@ impl Ingest {
     /// Verifies, stores (durably) and applies one `Signed<Event>`. See the
     /// [module docs](self).
     pub fn ingest(&mut self, bytes: &[u8]) -> IngestOutcome {
-        self.ingest_with(bytes, true)
+        self.ingest_with(bytes, None, true)
     }
 
     /// Like [`Ingest::ingest`], but the event is applied once it is written, without waiting
@@ -687,21 +736,34 @@ impl Ingest {
     /// author's log is a gap, accepted like any other and filled by sync. Events this node
     /// signs or accepts from a client keep [`Ingest::ingest`].
     pub fn ingest_deferred(&mut self, bytes: &[u8]) -> IngestOutcome {
-        self.ingest_with(bytes, false)
+        self.ingest_with(bytes, None, false)
     }
 
-    fn ingest_with(&mut self, bytes: &[u8], durable: bool) -> IngestOutcome {
-        let r = self.check_and_store(bytes).and_then(|c| match c {
-            Checked::Duplicate(id) => Ok(Checked::Duplicate(id)),
-            Checked::New(id, ev) => {
-                if durable {
-                    self.events
-                        .flush()
-                        .map_err(|e| RejectReason::Storage(e.to_string()))?;
+    /// [`Ingest::ingest_deferred`] for an event from gossip whose signature [`precheck`]
+    /// verified: the signature is not verified again (the role is, under the current policy).
+    pub fn ingest_prechecked(&mut self, p: &Prechecked) -> IngestOutcome {
+        self.ingest_with(&p.bytes, Some((&p.id, &p.event)), false)
+    }
+
+    fn ingest_with(
+        &mut self,
+        bytes: &[u8],
+        verified: Option<(&Hash, &Event)>,
+        durable: bool,
+    ) -> IngestOutcome {
+        let r = self
+            .check_and_store_with(bytes, verified)
+            .and_then(|c| match c {
+                Checked::Duplicate(id) => Ok(Checked::Duplicate(id)),
+                Checked::New(id, ev) => {
+                    if durable {
+                        self.events
+                            .flush()
+                            .map_err(|e| RejectReason::Storage(e.to_string()))?;
+                    }
+                    Ok(Checked::New(id, ev))
                 }
-                Ok(Checked::New(id, ev))
-            }
-        });
+            });
         self.pending.clear();
         self.pending_publish.clear();
         self.finish(r)
@@ -896,13 +958,34 @@ impl Ingest {
 
     /// Everything but the flush and the apply.
     fn check_and_store(&mut self, bytes: &[u8]) -> Result<Checked, RejectReason> {
-        let signed = envelope(bytes, &self.limits)?;
-        let id = signed.id();
+        self.check_and_store_with(bytes, None)
+    }
+
+    /// [`Ingest::check_and_store`]; `verified` is the id and event of `bytes` when their
+    /// signature was verified already (a [`Prechecked`]).
+    fn check_and_store_with(
+        &mut self,
+        bytes: &[u8],
+        verified: Option<(&Hash, &Event)>,
+    ) -> Result<Checked, RejectReason> {
         let storage = |e: EventStoreError| RejectReason::Storage(e.to_string());
-        if self.state.contains(&id) || self.pending.contains(&id) {
-            return Ok(Checked::Duplicate(id));
-        }
-        let ev = authorized(&signed, &self.policy, &self.limits)?;
+        let (id, ev) = match verified {
+            Some((id, ev)) => {
+                if self.state.contains(id) || self.pending.contains(id) {
+                    return Ok(Checked::Duplicate(*id));
+                }
+                permitted(ev, &self.policy)?;
+                (*id, ev.clone())
+            }
+            None => {
+                let signed = envelope(bytes, &self.limits)?;
+                let id = signed.id();
+                if self.state.contains(&id) || self.pending.contains(&id) {
+                    return Ok(Checked::Duplicate(id));
+                }
+                (id, authorized(&signed, &self.policy, &self.limits)?)
+            }
+        };
         if let EventBody::Publish(m) = &ev.body {
             self.check_manifest(&ev.author, m)?;
         }

@@ -1009,3 +1009,56 @@ fn mutated_events_never_change_the_state() {
     assert!(node.counters().rejected_total() > 2500);
     accepted(node.ingest(&a.event(MAINT, enqueue("after")).1));
 }
+
+/// The gossip path: `precheck` verifies the signature once when a message arrives; the ingest
+/// of the `Prechecked` value does not verify it again but still applies every stateful check,
+/// and the author's role under the policy current at ingest time.
+#[test]
+fn prechecked_events_are_ingested_with_every_stateful_check() {
+    use pacmesh_node::ingest::precheck;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = open(dir.path(), Some(&default_policy()));
+    let limits = Limits::default();
+    let mut a = Authors::default();
+    let pre = |node: &Ingest, bytes: &[u8]| precheck(Arc::from(bytes), node.policy(), &limits);
+
+    // Accepted, then a duplicate.
+    let (id, e) = a.event(MAINT, enqueue("hello"));
+    let p = pre(&node, &e).unwrap();
+    assert_eq!(p.id(), id);
+    assert!(p.forward_early());
+    assert_eq!(accepted(node.ingest_prechecked(&p)), id);
+    assert_eq!(node.ingest_prechecked(&p), IngestOutcome::Duplicate { id });
+    assert_eq!(node.ingest(&e), IngestOutcome::Duplicate { id });
+    assert!(node.state().entry(&id).is_some());
+
+    // Bad signatures and strangers never get a Prechecked value.
+    let (_, mut bad) = a.at(MAINT, 2, Some(id), enqueue("x"));
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(pre(&node, &bad).is_err());
+    let (_, x) = a.at(STRANGER, 1, None, enqueue("evil"));
+    assert_eq!(pre(&node, &x).unwrap_err().label(), "not_allowed");
+    assert!(pre(&node, &[0xff; 64]).is_err());
+
+    // Equivocation is still caught: a second event signed for an occupied sequence number.
+    let (_, other) = a.at(MAINT, 1, None, enqueue("other"));
+    let p = pre(&node, &other).unwrap();
+    match node.ingest_prechecked(&p) {
+        IngestOutcome::Rejected { reason } => assert_eq!(reason.label(), "equivocation"),
+        o => panic!("expected an equivocation, got {o:?}"),
+    }
+
+    // Prechecked under a policy that is replaced before the ingest: the role is checked again.
+    let (_, b) = a.event(BUILDER, claim(id, 1));
+    let p = pre(&node, &b).unwrap();
+    let digest = node.state().digest();
+    node.set_policy(&policy(2, &[ROOT, MAINT], Some(&[])))
+        .unwrap();
+    match node.ingest_prechecked(&p) {
+        IngestOutcome::Rejected { reason } => assert_eq!(reason.label(), "not_allowed"),
+        o => panic!("expected a refusal under the new policy, got {o:?}"),
+    }
+    assert_eq!(node.state().digest(), digest);
+}

@@ -48,8 +48,8 @@ use libp2p::{
     identify, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use pacmesh_protocol::{
-    Announcement, BlobRequest, BlobResponse, Capabilities, Hash, Limits, LogRequest, LogResponse,
-    Roles, Signed, SyncRequest, SyncResponse, Timestamp, announce_topic, events_topic,
+    Announcement, BlobRequest, BlobResponse, BlobWant, Capabilities, Hash, Limits, LogRequest,
+    LogResponse, Roles, Signed, SyncRequest, SyncResponse, Timestamp, announce_topic, events_topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -68,6 +68,25 @@ pub const BAN_TIME: Duration = Duration::from_secs(600);
 const SYNC_BATCH: u32 = 1024;
 /// Gossip messages being ingested at once; more are ignored (they come again by sync).
 const MAX_INFLIGHT_INGEST: usize = 256;
+
+/// A gossip event whose ingest (waiting for a blocking thread included) takes longer than this
+/// is logged at debug level with where the time went.
+const SLOW_INGEST: Duration = Duration::from_millis(50);
+
+/// Connections to a peer this node fetches segments from: the regular one plus extra direct
+/// ones, dialled when the transfer starts. Requests are spread over a peer's connections (one
+/// noise session and one yamux window each), which one connection's flow control and
+/// connection task otherwise bound (docs/benchmarks.md). Extra connections close when idle.
+const BULK_CONNECTIONS: usize = 4;
+
+/// The most connections one peer may hold to this node.
+const MAX_CONNECTIONS_PER_PEER: u32 = BULK_CONNECTIONS as u32 + 1;
+
+/// How long after dialling a peer's extra connections this node does not dial them again.
+const BULK_REDIAL: Duration = Duration::from_secs(30);
+
+/// The most addresses remembered per connected peer for extra connections.
+const MAX_PEER_ADDRS: usize = 8;
 
 /// How the node takes part in the mesh.
 #[derive(Clone)]
@@ -338,7 +357,7 @@ pub async fn start(
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(max_conn))
-                        .with_max_established_per_peer(Some(2))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
                         .with_max_pending_incoming(Some(32))
                         .with_max_pending_outgoing(Some(32)),
                 ),
@@ -432,6 +451,9 @@ pub async fn start(
             .metrics
             .with_registry(|r| libp2p::metrics::Metrics::new(r.sub_registry_with_prefix("libp2p"))),
         last_announced: None,
+        conns: HashMap::new(),
+        peer_addrs: HashMap::new(),
+        bulk_dialed: HashMap::new(),
     };
     // Wait for the listeners so that the addresses printed at start-up are real.
     let want = listen.len();
@@ -506,6 +528,12 @@ struct Loop {
     p2p_metrics: libp2p::metrics::Metrics,
     /// The capabilities last announced: a material change is announced at once.
     last_announced: Option<Capabilities>,
+    /// Established connections per peer.
+    conns: HashMap<PeerId, usize>,
+    /// Direct (not relayed) addresses of connected peers: where extra connections go.
+    peer_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// When this node last dialled extra connections to a peer.
+    bulk_dialed: HashMap<PeerId, Instant>,
 }
 
 /// Whether `new` differs from `old` in something peers rank or match by and that changes by
@@ -629,6 +657,9 @@ impl Loop {
                 self.log_waiters.insert(id, reply);
             }
             Command::BlobRequest { peer, req, reply } => {
+                if matches!(req.want, BlobWant::Range { .. }) {
+                    self.widen(peer);
+                }
                 let id = self.swarm.behaviour_mut().blobs.send_request(&peer, req);
                 self.blob_waiters.insert(id, reply);
             }
@@ -661,6 +692,56 @@ impl Loop {
                 false
             }
             None => false,
+        }
+    }
+
+    /// Remembers a direct address of a connected peer (relayed ones are not: segments never go
+    /// through a relay).
+    fn remember_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let relayed = addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+        if relayed || !self.conns.contains_key(&peer) {
+            return;
+        }
+        let list = self.peer_addrs.entry(peer).or_default();
+        if !list.contains(&addr) && list.len() < MAX_PEER_ADDRS {
+            list.push(addr);
+        }
+    }
+
+    /// Before segments are requested from `peer`: dials extra direct connections to it, up to
+    /// [`BULK_CONNECTIONS`], at most once per [`BULK_REDIAL`].
+    fn widen(&mut self, peer: PeerId) {
+        let have = self.conns.get(&peer).copied().unwrap_or(0);
+        if have == 0 || have >= BULK_CONNECTIONS {
+            return;
+        }
+        if self
+            .bulk_dialed
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < BULK_REDIAL)
+        {
+            return;
+        }
+        let Some(addrs) = self
+            .peer_addrs
+            .get(&peer)
+            .filter(|a| !a.is_empty())
+            .cloned()
+        else {
+            return;
+        };
+        self.bulk_dialed.insert(peer, Instant::now());
+        for _ in have..BULK_CONNECTIONS {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(addrs.clone())
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "extra connection not dialled: {e}");
+                break;
+            }
         }
     }
 
@@ -777,6 +858,10 @@ impl Loop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                self.conns.insert(peer_id, num_established.get() as usize);
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    self.remember_addr(peer_id, address.clone());
+                }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.handle
@@ -798,7 +883,11 @@ impl Loop {
                 num_established,
                 ..
             } => {
+                self.conns.insert(peer_id, num_established as usize);
                 if num_established == 0 {
+                    self.conns.remove(&peer_id);
+                    self.peer_addrs.remove(&peer_id);
+                    self.bulk_dialed.remove(&peer_id);
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.handle
                         .shared
@@ -859,6 +948,7 @@ impl Loop {
                     .any(|p| p.as_ref() == pacmesh_protocol::SYNC_PROTOCOL);
                 if ours {
                     for a in info.listen_addrs {
+                        self.remember_addr(peer_id, a.clone());
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                     }
                 }
@@ -1058,26 +1148,50 @@ impl Loop {
                     );
                 return;
             }
+            // Signature and role here, without the ingest lock or a thread hop: an event that
+            // passes is forwarded now, before this node stores and applies it
+            // (docs/threat-model.md, "Forwarding before storing"). Each hop of the mesh waits
+            // for this, so it is kept short: one ed25519 check (tens of microseconds).
+            let arrived = Instant::now();
+            let data: Arc<[u8]> = Arc::from(msg.data);
+            let snapshot = self
+                .policy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let pre = crate::ingest::precheck(data.clone(), &snapshot, &self.limits).ok();
+            let early = pre.as_ref().is_some_and(|p| p.forward_early());
+            if early {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &id,
+                        &source,
+                        gossipsub::MessageAcceptance::Accept,
+                    );
+            }
             self.inflight.fetch_add(1, Ordering::Relaxed);
             let (core, tx, inflight) = (self.core.clone(), self.tx.clone(), self.inflight.clone());
-            let (policy, limits) = (self.policy.clone(), self.limits.clone());
+            let policy = self.policy.clone();
             tokio::task::spawn_blocking(move || {
-                // Signature and role first, without the ingest lock: an event that passes is
-                // forwarded now, before this node stores it (fsync) and applies it
-                // (docs/threat-model.md, "Forwarding before storing").
-                let snapshot = policy.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let early = matches!(
-                    crate::ingest::precheck(&msg.data, &snapshot, &limits),
-                    Ok(true)
-                );
-                if early {
-                    let _ = tx.blocking_send(Command::Validated {
-                        id: id.clone(),
-                        source,
-                        acceptance: gossipsub::MessageAcceptance::Accept,
-                    });
+                // A prechecked event is not verified again; anything else gets every check.
+                let queued = arrived.elapsed();
+                let outcome = match &pre {
+                    Some(p) => core.ingest_prechecked(p),
+                    None => core.ingest_from(&data, Origin::Peer),
+                };
+                let took = arrived.elapsed();
+                if took > SLOW_INGEST {
+                    tracing::debug!(
+                        target: "pacmesh_node::core",
+                        event = %Hash::new(&data).fmt_short(),
+                        queued_ms = queued.as_millis() as u64,
+                        total_ms = took.as_millis() as u64,
+                        "slow gossip ingest"
+                    );
                 }
-                let outcome = core.ingest_from(&msg.data, Origin::Peer);
                 {
                     let ingest = core.ingest();
                     if ingest.policy().policy_version != snapshot.policy_version {
