@@ -107,6 +107,18 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
     let (code, got) = http_get(&format!("{b_http}/api/v1/blobs/{hash}"));
     assert_eq!(code, 200);
     assert!(got == blob, "B serves other bytes than A holds");
+    // The segments were asked over extra direct connections to A (BULK_CONNECTIONS in
+    // net/mod.rs): B dialled A more than once.
+    let (_, metrics) = http_get(&format!("{b_http}/metrics"));
+    let metrics = String::from_utf8_lossy(&metrics);
+    let dialled: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.contains("swarm_connections_established_total") && l.to_lowercase().contains("dialer")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(dialled >= 2.0, "B dialled A {dialled} times:\n{metrics}");
     // Fetching again transfers nothing.
     let out = pacmesh_ok(&["blob", "fetch", &hash, "--node", &b_http, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
