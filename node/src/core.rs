@@ -169,11 +169,11 @@ impl Core {
             Origin::Local => self.ingest().ingest(bytes),
             Origin::Peer => self.ingest().ingest_deferred(bytes),
         };
+        self.count(&outcome);
         if let IngestOutcome::Accepted { id } = &outcome {
             let ev = self.decode_and_pin(id, bytes);
             self.settled(id, ev, Arc::from(bytes), origin);
         }
-        self.count(&outcome);
         outcome
     }
 
@@ -193,15 +193,15 @@ impl Core {
                 "slow ingest"
             );
         }
+        self.count(&outcome);
         if let IngestOutcome::Accepted { id } = &outcome {
             self.pin_referenced(id, p.event());
             self.settled(id, Some(p.event().clone()), p.bytes().clone(), Origin::Peer);
         }
-        self.count(&outcome);
         outcome
     }
 
-    /// After an event was accepted: the log line, the metric, the waiters, the subscribers.
+    /// After an event was accepted (and counted): the log line, the waiters, the subscribers.
     fn settled(&self, id: &Hash, ev: Option<Event>, bytes: Arc<[u8]>, origin: Origin) {
         tracing::debug!(event = %id.fmt_short(), ?origin, "accepted");
         self.changed.send_modify(|n| *n += 1);
