@@ -617,11 +617,7 @@ impl Loop {
                 if matches!(acceptance, gossipsub::MessageAcceptance::Reject) {
                     self.fault(source, "invalid gossip");
                 }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
+                self.report(&id, &source, acceptance);
             }
             Command::Publish(bytes) => {
                 let topic = self.events.clone();
@@ -693,6 +689,20 @@ impl Loop {
             }
             None => false,
         }
+    }
+
+    /// Tells gossipsub whether to forward a message it handed over for validation.
+    fn report(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    ) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
     }
 
     /// Remembers a direct address of a connected peer (relayed ones are not: segments never go
@@ -1137,15 +1147,7 @@ impl Loop {
                 "gossip received"
             );
             if self.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT_INGEST {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &id,
-                        &source,
-                        gossipsub::MessageAcceptance::Ignore,
-                    );
+                self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
                 return;
             }
             // Signature and role here, without the ingest lock or a thread hop: an event that
@@ -1162,15 +1164,7 @@ impl Loop {
             let pre = crate::ingest::precheck(data.clone(), &snapshot, &self.limits).ok();
             let early = pre.as_ref().is_some_and(|p| p.forward_early());
             if early {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &id,
-                        &source,
-                        gossipsub::MessageAcceptance::Accept,
-                    );
+                self.report(&id, &source, gossipsub::MessageAcceptance::Accept);
             }
             self.inflight.fetch_add(1, Ordering::Relaxed);
             let (core, tx, inflight) = (self.core.clone(), self.tx.clone(), self.inflight.clone());
@@ -1276,11 +1270,7 @@ impl Loop {
             if matches!(acceptance, gossipsub::MessageAcceptance::Reject) {
                 self.fault(source, "invalid announcement");
             }
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
+            self.report(&id, &source, acceptance);
         }
     }
 
