@@ -626,6 +626,28 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
         busy / run_s,
         (busy - idle_ms_per_s * run_s) / ((warm + m) * n) as f64,
     );
+    // Gossip copies per event (gossipsub's metrics, every node, events topic only).
+    let (mut recv_all, mut recv_unique, mut sent) = (0.0, 0.0, 0.0);
+    for node in &nodes {
+        let (_, m) = procs::http_get(&format!("{}/metrics", node.http));
+        let m = String::from_utf8_lossy(&m);
+        let sum = |name: &str| -> f64 {
+            m.lines()
+                .filter(|l| l.starts_with(name) && l.contains("/events/"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        recv_all += sum("libp2p_gossipsub_topic_msg_recv_counts_unfiltered_total{");
+        recv_unique += sum("libp2p_gossipsub_topic_msg_recv_counts_total{");
+        sent += sum("libp2p_gossipsub_topic_msg_sent_counts_total{");
+    }
+    let per = ((warm + m) * n) as f64;
+    eprintln!(
+        "propagation: {n} nodes: gossip messages per event and node: {:.1} received ({:.2} of them new), {:.1} sent",
+        recv_all / per,
+        recv_unique / per,
+        sent / per,
+    );
     std::thread::sleep(Duration::from_secs(5));
     let rss = nodes.iter().map(|n| rss_kib(n.pid())).collect();
     (

@@ -114,11 +114,20 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
     let dialled: f64 = metrics
         .lines()
         .filter(|l| {
-            l.contains("swarm_connections_established_total") && l.to_lowercase().contains("dialer")
+            l.starts_with("libp2p_swarm_connections_established_total{")
+                && l.to_lowercase().contains("dialer")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(dialled >= 2.0, "B dialled A {dialled} times:\n{metrics}");
+    // Gossipsub's own metrics are exported (subscribed to the events and announce topics).
+    let subscribed = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("libp2p_gossipsub_topic_subscription_status{") && l.ends_with(" 1")
+        })
+        .count();
+    assert_eq!(subscribed, 2, "{metrics}");
     // Fetching again transfers nothing.
     let out = pacmesh_ok(&["blob", "fetch", &hash, "--node", &b_http, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

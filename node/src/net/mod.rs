@@ -285,119 +285,129 @@ pub async fn start(
         )?
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(move |key, relay_client| {
-            let local = key.public().to_peer_id();
-            // Anonymous gossip: every event and announcement is signed by its author's key in
-            // the payload and verified once per message by this node; gossipsub's own
-            // per-message signature (checked again on every duplicate copy a peer forwards,
-            // before duplicates are dropped) added nothing but CPU: in a 50-node mesh it was a
-            // quarter of an idle node's work (docs/benchmarks.md, "Where the 50-node time
-            // went").
-            let gcfg = gossipsub::ConfigBuilder::default()
-                .validate_messages()
-                .validation_mode(gossipsub::ValidationMode::Anonymous)
-                .max_transmit_size(GOSSIP_TRANSMIT_MAX)
-                .heartbeat_interval(Duration::from_millis(500))
-                .message_id_fn(|m: &gossipsub::Message| {
-                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        .with_behaviour({
+            let metrics = core.metrics.clone();
+            move |key, relay_client| {
+                let local = key.public().to_peer_id();
+                // Anonymous gossip: every event and announcement is signed by its author's key in
+                // the payload and verified once per message by this node; gossipsub's own
+                // per-message signature (checked again on every duplicate copy a peer forwards,
+                // before duplicates are dropped) added nothing but CPU: in a 50-node mesh it was a
+                // quarter of an idle node's work (docs/benchmarks.md, "Where the 50-node time
+                // went").
+                let gcfg = gossipsub::ConfigBuilder::default()
+                    .validate_messages()
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .max_transmit_size(GOSSIP_TRANSMIT_MAX)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                    })
+                    .build()
+                    .map_err(|e| anyhow!("gossipsub config: {e}"))?;
+                let gossipsub =
+                    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
+                        .map_err(|e| anyhow!("gossipsub: {e}"))?;
+                // Mesh sizes, copies received per topic, IWANTs… under libp2p_gossipsub_* in /metrics.
+                let mut gossipsub = metrics.with_registry(|r| {
+                    gossipsub.with_metrics(
+                        r.sub_registry_with_prefix("libp2p_gossipsub"),
+                        gossipsub::MetricsConfig::default(),
+                    )
+                });
+                let mut params = gossipsub::PeerScoreParams {
+                    // No penalty for peers sharing an IP address. Nodes of one mesh often do (one
+                    // host in tests and benchmarks, an HPC allocation or an office behind one NAT);
+                    // with the default (-5 × surplus² beyond 10 peers per address) every peer of a
+                    // node with more than ~14 loopback connections is graylisted at once, and
+                    // gossip among 50 nodes on 127.0.0.1 stops. Sybils gain nothing here anyway:
+                    // only events signed by keys of the policy count.
+                    ip_colocation_factor_weight: 0.0,
+                    ..Default::default()
+                };
+                for t in [&events, &announce] {
+                    params.topics.insert(
+                        t.hash(),
+                        gossipsub::TopicScoreParams {
+                            invalid_message_deliveries_weight: -100.0,
+                            invalid_message_deliveries_decay: 0.5,
+                            ..Default::default()
+                        },
+                    );
+                }
+                gossipsub
+                    .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+                    .map_err(|e| anyhow!("gossipsub scoring: {e}"))?;
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+                } else {
+                    None
+                };
+                let mut kcfg = kad::Config::new(kad_proto.clone());
+                kcfg.set_query_timeout(Duration::from_secs(30));
+                let mut kad =
+                    kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
+                kad.set_mode(Some(kad::Mode::Server));
+                let rr = request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(60))
+                    .with_max_concurrent_streams(64);
+                let relay = relay_on.then(|| {
+                    relay::Behaviour::new(
+                        local,
+                        relay::Config {
+                            // Signalling for hole punching only: no artifact goes through a relay.
+                            max_circuit_bytes: 64 << 10,
+                            max_circuit_duration: Duration::from_secs(120),
+                            ..Default::default()
+                        },
+                    )
+                });
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(max_conn))
+                            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                            .with_max_pending_incoming(Some(32))
+                            .with_max_pending_outgoing(Some(32)),
+                    ),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/pacmesh/1".into(), key.public())
+                            .with_agent_version(format!("pacmesh/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::default(),
+                    gossipsub,
+                    mdns: mdns.into(),
+                    kad,
+                    sync: request_response::Behaviour::with_codec(
+                        codec::MsgCodec::new(lim.clone()),
+                        [(
+                            StreamProtocol::new(pacmesh_protocol::SYNC_PROTOCOL),
+                            ProtocolSupport::Full,
+                        )],
+                        rr.clone(),
+                    ),
+                    blobs: request_response::Behaviour::with_codec(
+                        codec::BlobCodec::new(lim.clone()),
+                        [(
+                            StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
+                            ProtocolSupport::Full,
+                        )],
+                        rr.clone(),
+                    ),
+                    logs: request_response::Behaviour::with_codec(
+                        codec::MsgCodec::new(lim.clone()),
+                        [(
+                            StreamProtocol::new(pacmesh_protocol::LOGS_PROTOCOL),
+                            ProtocolSupport::Full,
+                        )],
+                        rr,
+                    ),
+                    relay_client,
+                    relay: relay.into(),
+                    dcutr: dcutr::Behaviour::new(local),
+                    autonat: autonat::Behaviour::new(local, autonat::Config::default()),
                 })
-                .build()
-                .map_err(|e| anyhow!("gossipsub config: {e}"))?;
-            let mut gossipsub =
-                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
-                    .map_err(|e| anyhow!("gossipsub: {e}"))?;
-            let mut params = gossipsub::PeerScoreParams {
-                // No penalty for peers sharing an IP address. Nodes of one mesh often do (one
-                // host in tests and benchmarks, an HPC allocation or an office behind one NAT);
-                // with the default (-5 × surplus² beyond 10 peers per address) every peer of a
-                // node with more than ~14 loopback connections is graylisted at once, and
-                // gossip among 50 nodes on 127.0.0.1 stops. Sybils gain nothing here anyway:
-                // only events signed by keys of the policy count.
-                ip_colocation_factor_weight: 0.0,
-                ..Default::default()
-            };
-            for t in [&events, &announce] {
-                params.topics.insert(
-                    t.hash(),
-                    gossipsub::TopicScoreParams {
-                        invalid_message_deliveries_weight: -100.0,
-                        invalid_message_deliveries_decay: 0.5,
-                        ..Default::default()
-                    },
-                );
             }
-            gossipsub
-                .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
-                .map_err(|e| anyhow!("gossipsub scoring: {e}"))?;
-            let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
-            } else {
-                None
-            };
-            let mut kcfg = kad::Config::new(kad_proto.clone());
-            kcfg.set_query_timeout(Duration::from_secs(30));
-            let mut kad =
-                kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
-            kad.set_mode(Some(kad::Mode::Server));
-            let rr = request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(60))
-                .with_max_concurrent_streams(64);
-            let relay = relay_on.then(|| {
-                relay::Behaviour::new(
-                    local,
-                    relay::Config {
-                        // Signalling for hole punching only: no artifact goes through a relay.
-                        max_circuit_bytes: 64 << 10,
-                        max_circuit_duration: Duration::from_secs(120),
-                        ..Default::default()
-                    },
-                )
-            });
-            Ok(Behaviour {
-                limits: connection_limits::Behaviour::new(
-                    connection_limits::ConnectionLimits::default()
-                        .with_max_established(Some(max_conn))
-                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
-                        .with_max_pending_incoming(Some(32))
-                        .with_max_pending_outgoing(Some(32)),
-                ),
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/pacmesh/1".into(), key.public())
-                        .with_agent_version(format!("pacmesh/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::default(),
-                gossipsub,
-                mdns: mdns.into(),
-                kad,
-                sync: request_response::Behaviour::with_codec(
-                    codec::MsgCodec::new(lim.clone()),
-                    [(
-                        StreamProtocol::new(pacmesh_protocol::SYNC_PROTOCOL),
-                        ProtocolSupport::Full,
-                    )],
-                    rr.clone(),
-                ),
-                blobs: request_response::Behaviour::with_codec(
-                    codec::BlobCodec::new(lim.clone()),
-                    [(
-                        StreamProtocol::new(pacmesh_protocol::BLOBS_PROTOCOL),
-                        ProtocolSupport::Full,
-                    )],
-                    rr.clone(),
-                ),
-                logs: request_response::Behaviour::with_codec(
-                    codec::MsgCodec::new(lim.clone()),
-                    [(
-                        StreamProtocol::new(pacmesh_protocol::LOGS_PROTOCOL),
-                        ProtocolSupport::Full,
-                    )],
-                    rr,
-                ),
-                relay_client,
-                relay: relay.into(),
-                dcutr: dcutr::Behaviour::new(local),
-                autonat: autonat::Behaviour::new(local, autonat::Config::default()),
-            })
         })
         .map_err(|e| anyhow!("libp2p behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -449,7 +459,7 @@ pub async fn start(
         policy: Arc::new(Mutex::new(Arc::new(core.ingest().policy().clone()))),
         p2p_metrics: core
             .metrics
-            .with_registry(|r| libp2p::metrics::Metrics::new(r.sub_registry_with_prefix("libp2p"))),
+            .with_registry(|r| libp2p::metrics::Metrics::new(r)),
         last_announced: None,
         conns: HashMap::new(),
         peer_addrs: HashMap::new(),
