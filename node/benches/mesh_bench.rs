@@ -629,10 +629,10 @@ fn pacmesh_propagation(n: usize, m: usize) -> (Latencies, usize, Vec<u64>) {
     // Gossip copies per event (gossipsub's metrics, every node, events topic only).
     let (mut recv_all, mut recv_unique, mut sent) = (0.0, 0.0, 0.0);
     for node in &nodes {
-        let (_, m) = procs::http_get(&format!("{}/metrics", node.http));
-        let m = String::from_utf8_lossy(&m);
+        let (_, body) = procs::http_get(&format!("{}/metrics", node.http));
+        let text = String::from_utf8_lossy(&body);
         let sum = |name: &str| -> f64 {
-            m.lines()
+            text.lines()
                 .filter(|l| l.starts_with(name) && l.contains("/events/"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum()
