@@ -784,6 +784,7 @@ async fn gossip_reference_async(n: usize, m: usize, len: usize) -> Latencies {
     }
     let mut all = Vec::new();
     let mut lost = 0;
+    let cpu0 = cpu_ms(std::process::id());
     for j in 0..m as u64 {
         match round(j, Duration::from_secs(10)).await {
             Some(ms) => all.push(ms),
@@ -791,6 +792,11 @@ async fn gossip_reference_async(n: usize, m: usize, len: usize) -> Latencies {
         }
         tokio::time::sleep(Duration::from_millis(20 + (j * 7919) % 30)).await;
     }
+    // Idle work (heartbeats) included: an upper bound of the cost of one message.
+    eprintln!(
+        "propagation: bare gossipsub, {n} swarms in one process: CPU per event per swarm {:.2} ms",
+        (cpu_ms(std::process::id()) - cpu0) as f64 / (m * n) as f64
+    );
     drop(cmds);
     Latencies {
         all,
@@ -918,7 +924,14 @@ fn seed(data_dir: &Path, blob: &Path, hash: &Hash) {
 }
 
 /// A fresh node `k` joins `providers`, then fetches `hash`; returns (wall seconds, answer).
-fn fetch_run(mesh: &Mesh, k: usize, providers: &[&NodeProc], hash: &Hash) -> (f64, Value) {
+/// One fetch by a fresh node: wall seconds, the request's answer, and the CPU time (ms) the
+/// fetcher and the providers used during it.
+fn fetch_run(
+    mesh: &Mesh,
+    k: usize,
+    providers: &[&NodeProc],
+    hash: &Hash,
+) -> (f64, Value, (u64, u64)) {
     let boot: Vec<String> = providers.iter().map(|p| p.p2p.clone()).collect();
     let f = mesh.start(k, &boot, &["--no-build"], "warn");
     // Every provider's announcement seen (they are up and talking to it).
@@ -934,12 +947,15 @@ fn fetch_run(mesh: &Mesh, k: usize, providers: &[&NodeProc], hash: &Hash) -> (f6
         assert!(Instant::now() < deadline, "fetcher not connected: {st:#}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let cpu_p = || providers.iter().map(|p| cpu_ms(p.pid())).sum::<u64>();
+    let (f0, p0) = (cpu_ms(f.pid()), cpu_p());
     let t0 = Instant::now();
     let v = pacmesh_node::blob_fetch::request_fetch(&f.http, hash).expect("blob fetch");
     let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ms(f.pid()) - f0, cpu_p() - p0);
     drop(f);
     let _ = std::fs::remove_dir_all(mesh.data_dir(k));
-    (wall, v)
+    (wall, v, cpu)
 }
 
 /// curl URL into `out`; returns seconds.
@@ -996,9 +1012,13 @@ fn replication() {
     let size_mib = mib as f64;
     let rate = |secs: f64| size_mib / secs;
     let mut rows: Vec<String> = Vec::new();
-    let mut row = |what: &str, secs: f64| {
+    // `cpu`: CPU time of the fetcher and of the providers during a mesh fetch, in ms.
+    let mut row_cpu = |what: &str, secs: f64, cpu: Option<(u64, u64)>| {
+        let cpu = cpu.map_or("–".to_string(), |(f, p)| {
+            format!("{:.2} / {:.2} s", f as f64 / 1e3, p as f64 / 1e3)
+        });
         rows.push(format!(
-            "| {what} | {:.2} s | {:.0} MiB/s |",
+            "| {what} | {:.2} s | {:.0} MiB/s | {cpu} |",
             secs,
             rate(secs)
         ));
@@ -1007,38 +1027,40 @@ fn replication() {
     // One provider.
     let p0 = mesh.start(0, &[], &["--no-build"], "warn");
     let mut next = 4;
-    let (w, _) = fetch_run(&mesh, next, &[&p0], &hash);
+    let (w, _, c) = fetch_run(&mesh, next, &[&p0], &hash);
     next += 1;
-    row(
+    row_cpu(
         "mesh, 1 provider, first request (provider computes the outboard)",
         w,
+        Some(c),
     );
     let mut one = Vec::new();
     for _ in 0..runs {
-        let (w, v) = fetch_run(&mesh, next, &[&p0], &hash);
+        let (w, v, c) = fetch_run(&mesh, next, &[&p0], &hash);
         next += 1;
         assert_eq!(v["size"].as_u64(), Some(mib << 20), "{v}");
         one.push(w);
-        row("mesh, 1 provider → 1 fetcher", w);
+        row_cpu("mesh, 1 provider → 1 fetcher", w, Some(c));
     }
     // Four providers (their outboards computed by a first fetch).
     let others: Vec<NodeProc> = (1..4)
         .map(|i| mesh.start(i, &[p0.p2p.clone()], &["--no-build"], "warn"))
         .collect();
     let four: Vec<&NodeProc> = std::iter::once(&p0).chain(others.iter()).collect();
-    let (w, _) = fetch_run(&mesh, next, &four, &hash);
+    let (w, _, c) = fetch_run(&mesh, next, &four, &hash);
     next += 1;
-    row(
+    row_cpu(
         "mesh, 4 providers, first request (3 compute the outboard)",
         w,
+        Some(c),
     );
     let mut many = Vec::new();
     for _ in 0..runs {
-        let (w, v) = fetch_run(&mesh, next, &four, &hash);
+        let (w, v, c) = fetch_run(&mesh, next, &four, &hash);
         next += 1;
         assert_eq!(v["size"].as_u64(), Some(mib << 20), "{v}");
         many.push(w);
-        row("mesh, 4 providers → 1 fetcher", w);
+        row_cpu("mesh, 4 providers → 1 fetcher", w, Some(c));
     }
 
     // References: plain HTTP on loopback, same file, same disk.
@@ -1067,18 +1089,20 @@ fn replication() {
     for _ in 0..runs {
         let s = curl(&format!("http://127.0.0.1:{port}/blob.bin"), &out);
         plain.push(s);
-        row(
+        row_cpu(
             "curl ← python3 -m http.server (plain file, no verification)",
             s,
+            None,
         );
     }
     let _ = server.kill();
     let _ = server.wait();
     for _ in 0..runs {
         let s = curl(&format!("{}/api/v1/blobs/{hash}", p0.http), &out);
-        row(
+        row_cpu(
             "curl ← the node's blob GET (hashes the file, then streams it)",
             s,
+            None,
         );
     }
     // The disk's floor for a durable copy: write the size and fsync it (the content store
@@ -1097,7 +1121,7 @@ fn replication() {
         let s = t0.elapsed().as_secs_f64();
         let _ = std::fs::remove_file(&out);
         disk.push(s);
-        row("disk: write the same size and fsync (no network)", s);
+        row_cpu("disk: write the same size and fsync (no network)", s, None);
     }
     drop(others);
     drop(p0);
@@ -1107,8 +1131,8 @@ fn replication() {
         "### Replication of a {mib} MiB blob on loopback (`pacmesh blob fetch`, wall time of the request)"
     );
     println!();
-    println!("| transfer | time | rate |");
-    println!("| --- | ---: | ---: |");
+    println!("| transfer | time | rate | CPU: fetcher / providers |");
+    println!("| --- | ---: | ---: | ---: |");
     for r in rows {
         println!("{r}");
     }

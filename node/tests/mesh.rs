@@ -95,7 +95,6 @@ impl Net {
 
     /// [`Net::start`] with more `[mesh]` config lines.
     fn start_with(&self, i: usize, peers: &[&Node], extra: &[&str], mesh: &str) -> Node {
-        let data = self.dir.join(format!("data{i}"));
         let config = if mesh.is_empty() {
             self.config.clone()
         } else {
@@ -104,10 +103,16 @@ impl Net {
             std::fs::write(&c, format!("{base}{mesh}\n")).unwrap();
             c
         };
+        self.start_config(i, peers, extra, &config)
+    }
+
+    /// [`Net::start`] with the config file `config` instead of the test's own.
+    fn start_config(&self, i: usize, peers: &[&Node], extra: &[&str], config: &Path) -> Node {
+        let data = self.dir.join(format!("data{i}"));
         let mut args: Vec<String> = [
             "node",
             "--config",
-            s(&config),
+            s(config),
             "--policy",
             s(&self.policy),
             "--key",
@@ -826,6 +831,40 @@ fn a_node_is_reachable_through_a_relay_circuit() {
         |es| es.iter().any(|e| e["id"] == id.as_str()),
     );
     converge(&[&relay, &nat, &far], Duration::from_secs(30));
+}
+
+/// Periodic announcements are far apart (a minute here), yet a node that joins hears its
+/// peer's capabilities within seconds, and the peer hears the joiner's: a new subscriber to the
+/// announcements makes a node announce at its next capability check (within a second).
+#[test]
+fn a_joining_node_hears_announcements_without_waiting_for_the_period() {
+    let t = tempfile::tempdir().unwrap();
+    let net = Net::new(t.path(), 2, 30);
+    let config = t.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        "[mesh]\nannounce_interval_ms = 60000\nsync_interval_ms = 1000\n",
+    )
+    .unwrap();
+    let a = net.start_config(0, &[], &["--no-build"], &config);
+    // Past a's first periodic announcement, if its random phase put one this early.
+    std::thread::sleep(Duration::from_secs(2));
+    let b = net.start_config(1, &[&a], &["--no-build"], &config);
+    let t0 = Instant::now();
+    let knows = |n: &Node, other: &str| {
+        status(n)["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["node"] == other && p["live"] == true))
+    };
+    while !(knows(&a, &net.publics[1]) && knows(&b, &net.publics[0])) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "announcements not exchanged within 20 s: a {:#}, b {:#}",
+            status(&a)["peers"],
+            status(&b)["peers"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A build running on one node is followed live from another: the publisher's `/logs/ENTRY`

@@ -15,17 +15,20 @@
 //!
 //! - **Gossip.** Events this node authors or receives from a local client ([`Origin::Local`])
 //!   and that are small ([`GOSSIP_EVENT_MAX`]) are published on the mesh's events topic.
-//!   Gossipsub runs with `validate_messages`: a received event is forwarded only after
-//!   [`Core::ingest_from`] accepted it (signature, then the signer's role in the policy);
-//!   a rejected one is reported `Reject`, which lowers the sender's peer score, and after
-//!   [`MAX_PEER_FAULTS`] faults the peer is disconnected and refused for [`BAN_TIME`].
-//! - **Announcements.** Every `announce_interval` (15 s by default), and within a second of a
-//!   material change of its capabilities (busy slots, tags, …), the node signs its
-//!   capabilities (with its current load and busy slots) and its queue-state digest. Peers
-//!   keep them in the [`crate::peers::PeerTable`]; a peer whose digest differs from ours is asked for what
-//!   we lack.
+//!   Gossipsub runs with `validate_messages`: a received event is forwarded only after its
+//!   size, envelope, signature and the signer's role in the policy checked out
+//!   ([`crate::ingest::precheck`], in this task as it arrives; the ingest then stores and
+//!   applies it); a rejected one is reported `Reject`, which lowers the sender's peer score,
+//!   and after [`MAX_PEER_FAULTS`] faults the peer is disconnected and refused for [`BAN_TIME`].
+//! - **Announcements.** Every `announce_interval` (15 s by default, from a random phase so
+//!   that nodes started together do not announce in step), within a second of a material
+//!   change of its capabilities (busy slots, tags, …), and within a second of a new peer
+//!   subscribing, the node signs its capabilities (with its current load and busy slots) and
+//!   its queue-state digest. Peers keep them in the [`crate::peers::PeerTable`]; a peer whose
+//!   digest differs from ours is asked for what we lack (at most one such sync a second).
 //! - **Anti-entropy.** `SyncRequest` (our per-author heads) → `SyncResponse` (what follows),
-//!   on connection, on a differing digest, and every `sync_interval` with a random peer.
+//!   on connection, on a differing digest, and every `sync_interval` (random phase) with a
+//!   random peer.
 //!   Events that do not fit gossip (large `publish` manifests) travel this way only.
 //! - **Blobs.** Served by segment; fetched by [`replicate`].
 
@@ -451,16 +454,16 @@ pub async fn start(
         handle: handle.clone(),
         syncing: HashSet::new(),
         last_sync: HashMap::new(),
+        last_digest_sync: None,
         blob_waiters: HashMap::new(),
         log_waiters: HashMap::new(),
         faults: HashMap::new(),
         banned: HashMap::new(),
         inflight: Arc::new(AtomicUsize::new(0)),
         policy: Arc::new(Mutex::new(Arc::new(core.ingest().policy().clone()))),
-        p2p_metrics: core
-            .metrics
-            .with_registry(|r| libp2p::metrics::Metrics::new(r)),
+        p2p_metrics: core.metrics.with_registry(libp2p::metrics::Metrics::new),
         last_announced: None,
+        announce_soon: false,
         conns: HashMap::new(),
         peer_addrs: HashMap::new(),
         bulk_dialed: HashMap::new(),
@@ -526,6 +529,8 @@ struct Loop {
     handle: NetHandle,
     syncing: HashSet<PeerId>,
     last_sync: HashMap<PeerId, Instant>,
+    /// When an announcement's differing digest last started a sync (at most one a second).
+    last_digest_sync: Option<Instant>,
     blob_waiters: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse>>>,
     log_waiters: HashMap<OutboundRequestId, oneshot::Sender<Result<LogResponse>>>,
     faults: HashMap<PeerId, u32>,
@@ -538,6 +543,9 @@ struct Loop {
     p2p_metrics: libp2p::metrics::Metrics,
     /// The capabilities last announced: a material change is announced at once.
     last_announced: Option<Capabilities>,
+    /// A peer subscribed to the announcements since our last one: it has not seen ours, so
+    /// the next capability check (within a second) announces.
+    announce_soon: bool,
     /// Established connections per peer.
     conns: HashMap<PeerId, usize>,
     /// Direct (not relayed) addresses of connected peers: where extra connections go.
@@ -562,14 +570,26 @@ fn material_change(old: &Capabilities, new: &Capabilities) -> bool {
 /// How often the capabilities are compared with the last announced ones.
 const CAPS_CHECK: Duration = Duration::from_secs(1);
 
+/// At most one sync a second started by an announcement's differing digest.
+const DIGEST_SYNC_EVERY: Duration = Duration::from_secs(1);
+
 impl Loop {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<()> {
-        let mut announce = tokio::time::interval(self.cfg.announce_interval);
-        let mut sync = tokio::time::interval(self.cfg.sync_interval);
+        // Random phases: nodes started together (a restart of the whole mesh, a test) would
+        // otherwise announce and sync in step, and every node would handle every announcement
+        // in the same second.
+        let mut announce = tokio::time::interval_at(
+            tokio::time::Instant::now() + jitter(self.cfg.announce_interval),
+            self.cfg.announce_interval,
+        );
+        let mut sync = tokio::time::interval_at(
+            tokio::time::Instant::now() + jitter(self.cfg.sync_interval),
+            self.cfg.sync_interval,
+        );
         let mut kad = tokio::time::interval(Duration::from_secs(60));
         let mut caps_check = tokio::time::interval(CAPS_CHECK.min(self.cfg.announce_interval));
         caps_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -594,6 +614,8 @@ impl Loop {
                     {
                         self.announce(Some(caps));
                         announce.reset();
+                    } else if self.announce_soon {
+                        self.announce(Some(caps));
                     }
                 }
                 _ = sync.tick() => self.sync_round(),
@@ -765,12 +787,25 @@ impl Loop {
         }
     }
 
+    /// The ingest lock, from the network task: a wait here holds up every connection of the
+    /// node, so a long one is logged (debug).
+    fn ingest(&self) -> std::sync::MutexGuard<'_, crate::ingest::Ingest> {
+        let t = Instant::now();
+        let g = self.core.ingest();
+        let w = t.elapsed();
+        if w > Duration::from_millis(5) {
+            tracing::debug!(target: "pacmesh_node::core", wait_ms = w.as_millis() as u64, "network task waited for the ingest lock");
+        }
+        g
+    }
+
     /// Signs and gossips an announcement of `caps` (computed now when `None`).
     fn announce(&mut self, caps: Option<Capabilities>) {
         let now = Timestamp::now();
-        let digest = self.core.ingest().state().digest();
+        let digest = self.ingest().state().digest();
         let capabilities = caps.unwrap_or_else(|| (self.cfg.capabilities)());
         self.last_announced = Some(capabilities.clone());
+        self.announce_soon = false;
         let a = Announcement {
             version: pacmesh_protocol::ANNOUNCEMENT_VERSION,
             node: self.core.public,
@@ -818,7 +853,7 @@ impl Loop {
         {
             return;
         }
-        let req = self.core.ingest().sync_request(SYNC_BATCH);
+        let req = self.ingest().sync_request(SYNC_BATCH);
         self.syncing.insert(peer);
         self.last_sync.insert(peer, Instant::now());
         self.swarm.behaviour_mut().sync.send_request(&peer, req);
@@ -946,6 +981,11 @@ impl Loop {
                 message_id,
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })
+                if topic == self.announce.hash() =>
+            {
+                self.announce_soon = true;
+            }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
                 ..
@@ -1296,7 +1336,7 @@ impl Loop {
             return Ok(false);
         }
         let (builder, ours) = {
-            let ingest = self.core.ingest();
+            let ingest = self.ingest();
             (
                 ingest.policy().role_of(&a.node).contains(Roles::BUILDER),
                 ingest.state().digest(),
@@ -1314,11 +1354,28 @@ impl Loop {
             }
             fresh
         };
-        if fresh && differs && connected {
+        // While events are spreading, most announcements carry a digest that differs from
+        // ours for a moment; one sync a second covers a real gap (the periodic round and the
+        // next announcements cover the rest) without a round of requests to every peer that
+        // announced at the same time.
+        if fresh
+            && differs
+            && connected
+            && self
+                .last_digest_sync
+                .is_none_or(|t| t.elapsed() >= DIGEST_SYNC_EVERY)
+        {
+            self.last_digest_sync = Some(Instant::now());
             self.sync_with(from, false);
         }
         Ok(fresh)
     }
+}
+
+/// A random duration in `[0, d)`.
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis().clamp(1, u64::MAX as u128) as u64;
+    Duration::from_millis(rand_index(ms as usize) as u64)
 }
 
 fn rand_index(n: usize) -> usize {
