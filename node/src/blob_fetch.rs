@@ -73,7 +73,7 @@ pub async fn fetch_handler(State(core): State<Arc<Core>>, Path(hash): Path<Strin
             format!("{MAX_MANUAL_FETCHES} fetches are running already; try again later"),
         );
     };
-    let peers = net.connected();
+    let peers = net.blob_peers();
     let start = Instant::now();
     let r = crate::net::replicate::fetch(&core, &net, hash, &peers).await;
     let elapsed = start.elapsed();

@@ -18,6 +18,7 @@
 //! | `pacmesh_events_total` | counter | `result`: accepted, duplicate, rejected; `reason` | every event ingested (HTTP, gossip, own) |
 //! | `pacmesh_gossip_messages_total` | counter | `result`: accepted, rejected, ignored; `reason` | network layer |
 //! | `pacmesh_peers_connected` | gauge | | network layer |
+//! | `pacmesh_relayed_connections_closed_total` | counter | | network layer (a relayed connection closed because a direct one to the same peer opened) |
 //! | `pacmesh_replicated_bytes_total` | counter | | network layer (blob bytes received from peers) |
 //! | `pacmesh_retention_released_total` | counter | | retention (own output dropped once enough peers keep it) |
 //! | `pacmesh_blobs_fetched_total` | counter | `result`: ok, failed | network layer |
@@ -100,6 +101,7 @@ pub struct Metrics {
     pub events: Family<ResultReasonLabels, Counter>,
     pub gossip_messages: Family<ResultReasonLabels, Counter>,
     pub peers_connected: Gauge,
+    pub relayed_closed: Counter,
     pub replicated_bytes: Counter,
     pub retention_released: Counter,
     pub blobs_fetched: Family<ResultLabels, Counter>,
@@ -151,6 +153,7 @@ impl Metrics {
             events: Family::default(),
             gossip_messages: Family::default(),
             peers_connected: Gauge::default(),
+            relayed_closed: Counter::default(),
             replicated_bytes: Counter::default(),
             retention_released: Counter::default(),
             blobs_fetched: Family::default(),
@@ -208,6 +211,11 @@ impl Metrics {
                 "peers_connected",
                 "Mesh peers currently connected",
                 m.peers_connected.clone(),
+            );
+            r.register(
+                "relayed_connections_closed",
+                "Relayed connections closed because a direct one to the same peer opened",
+                m.relayed_closed.clone(),
             );
             r.register_with_unit(
                 "replicated",

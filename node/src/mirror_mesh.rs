@@ -111,11 +111,11 @@ pub async fn start(
     Ok((handle, task))
 }
 
-/// The connected peers as blob sources for `blob`, rotated by the blob's first byte: the
+/// The connected peers (direct connections only) as blob sources for `blob`, rotated by the blob's first byte: the
 /// fetch engine asks sources in order for blobs of one segment, so the rotation spreads small
 /// packages over the providers (larger blobs are spread by segment anyway).
 pub fn peer_sources(net: &NetHandle, blob: &Hash) -> Vec<Arc<dyn BlobSource>> {
-    let mut peers = net.connected();
+    let mut peers = net.blob_peers();
     if !peers.is_empty() {
         let k = blob.as_bytes()[0] as usize % peers.len();
         peers.rotate_left(k);

@@ -204,13 +204,28 @@ pub fn status(core: &Core, now: Timestamp) -> Value {
         "state_digest": state.digest().to_string(),
         "generations": generations,
         "claims": claims,
-        "peers": core.peers().view(now),
+        "peers": peers_view(core, now),
         "health": health(core),
         "building": core.live_logs.active().iter().map(|a| json!({
             "entry": a.entry.to_string(), "builder": a.builder.to_string(),
             "attempt": a.attempt, "started": a.started.0, "lines": a.lines,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The known nodes, each marked `relayed` when reached only through a relay circuit.
+fn peers_view(core: &Core, now: Timestamp) -> Vec<Value> {
+    let relayed: std::collections::HashSet<String> = core
+        .net
+        .get()
+        .map(|n| n.relayed_only().iter().map(|p| p.to_string()).collect())
+        .unwrap_or_default();
+    let mut peers = core.peers().view(now);
+    for p in &mut peers {
+        let r = p["peer_id"].as_str().is_some_and(|id| relayed.contains(id));
+        p["relayed"] = Value::Bool(r);
+    }
+    peers
 }
 
 /// Whether this node takes new claims, and why not.

@@ -45,7 +45,7 @@ use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
     identify, kad, mdns, noise, ping, relay, tcp, yamux,
@@ -193,6 +193,9 @@ pub struct NetHandle {
 struct Shared {
     listen: Mutex<Vec<Multiaddr>>,
     connected: Mutex<HashSet<PeerId>>,
+    /// Connected peers reached only through a relay circuit: never asked for blobs (the
+    /// relay's byte budget is for signalling).
+    relayed_only: Mutex<HashSet<PeerId>>,
     /// True once the node has caught up: a first sync round completed, or no peer answered
     /// within [`CATCH_UP_WAIT`].
     caught_up: watch::Sender<bool>,
@@ -214,6 +217,24 @@ impl NetHandle {
     /// Turns true once the node caught up with its peers (see [`CATCH_UP_WAIT`]).
     pub fn caught_up(&self) -> watch::Receiver<bool> {
         self.shared.caught_up.subscribe()
+    }
+
+    /// Connected peers to ask for blobs: those with a direct connection (a peer reached only
+    /// through a relay circuit is left out: segments would go through the relay's budget).
+    pub fn blob_peers(&self) -> Vec<PeerId> {
+        let relayed = self.relayed_only();
+        let mut v = self.connected();
+        v.retain(|p| !relayed.contains(p));
+        v
+    }
+
+    /// Connected peers reached only through a relay circuit.
+    pub fn relayed_only(&self) -> HashSet<PeerId> {
+        self.shared
+            .relayed_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Peers connected now.
@@ -440,6 +461,7 @@ pub async fn start(
         shared: Arc::new(Shared {
             listen: Mutex::default(),
             connected: Mutex::default(),
+            relayed_only: Mutex::default(),
             caught_up: watch::channel(false).0,
         }),
     };
@@ -465,6 +487,7 @@ pub async fn start(
         last_announced: None,
         announce_soon: false,
         conns: HashMap::new(),
+        links: HashMap::new(),
         peer_addrs: HashMap::new(),
         bulk_dialed: HashMap::new(),
     };
@@ -548,6 +571,8 @@ struct Loop {
     announce_soon: bool,
     /// Established connections per peer.
     conns: HashMap<PeerId, usize>,
+    /// Each peer's connections, and whether each goes through a relay circuit.
+    links: HashMap<PeerId, HashMap<ConnectionId, bool>>,
     /// Direct (not relayed) addresses of connected peers: where extra connections go.
     peer_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// When this node last dialled extra connections to a peer.
@@ -787,6 +812,37 @@ impl Loop {
         }
     }
 
+    /// Once a peer has a direct connection, its relayed ones are closed: request-response
+    /// spreads requests over all connections to a peer, and a segment sent over a circuit
+    /// would go through the relay's byte budget. A peer with relayed connections only is
+    /// listed in `relayed_only` (not asked for blobs).
+    fn prune_relayed(&mut self, peer: PeerId) {
+        let links = self.links.get(&peer);
+        let direct = links.is_some_and(|l| l.values().any(|r| !r));
+        let relayed: Vec<ConnectionId> = links
+            .map(|l| l.iter().filter(|(_, r)| **r).map(|(c, _)| *c).collect())
+            .unwrap_or_default();
+        if direct {
+            for c in relayed.iter() {
+                if self.swarm.close_connection(*c) {
+                    tracing::debug!(%peer, "direct connection open: relayed one closed");
+                    self.core.metrics.relayed_closed.inc();
+                }
+            }
+        }
+        let mut only = self
+            .handle
+            .shared
+            .relayed_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !direct && !relayed.is_empty() {
+            only.insert(peer);
+        } else {
+            only.remove(&peer);
+        }
+    }
+
     /// The ingest lock, from the network task: a wait here holds up every connection of the
     /// node, so a long one is logged (debug).
     fn ingest(&self) -> std::sync::MutexGuard<'_, crate::ingest::Ingest> {
@@ -905,6 +961,7 @@ impl Loop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
@@ -914,6 +971,11 @@ impl Loop {
                     return;
                 }
                 self.conns.insert(peer_id, num_established.get() as usize);
+                self.links
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, endpoint.is_relayed());
+                self.prune_relayed(peer_id);
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                     self.remember_addr(peer_id, address.clone());
                 }
@@ -935,10 +997,18 @@ impl Loop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
                 self.conns.insert(peer_id, num_established as usize);
+                if let Some(l) = self.links.get_mut(&peer_id) {
+                    l.remove(&connection_id);
+                    if l.is_empty() {
+                        self.links.remove(&peer_id);
+                    }
+                }
+                self.prune_relayed(peer_id);
                 if num_established == 0 {
                     self.conns.remove(&peer_id);
                     self.peer_addrs.remove(&peer_id);

@@ -284,7 +284,8 @@ pub async fn run(core: Arc<Core>, net: NetHandle, wants: Wants, mut stop: watch:
     loop {
         let now = Instant::now();
         backoff.retain(|_, (until, _)| *until > now - Duration::from_secs(600));
-        let connected = net.connected();
+        // Peers reached only through a relay are not asked: blobs never use its budget.
+        let connected = net.blob_peers();
         if !connected.is_empty() {
             let c = core.clone();
             let list = tokio::task::spawn_blocking(move || missing(&c, wants))
