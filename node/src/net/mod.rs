@@ -828,6 +828,10 @@ impl Loop {
                     tracing::debug!(%peer, "direct connection open: relayed one closed");
                     self.core.metrics.relayed_closed.inc();
                 }
+                // Closing: not a route any more (and not closed, nor counted, twice).
+                if let Some(l) = self.links.get_mut(&peer) {
+                    l.remove(c);
+                }
             }
         }
         let mut only = self
