@@ -39,10 +39,27 @@ impl Default for DbConfig {
 }
 
 /// Opens (creating) the sled database at `path`.
+///
+/// sled holds an exclusive file lock until its background flusher has exited, which can be a
+/// moment after the last handle of a previous open in this process was dropped (a reopen in a
+/// test, a restart of the node's core): a lock conflict is retried for up to 3 s before it is
+/// returned (another process holding the database still fails, just not at once).
 pub fn open_db(path: &Path, cfg: &DbConfig) -> sled::Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(cfg.cache_bytes)
-        .flush_every_ms(cfg.flush_every_ms)
-        .open()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let r = sled::Config::new()
+            .path(path)
+            .cache_capacity(cfg.cache_bytes)
+            .flush_every_ms(cfg.flush_every_ms)
+            .open();
+        match r {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
 }
