@@ -486,10 +486,10 @@ pub fn render_status(s: &Value) -> String {
         out.push_str(&format!(
             "peer        {} {} {} {} cores, {} busy of {} slots{}{}{}\n",
             short(p["node"].as_str().unwrap_or("?")),
-            if p["connected"].as_bool() == Some(true) {
-                "connected"
-            } else {
-                "not connected"
+            match (p["connected"].as_bool(), p["relayed"].as_bool()) {
+                (Some(true), Some(true)) => "connected (relay only)",
+                (Some(true), _) => "connected",
+                _ => "not connected",
             },
             p["arch"].as_str().unwrap_or("?"),
             p["cores"],

@@ -486,7 +486,6 @@ pub async fn start(
         p2p_metrics: core.metrics.with_registry(libp2p::metrics::Metrics::new),
         last_announced: None,
         announce_soon: false,
-        conns: HashMap::new(),
         links: HashMap::new(),
         peer_addrs: HashMap::new(),
         bulk_dialed: HashMap::new(),
@@ -569,9 +568,8 @@ struct Loop {
     /// A peer subscribed to the announcements since our last one: it has not seen ours, so
     /// the next capability check (within a second) announces.
     announce_soon: bool,
-    /// Established connections per peer.
-    conns: HashMap<PeerId, usize>,
-    /// Each peer's connections, and whether each goes through a relay circuit.
+    /// Each peer's open connections, and whether each goes through a relay circuit (one being
+    /// closed because a direct one opened is already left out).
     links: HashMap<PeerId, HashMap<ConnectionId, bool>>,
     /// Direct (not relayed) addresses of connected peers: where extra connections go.
     peer_addrs: HashMap<PeerId, Vec<Multiaddr>>,
@@ -768,7 +766,7 @@ impl Loop {
         let relayed = addr
             .iter()
             .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
-        if relayed || !self.conns.contains_key(&peer) {
+        if relayed || !self.links.contains_key(&peer) {
             return;
         }
         let list = self.peer_addrs.entry(peer).or_default();
@@ -780,7 +778,7 @@ impl Loop {
     /// Before segments are requested from `peer`: dials extra direct connections to it, up to
     /// [`BULK_CONNECTIONS`], at most once per [`BULK_REDIAL`].
     fn widen(&mut self, peer: PeerId) {
-        let have = self.conns.get(&peer).copied().unwrap_or(0);
+        let have = self.links.get(&peer).map_or(0, |l| l.len());
         if have == 0 || have >= BULK_CONNECTIONS {
             return;
         }
@@ -974,7 +972,6 @@ impl Loop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                self.conns.insert(peer_id, num_established.get() as usize);
                 self.links
                     .entry(peer_id)
                     .or_default()
@@ -1005,7 +1002,6 @@ impl Loop {
                 num_established,
                 ..
             } => {
-                self.conns.insert(peer_id, num_established as usize);
                 if let Some(l) = self.links.get_mut(&peer_id) {
                     l.remove(&connection_id);
                     if l.is_empty() {
@@ -1014,7 +1010,6 @@ impl Loop {
                 }
                 self.prune_relayed(peer_id);
                 if num_established == 0 {
-                    self.conns.remove(&peer_id);
                     self.peer_addrs.remove(&peer_id);
                     self.bulk_dialed.remove(&peer_id);
                     tracing::info!(peer = %peer_id, "peer disconnected");
