@@ -346,7 +346,22 @@ pub struct QueueState {
     published_blobs: HashMap<Hash, PublishedRef>,
     removals: BTreeMap<(Name, Name), BTreeSet<EventRef>>,
     unknown: u64,
+    /// [`QueueState::digest`], computed once per change of `applied` (announcements, status
+    /// and every received announcement ask for it; it hashes every applied id).
+    digest: DigestCache,
 }
+
+/// A cache that takes no part in equality: two states are equal by their contents.
+#[derive(Debug, Clone, Default)]
+struct DigestCache(std::sync::OnceLock<Hash>);
+
+impl PartialEq for DigestCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for DigestCache {}
 
 impl QueueState {
     /// An empty state.
@@ -360,6 +375,7 @@ impl QueueState {
         if !self.applied.insert(id) {
             return false;
         }
+        self.digest = DigestCache::default();
         let by = ev.author;
         let time = ev.time;
         match &ev.body {
@@ -657,13 +673,15 @@ impl QueueState {
 
     /// BLAKE3 over the applied event ids (see the [module docs](self)).
     pub fn digest(&self) -> Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(b"pacmesh/state-digest/v1\0");
-        h.update(&(self.applied.len() as u64).to_be_bytes());
-        for id in &self.applied {
-            h.update(id.as_bytes());
-        }
-        Hash::from(h.finalize())
+        *self.digest.0.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            h.update(b"pacmesh/state-digest/v1\0");
+            h.update(&(self.applied.len() as u64).to_be_bytes());
+            for id in &self.applied {
+                h.update(id.as_bytes());
+            }
+            Hash::from(h.finalize())
+        })
     }
 }
 
@@ -991,5 +1009,13 @@ mod tests {
         assert_eq!(partial.orphans().count(), 1);
         assert_ne!(partial.digest(), fwd.digest());
         assert_eq!(QueueState::new().digest(), QueueState::new().digest());
+        // The digest is cached, and the cache follows every applied event: `partial`, asked
+        // above, then given the last event, is `fwd` with `fwd`'s digest.
+        let (last_id, last) = &r[r.len() - 1];
+        assert!(partial.apply(*last_id, last));
+        assert_eq!(partial.digest(), fwd.digest());
+        assert_eq!(partial, fwd);
+        assert!(!partial.apply(*last_id, last), "applied twice");
+        assert_eq!(partial.digest(), fwd.digest());
     }
 }
