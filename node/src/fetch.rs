@@ -928,7 +928,9 @@ impl Fetcher {
                             // Hash and write on the blocking pool: segments land in parallel
                             // while the next ones arrive.
                             Ok(data) => tokio::task::spawn_blocking(move || {
-                                land(&ob, &blob, seg, &data, &part)
+                                let landed = land(&ob, &blob, seg, &data, &part);
+                                crate::bufpool::SEGMENTS.give(data);
+                                landed
                             })
                             .await
                             .map_err(|e| SourceError::Failed(format!("segment check: {e}"))),
@@ -989,7 +991,9 @@ impl Fetcher {
                                     {
                                         let (seg0, part) = (ob.for_segment(0), p.part.clone());
                                         let landed = tokio::task::spawn_blocking(move || {
-                                            land(&seg0, &blob, 0, &d, &part)
+                                            let landed = land(&seg0, &blob, 0, &d, &part);
+                                            crate::bufpool::SEGMENTS.give(d);
+                                            landed
                                         })
                                         .await
                                         .map_err(|e| anyhow!("{e}"))?;

@@ -2,6 +2,7 @@
 
 pub mod aur;
 pub mod blob_fetch;
+pub mod bufpool;
 pub mod build_cmd;
 pub mod cli;
 pub mod client;

@@ -144,7 +144,8 @@ pub async fn read_blob_response<T: AsyncRead + Unpin + Send>(
                     "blob data of {n} bytes, more than one segment ({SEGMENT_BYTES})"
                 )));
             }
-            let mut bytes = vec![0u8; n];
+            // Every byte is overwritten (or the buffer dropped): a pooled one will do.
+            let mut bytes = crate::bufpool::SEGMENTS.take(n);
             io.read_exact(&mut bytes).await?;
             let mut extra = [0u8; 1];
             if io.read(&mut extra).await? != 0 {
@@ -236,7 +237,11 @@ impl libp2p::request_response::Codec for BlobCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_blob_response(io, &res).await
+        let r = write_blob_response(io, &res).await;
+        if let BlobAnswer::Data { bytes } = res.answer {
+            crate::bufpool::SEGMENTS.give(bytes);
+        }
+        r
     }
 }
 

@@ -629,6 +629,7 @@ impl Loop {
                 Some(cmd) = rx.recv() => self.on_command(cmd),
                 _ = announce.tick() => self.announce(None),
                 _ = caps_check.tick() => {
+                    crate::bufpool::SEGMENTS.trim(Instant::now());
                     // Busy slots, tags, …: peers rank builders by them, so a change is
                     // announced now rather than at the next periodic announcement (at most
                     // once per check).

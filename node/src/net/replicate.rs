@@ -85,7 +85,8 @@ pub fn serve(core: &Core, req: &BlobRequest) -> BlobResponse {
             }
             // Read straight into the response buffer (sent as it is: `/pacmesh/blobs/2` frames
             // data raw).
-            let mut bytes = vec![0u8; len.min(size - offset) as usize];
+            // `BlobCodec::write_response` gives the buffer back to the pool once it is sent.
+            let mut bytes = crate::bufpool::SEGMENTS.take(len.min(size - offset) as usize);
             f.read_exact_at(&mut bytes, offset)?;
             Ok(BlobAnswer::Data { bytes })
         })(),
