@@ -480,6 +480,7 @@ pub async fn start(
         syncing: HashSet::new(),
         last_sync: HashMap::new(),
         last_digest_sync: None,
+        bootstrap_dialed: HashMap::new(),
         blob_waiters: HashMap::new(),
         log_waiters: HashMap::new(),
         faults: HashMap::new(),
@@ -503,7 +504,7 @@ pub async fn start(
         }
     }
     for a in lp.cfg.bootstrap.clone() {
-        lp.dial(a);
+        lp.dial_bootstrap(a);
     }
     for r in lp.cfg.relays.clone() {
         let circuit = r.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
@@ -578,6 +579,22 @@ struct Loop {
     peer_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// When this node last dialled extra connections to a peer.
     bulk_dialed: HashMap<PeerId, Instant>,
+    /// When each bootstrap address naming a peer was last dialled (see [`BOOTSTRAP_RETRY`]).
+    bootstrap_dialed: HashMap<Multiaddr, Instant>,
+}
+
+/// A bootstrap address that names its peer (`…/p2p/ID`, a relay circuit included) is dialled
+/// again this often while that peer is not connected. A first dial can fail for reasons that
+/// pass: the peer was not up yet, or (for a circuit address) the dial to the relay that the
+/// circuit needs was still under way and the circuit dial was cancelled.
+pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
+
+/// The peer an address ends with (`…/p2p/ID`; for a circuit address, the far end).
+fn target_peer(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
 }
 
 /// Whether `new` differs from `old` in something peers rank or match by and that changes by
@@ -658,6 +675,11 @@ impl Loop {
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
         }
+    }
+
+    fn dial_bootstrap(&mut self, addr: Multiaddr) {
+        self.bootstrap_dialed.insert(addr.clone(), Instant::now());
+        self.dial(addr);
     }
 
     fn dial(&mut self, addr: Multiaddr) {
@@ -891,10 +913,25 @@ impl Loop {
 
     fn sync_round(&mut self) {
         let peers = self.handle.connected();
-        if peers.is_empty() {
-            for a in self.cfg.bootstrap.clone() {
-                self.dial(a);
+        for a in self.cfg.bootstrap.clone() {
+            let due = match target_peer(&a) {
+                // A named peer: again while it is not connected, every BOOTSTRAP_RETRY.
+                Some(p) => {
+                    !peers.contains(&p)
+                        && !self.is_banned(&p)
+                        && self
+                            .bootstrap_dialed
+                            .get(&a)
+                            .is_none_or(|t| t.elapsed() >= BOOTSTRAP_RETRY)
+                }
+                // An address alone: only while this node has no peer at all.
+                None => peers.is_empty(),
+            };
+            if due {
+                self.dial_bootstrap(a);
             }
+        }
+        if peers.is_empty() {
             return;
         }
         let pick = peers[rand_index(peers.len())];

@@ -114,7 +114,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
+        Proc::spawn_cmd(BIN, args)
+    }
+
+    /// [`Proc::spawn`] of `program` (a wrapper such as `ip netns exec NS pacmesh ...`).
+    pub fn spawn_cmd(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
             .env("no_proxy", "*")
             .env("NO_PROXY", "*")
             .args(args)
