@@ -28,6 +28,7 @@
 //! `PACMESH_BENCH_DUP_ENTRIES` (200), `PACMESH_BENCH_DUP_BUILDERS` (4); for diagnostics
 //! `PACMESH_BENCH_LOG` (the nodes' `RUST_LOG`) and `PACMESH_BENCH_ECHO` (print their logs);
 //! `PACMESH_BENCH_TRANSPORT=quic` (nodes listen on QUIC instead of TCP);
+//! `PACMESH_BENCH_BIN` (the `pacmesh` binary the nodes run, for A/B runs of two builds);
 //! `PACMESH_BENCH_HOLD=SECS` (propagation: print the nodes' pids and pause before measuring, to
 //! profile an idle mesh); `PACMESH_BENCH_THREADS` (propagation: the nodes' `--threads`, 1; or
 //! `default`, one per core).
@@ -140,7 +141,10 @@ impl NodeProc {
     fn spawn(args: &[String], rust_log: &str) -> NodeProc {
         // PACMESH_BENCH_LOG overrides the nodes' log filter (PACMESH_BENCH_ECHO shows it).
         let rust_log = std::env::var("PACMESH_BENCH_LOG").unwrap_or_else(|_| rust_log.into());
-        let mut child = Command::new(procs::BIN)
+        // PACMESH_BENCH_BIN runs the nodes from another build (A/B comparisons of two
+        // versions in alternating runs on the same machine).
+        let bin = std::env::var("PACMESH_BENCH_BIN").unwrap_or_else(|_| procs::BIN.into());
+        let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
