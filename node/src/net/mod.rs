@@ -481,7 +481,6 @@ pub async fn start(
         last_sync: HashMap::new(),
         last_digest_sync: None,
         bootstrap_dialed: HashMap::new(),
-        settled_announce: None,
         blob_waiters: HashMap::new(),
         log_waiters: HashMap::new(),
         faults: HashMap::new(),
@@ -573,8 +572,6 @@ struct Loop {
     /// A peer subscribed to the announcements since our last one: it has not seen ours, so
     /// the next capability check (within a second) announces.
     announce_soon: bool,
-    /// When to announce again after going from no peer to a peer (see [`MESH_SETTLE`]).
-    settled_announce: Option<Instant>,
     /// Each peer's open connections, and whether each goes through a relay circuit (one being
     /// closed because a direct one opened is already left out).
     links: HashMap<PeerId, HashMap<ConnectionId, bool>>,
@@ -612,13 +609,6 @@ fn material_change(old: &Capabilities, new: &Capabilities) -> bool {
         || old.profile != new.profile
         || old.cores != new.cores
 }
-
-/// A node that goes from no peer to a peer (start-up, a laptop waking) announces again this
-/// long after: its first announcement, sent as the first peers subscribe, reaches only its
-/// direct neighbours while gossipsub's meshes are still forming (heartbeat 500 ms), and the
-/// next periodic one may be up to an interval away. In a 50-node mesh started at once, every
-/// node had every announcement only after 13–17 s (an interval).
-const MESH_SETTLE: Duration = Duration::from_secs(3);
 
 /// How often the capabilities are compared with the last announced ones.
 const CAPS_CHECK: Duration = Duration::from_secs(1);
@@ -668,10 +658,7 @@ impl Loop {
                     {
                         self.announce(Some(caps));
                         announce.reset();
-                    } else if self.announce_soon
-                        || self.settled_announce.is_some_and(|t| Instant::now() >= t)
-                    {
-                        self.settled_announce = None;
+                    } else if self.announce_soon {
                         self.announce(Some(caps));
                     }
                 }
@@ -1036,9 +1023,6 @@ impl Loop {
                 }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
-                    if self.handle.connected().is_empty() {
-                        self.settled_announce = Some(Instant::now() + MESH_SETTLE);
-                    }
                     self.handle
                         .shared
                         .connected
