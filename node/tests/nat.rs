@@ -292,7 +292,8 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
             peer: ids[i].clone(),
         }
     };
-    let relay = start(
+    // Kept to the end: the relay node runs as long as this binding lives.
+    let _relay = start(
         0,
         "inet",
         "/ip4/0.0.0.0/tcp/4001",
@@ -339,7 +340,6 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = &relay;
 
     // a fetches b's blob: over the punched connection (a relayed-only peer is never asked).
     let url = format!("{}/api/v1/blobs/{hash}/fetch", a.http);

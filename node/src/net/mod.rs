@@ -917,7 +917,8 @@ impl Loop {
             let due = match target_peer(&a) {
                 // A named peer: again while it is not connected, every BOOTSTRAP_RETRY.
                 Some(p) => {
-                    !peers.contains(&p)
+                    p != self.handle.peer_id
+                        && !peers.contains(&p)
                         && !self.is_banned(&p)
                         && self
                             .bootstrap_dialed
