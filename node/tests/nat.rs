@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "common/procs.rs"]
-mod procs;
-use procs::*;
+#[path = "common/node_proc.rs"]
+mod node_proc;
+use node_proc::*;
 use serde_json::Value;
 
 /// The namespaces of one test run, deleted on drop (after the nodes in them are killed).
@@ -194,41 +194,16 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
         }
     };
     let t = tempfile::tempdir().unwrap();
+    // Keys and a policy; the relay runs with the policy's publisher key, a and b with keys of
+    // their own (they need no role to connect and exchange blobs).
+    let mesh = Mesh::new(t.path());
     let key = |name: &str| -> PathBuf {
         let p = t.path().join(name);
         pacmesh_ok(&["key", "gen", "--out", s(&p)]);
         p
     };
-    let (root, maint) = (key("root.key"), key("maint.key"));
-    let keys: Vec<PathBuf> = ["relay", "a", "b"]
-        .iter()
-        .map(|n| key(&format!("{n}.key")))
-        .collect();
-    let public = |k: &Path| -> String {
-        pacmesh_ok(&["key", "show", "--key", s(k)])
-            .lines()
-            .find_map(|l| l.strip_prefix("public key: "))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let policy = t.path().join("policy.cbor");
-    pacmesh_ok(&[
-        "mesh",
-        "init",
-        "--key",
-        s(&root),
-        "--repo",
-        "test",
-        "--arch",
-        "x86_64",
-        "--maintainer",
-        &public(&maint),
-        "--publisher",
-        &public(&keys[0]),
-        "--out",
-        s(&policy),
-    ]);
+    let keys = [mesh.node_key.clone(), key("a.key"), key("b.key")];
+    let policy = mesh.policy.clone();
     let ids: Vec<String> = keys.iter().map(|k| peer_id_of(k)).collect();
     // A blob only b holds (three and a bit segments), placed in b's store before it starts.
     let blob: Vec<u8> = (0..12 * 1024 * 1024 + 5)
