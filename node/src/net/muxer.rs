@@ -10,8 +10,9 @@
 //!
 //! Only the sending side changes: the wire protocol is `/yamux/1.0.0` as before, and any yamux
 //! peer accepts frames of up to 1 MiB (its flow-control window still bounds what it buffers).
-//! Measured in docs/benchmarks.md ("Session 7"): about 12 % less CPU per GiB on the fetcher
-//! and 10 % on the provider.
+//! Measured together with [`crate::bufpool`] in alternating A/B runs (docs/benchmarks.md,
+//! "Session 7"): about 6 % less CPU per GiB at the provider and 5 % more throughput from one
+//! provider; the fetcher's CPU within the noise.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
