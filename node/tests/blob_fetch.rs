@@ -34,12 +34,7 @@ fn start(
     }
     let p = Proc::spawn(&args);
     let addr = |what: &str| {
-        p.wait_line(what, Duration::from_secs(60))
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string()
+        p.listening(what, Duration::from_secs(60))
     };
     let p2p = addr("p2p listening on ");
     let http = addr("http listening on ");

@@ -152,13 +152,7 @@ impl Mesh {
         ];
         args.extend_from_slice(extra);
         let p = Proc::spawn(&args);
-        let line = p.wait_line("http listening on ", Duration::from_secs(60));
-        let base = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
+        let base = p.listening("http listening on ", Duration::from_secs(60));
         (p, base)
     }
 }

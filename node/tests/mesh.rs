@@ -137,20 +137,8 @@ impl Net {
         args.extend(extra.iter().map(|x| x.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::spawn(&argv);
-        let p2p = proc
-            .wait_line("p2p listening on ", Duration::from_secs(60))
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
-        let http = proc
-            .wait_line("http listening on ", Duration::from_secs(60))
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
+        let p2p = proc.listening("p2p listening on ", Duration::from_secs(60));
+        let http = proc.listening("http listening on ", Duration::from_secs(60));
         Node { proc, http, p2p }
     }
 
@@ -814,12 +802,7 @@ fn a_node_is_reachable_through_a_relay_circuit() {
     );
     let circuit = nat
         .proc
-        .wait_line("p2p-circuit", Duration::from_secs(30))
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_string();
+        .listening("p2p-circuit", Duration::from_secs(30));
     assert!(circuit.contains(&relay.p2p), "{circuit}");
     let far = net.start(2, &[], &["--no-build", "--bootstrap", &circuit]);
     let dir = pkg(t.path(), "relayed", "true");

@@ -69,12 +69,7 @@ struct Mesh {
 }
 
 fn listening(p: &Proc, what: &str) -> String {
-    p.wait_line(what, Duration::from_secs(60))
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_string()
+    p.listening(what, Duration::from_secs(60))
 }
 
 impl Mesh {

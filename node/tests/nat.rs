@@ -253,13 +253,7 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
         ];
         args.extend(extra);
         let proc = Proc::spawn_cmd("ip", &args);
-        let http = proc
-            .wait_line("http listening on ", Duration::from_secs(60))
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_string();
+        let http = proc.listening("http listening on ", Duration::from_secs(60));
         Node {
             proc,
             ns: netns,

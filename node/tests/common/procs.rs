@@ -155,6 +155,16 @@ impl Proc {
         }
     }
 
+    /// Waits for a "… listening on ADDR" line containing `needle`; returns ADDR.
+    pub fn listening(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(needle, timeout)
+            .split("listening on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no address after \"listening on\" for {needle:?}"))
+            .trim()
+            .to_string()
+    }
+
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
