@@ -541,6 +541,7 @@ fn start_net(
         max_connections: 64,
         capabilities: Arc::new(move || caps.clone()),
         replicate: pacmesh_node::net::replicate::Wants::default(),
+        blob_http_port: None,
     };
     let (h, _task) = rt
         .block_on(pacmesh_node::net::start(core.clone(), cfg, stop))

@@ -105,6 +105,22 @@ impl BufPool {
     }
 }
 
+/// A buffer of [`SEGMENTS`] that goes back to the pool when dropped: the owner of an HTTP
+/// response body (`Bytes::from_owner`), given back once hyper has sent it.
+pub struct Pooled(pub Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        SEGMENTS.give(std::mem::take(&mut self.0));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,6 +187,10 @@ pub struct NodeArgs {
     /// Do not build (serve and publish only).
     #[arg(long)]
     pub no_build: bool,
+    /// Serve blobs to peers over plain HTTP (bulk transfers, verified by hash): `auto` (on the
+    /// IP of the first TCP listen address, a free port), `off`, or IP:PORT [default: auto].
+    #[arg(long, value_name = "auto|off|IP:PORT")]
+    pub blob_http: Option<String>,
     /// Worker threads of the async runtime (default: one per core; 1 when many nodes share
     /// a machine).
     #[arg(long)]
@@ -560,6 +564,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 aur_url: args.aur_url,
                 no_build: args.no_build,
                 threads: args.threads,
+                blob_http: args.blob_http,
             })?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = cfg.threads {

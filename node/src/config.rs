@@ -74,6 +74,53 @@ pub struct MeshSection {
     pub replicas: Option<u32>,
     /// How often a builder asks its peers which of its outputs they keep (default 30000).
     pub retention_interval_ms: Option<u64>,
+    /// Blobs served to peers over plain HTTP: "auto" (default), "off" or "IP:PORT"
+    /// ([`BlobHttp`]).
+    pub blob_http: Option<String>,
+}
+
+/// Where a node serves its blobs to peers over plain HTTP (bulk transfers: verified against
+/// the hash by the fetcher, so the channel needs no integrity of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobHttp {
+    /// On the IP address of the first TCP listen address, on a free port.
+    Auto,
+    /// Not served: peers fetch over `/pacmesh/blobs/2` only.
+    Off,
+    /// On this address.
+    At(SocketAddr),
+}
+
+impl BlobHttp {
+    /// Parses `auto`, `off` or `IP:PORT`.
+    pub fn parse(s: &str) -> Result<BlobHttp> {
+        match s.trim() {
+            "auto" => Ok(BlobHttp::Auto),
+            "off" => Ok(BlobHttp::Off),
+            a => a
+                .parse()
+                .map(BlobHttp::At)
+                .map_err(|_| anyhow::anyhow!("blob_http {s:?}: use \"auto\", \"off\" or IP:PORT")),
+        }
+    }
+
+    /// The address to bind, given the libp2p listen multiaddrs (`Auto`: the IP of the first
+    /// `/ip4|ip6/…/tcp/…` one, port 0; none such: not served).
+    pub fn bind_addr(&self, listen: &[String]) -> Option<SocketAddr> {
+        match self {
+            BlobHttp::Off => None,
+            BlobHttp::At(a) => Some(*a),
+            BlobHttp::Auto => listen.iter().find_map(|l| {
+                let mut parts = l.split('/').skip(1);
+                let (proto, ip, transport) = (parts.next()?, parts.next()?, parts.next()?);
+                if transport != "tcp" || !matches!(proto, "ip4" | "ip6") {
+                    return None;
+                }
+                let ip: std::net::IpAddr = ip.parse().ok()?;
+                Some(SocketAddr::new(ip, 0))
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +188,8 @@ pub struct Config {
     pub replicas: u32,
     /// `[mesh] retention_interval_ms`.
     pub retention_interval: std::time::Duration,
+    /// `[mesh] blob_http` / `--blob-http`.
+    pub blob_http: BlobHttp,
     pub webhooks: Vec<crate::webhooks::Webhook>,
     pub health: crate::health::HealthLimits,
     /// Update detection (`[watch]`).
@@ -223,7 +272,8 @@ impl Config {
                 || self.relays != new.relays
                 || self.max_connections != new.max_connections
                 || self.replicas != new.replicas
-                || self.retention_interval != new.retention_interval,
+                || self.retention_interval != new.retention_interval
+                || self.blob_http != new.blob_http,
         );
         v
     }
@@ -251,6 +301,7 @@ pub struct Flags {
     pub aur_url: Option<String>,
     pub no_build: bool,
     pub threads: Option<usize>,
+    pub blob_http: Option<String>,
 }
 
 impl ConfigFile {
@@ -358,7 +409,15 @@ impl Config {
         if max_attempts == 0 {
             bail!("build.max_attempts must be at least 1");
         }
+        let blob_http = BlobHttp::parse(
+            flags
+                .blob_http
+                .as_deref()
+                .or(file.mesh.blob_http.as_deref())
+                .unwrap_or("auto"),
+        )?;
         Ok(Config {
+            blob_http,
             watch,
             schedules,
             rebuild,
@@ -517,5 +576,69 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.run_as, Some((65534, 65534)));
+    }
+
+    #[test]
+    fn blob_http_is_auto_off_or_an_address() {
+        let listen = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let auto = BlobHttp::parse("auto").unwrap();
+        assert_eq!(
+            auto.bind_addr(&listen(&[
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "/ip4/127.0.0.1/tcp/4001"
+            ])),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            auto.bind_addr(&listen(&["/ip6/::/tcp/0"])),
+            Some("[::]:0".parse().unwrap())
+        );
+        // No TCP listen address (QUIC only, or a DNS name): not served.
+        assert_eq!(
+            auto.bind_addr(&listen(&["/ip4/0.0.0.0/udp/0/quic-v1"])),
+            None
+        );
+        assert_eq!(auto.bind_addr(&listen(&["/dns4/example.org/tcp/1"])), None);
+        assert_eq!(
+            BlobHttp::parse("off")
+                .unwrap()
+                .bind_addr(&listen(&["/ip4/127.0.0.1/tcp/1"])),
+            None
+        );
+        assert_eq!(
+            BlobHttp::parse("10.0.0.1:7879").unwrap().bind_addr(&[]),
+            Some("10.0.0.1:7879".parse().unwrap())
+        );
+        let err = BlobHttp::parse("yes").unwrap_err().to_string();
+        assert!(err.contains("\"auto\", \"off\" or IP:PORT"), "{err}");
+        // From the file, overridden by the flag; the default is auto.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, "[mesh]\nblob_http = \"off\"\n").unwrap();
+        let c = Config::resolve(Flags {
+            config: Some(cfg.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.blob_http, BlobHttp::Off);
+        let c = Config::resolve(Flags {
+            config: Some(cfg.clone()),
+            blob_http: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.blob_http, BlobHttp::At("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(
+            Config::resolve(Flags::default()).unwrap().blob_http,
+            BlobHttp::Auto
+        );
+        std::fs::write(&cfg, "[mesh]\nblob_http = \"maybe\"\n").unwrap();
+        assert!(
+            Config::resolve(Flags {
+                config: Some(cfg),
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

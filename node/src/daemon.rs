@@ -201,6 +201,28 @@ pub async fn run(
     }
     let busy: Arc<std::sync::atomic::AtomicU32> = Arc::default();
     let net = if cfg.mesh_enabled {
+        // The peers' blob listener: on the libp2p TCP listen IP unless configured.
+        let default_listen = ["/ip4/0.0.0.0/tcp/0".to_string()];
+        let listen_s: &[String] = if cfg.listen.is_empty() {
+            &default_listen
+        } else {
+            &cfg.listen
+        };
+        let blob_http_port = match cfg.blob_http.bind_addr(listen_s) {
+            Some(addr) => {
+                let (bound, server) = crate::http::bind_blobs(core.clone(), addr).await?;
+                println!("pacmesh: blobs served to peers at http://{bound}");
+                let mut stop = stop_rx.clone();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        r = server => r.map(|()| "blob http").context("blob HTTP server"),
+                        _ = stop.wait_for(|s| *s) => Ok("blob http"),
+                    }
+                });
+                Some(bound.port())
+            }
+            None => None,
+        };
         let caps_cfg = cfg.clone();
         let caps_busy = busy.clone();
         let build_enabled = cfg.build_enabled;
@@ -225,6 +247,7 @@ pub async fn run(
                 snapshots: cfg.build_enabled,
                 artifacts: core.publisher_key.is_some(),
             },
+            blob_http_port,
         };
         let wants = ncfg.replicate;
         let (handle, task) = crate::net::start(core.clone(), ncfg, stop_rx.clone())

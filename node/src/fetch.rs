@@ -259,6 +259,10 @@ pub trait BlobSource: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>>;
 }
 
+/// How long an [`HttpSource`] waits for a TCP connection: an unreachable source (a peer
+/// behind NAT or a firewall, a stopped mirror) is given up on quickly.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Fetches over a node's (or mirror's) HTTP API: `GET /api/v1/blobs/HASH/outboard` and
 /// `GET /api/v1/blobs/HASH` with a `Range` header.
 pub struct HttpSource {
@@ -271,6 +275,7 @@ impl HttpSource {
     pub fn new(base: &str, timeout: Duration) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
+            .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
             .http_status_as_error(false)
             .build()
             .into();
@@ -307,9 +312,28 @@ impl HttpSource {
                 if status == 200 && range.is_some_and(|(off, _)| off > 0) {
                     return Err(SourceError::Failed(format!("{url}: range ignored")));
                 }
+                let mut reader = resp.body_mut().as_reader();
+                if status == 206
+                    && let Some((_, len)) = range
+                    && len <= limit
+                {
+                    // A segment: read into a pooled buffer of its length (the fetch engine
+                    // gives it back once written); a short body comes back short.
+                    let mut body = crate::bufpool::SEGMENTS.take(len as usize);
+                    let mut got = 0;
+                    while got < body.len() {
+                        match reader.read(&mut body[got..]) {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(SourceError::Failed(format!("{url}: {e}"))),
+                        }
+                    }
+                    body.truncate(got);
+                    return Ok(body);
+                }
                 let mut body = Vec::new();
-                resp.body_mut()
-                    .as_reader()
+                reader
                     .take(limit + 1)
                     .read_to_end(&mut body)
                     .map_err(|e| SourceError::Failed(format!("{url}: {e}")))?;

@@ -57,6 +57,48 @@ pub async fn bind(
     Ok((local, async move { axum::serve(listener, app).await }))
 }
 
+/// Requests the blob listener ([`bind_blobs`]) answers at once; more wait for a turn (each
+/// holds at most one pooled segment buffer while it is answered).
+pub const BLOB_HTTP_CONCURRENCY: usize = 16;
+
+/// Binds the peers' blob listener at `addr` (`[mesh] blob_http`): only `GET
+/// /api/v1/blobs/HASH` (with `Range`: unverified bytes, checked by the fetcher against the
+/// outboard; without: verified on read) and `GET /api/v1/blobs/HASH/outboard`, at most
+/// [`BLOB_HTTP_CONCURRENCY`] at once. Nothing else of the node's API is reachable there.
+pub async fn bind_blobs(
+    core: Arc<Core>,
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for blob HTTP on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let turns = Arc::new(tokio::sync::Semaphore::new(BLOB_HTTP_CONCURRENCY));
+    let app = Router::new()
+        .route("/api/v1/blobs/{hash}", get(get_blob))
+        .route(
+            "/api/v1/blobs/{hash}/outboard",
+            get(crate::http_sync::outboard),
+        )
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let turns = turns.clone();
+                async move {
+                    let Ok(_turn) = turns.acquire_owned().await else {
+                        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+                    };
+                    next.run(req).await
+                }
+            },
+        ))
+        .with_state(core);
+    let listener = axum::serve::ListenerExt::tap_io(listener, nodelay);
+    Ok((local, async move { axum::serve(listener, app).await }))
+}
+
 /// Sets `TCP_NODELAY` on an accepted connection. hyper writes a response's head and body
 /// separately; with Nagle's algorithm on, every request after the first on a keep-alive
 /// connection then waits for the client's delayed ACK (40 ms on Linux): 4000 small blobs

@@ -20,6 +20,7 @@
 //! | `pacmesh_peers_connected` | gauge | | network layer |
 //! | `pacmesh_relayed_connections_closed_total` | counter | | network layer (a relayed connection closed because a direct one to the same peer opened) |
 //! | `pacmesh_replicated_bytes_total` | counter | | network layer (blob bytes received from peers) |
+//! | `pacmesh_replicated_http_bytes_total` | counter | | network layer (of those, bytes received from peers' blob HTTP listeners) |
 //! | `pacmesh_retention_released_total` | counter | | retention (own output dropped once enough peers keep it) |
 //! | `pacmesh_blobs_fetched_total` | counter | `result`: ok, failed | network layer |
 //! | `pacmesh_blobs_stored`, `pacmesh_blobs_stored_bytes` | gauge | | health monitor (every 30 s) |
@@ -103,6 +104,7 @@ pub struct Metrics {
     pub peers_connected: Gauge,
     pub relayed_closed: Counter,
     pub replicated_bytes: Counter,
+    pub replicated_http_bytes: Counter,
     pub retention_released: Counter,
     pub blobs_fetched: Family<ResultLabels, Counter>,
     pub blobs_stored: Gauge,
@@ -155,6 +157,7 @@ impl Metrics {
             peers_connected: Gauge::default(),
             relayed_closed: Counter::default(),
             replicated_bytes: Counter::default(),
+            replicated_http_bytes: Counter::default(),
             retention_released: Counter::default(),
             blobs_fetched: Family::default(),
             blobs_stored: Gauge::default(),
@@ -222,6 +225,12 @@ impl Metrics {
                 "Blob bytes received from peers",
                 Unit::Bytes,
                 m.replicated_bytes.clone(),
+            );
+            r.register_with_unit(
+                "replicated_http",
+                "Blob bytes received from peers' blob HTTP listeners",
+                Unit::Bytes,
+                m.replicated_http_bytes.clone(),
             );
             r.register(
                 "retention_released",

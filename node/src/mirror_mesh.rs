@@ -98,6 +98,7 @@ pub async fn start(
         capabilities: Arc::new(move || caps.clone()),
         // The mirror fetches generations itself (crate::mirror), nothing else.
         replicate: crate::net::replicate::Wants::default(),
+        blob_http_port: None,
     };
     core.set_capabilities(capabilities(cfg));
     let (handle, task) = crate::net::start(core.clone(), ncfg, stop)

@@ -207,6 +207,7 @@ mod tests {
             expires: Timestamp::from_millis(t + 60_000),
             capabilities: c,
             digest: None,
+            blob_http_port: None,
         }
     }
 

@@ -14,7 +14,8 @@ fn start(
     policy: &str,
     i: usize,
     boot: Option<&str>,
-) -> (Proc, String, String) {
+    extra: &[&str],
+) -> (Proc, String, String, Option<String>) {
     let data = dir.join(format!("data{i}"));
     let mut args = vec![
         "node",
@@ -32,21 +33,27 @@ fn start(
     if let Some(b) = boot {
         args.extend(["--bootstrap", b]);
     }
+    args.extend(extra);
     let p = Proc::spawn(&args);
-    let addr = |what: &str| {
-        p.listening(what, Duration::from_secs(60))
-    };
+    let addr = |what: &str| p.listening(what, Duration::from_secs(60));
+    // Printed first, when on.
+    let blobs = (!extra.contains(&"off")).then(|| {
+        p.wait_line("blobs served to peers at ", Duration::from_secs(60))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    });
     let p2p = addr("p2p listening on ");
     let http = addr("http listening on ");
-    (p, p2p, http)
+    (p, p2p, http, blobs)
 }
 
-#[test]
-fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("root.key");
+/// A policy for one repository `t`, written under `dir`.
+fn policy(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("root.key");
     pacmesh_ok(&["key", "gen", "--out", s(&root)]);
-    let policy = t.path().join("policy.cbor");
+    let policy = dir.join("policy.cbor");
     pacmesh_ok(&[
         "mesh",
         "init",
@@ -57,9 +64,12 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
         "--out",
         s(&policy),
     ]);
-    let (a, a_p2p, a_http) = start(t.path(), s(&policy), 0, None);
+    policy
+}
 
-    // 9 MiB and a bit: three segments, the last one short.
+/// 9 MiB and a bit (three segments, the last one short), uploaded to the node at `http`;
+/// returns the bytes and their hash.
+fn upload(http: &str) -> (Vec<u8>, String) {
     let mut blob = vec![0u8; (9 << 20) + 12345];
     let mut xof = blake3::Hasher::new()
         .update(b"blob fetch test")
@@ -71,7 +81,7 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
             .build()
             .into();
         let mut r = agent
-            .put(&format!("{a_http}/api/v1/blobs"))
+            .put(&format!("{http}/api/v1/blobs"))
             .send(&blob[..])
             .unwrap();
         let code = r.status().as_u16();
@@ -82,21 +92,47 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
     assert_eq!(code, 200, "{v}");
     let hash = v["blake3"].as_str().unwrap().to_string();
     assert_eq!(hash, blake3::hash(&blob).to_hex().as_str());
+    (blob, hash)
+}
 
-    let (_b, _, b_http) = start(t.path(), s(&policy), 1, Some(&a_p2p));
-    // B has not got it.
-    let (code, _) = http_get(&format!("{b_http}/api/v1/blobs/{hash}"));
-    assert_eq!(code, 404);
-    // Wait for the connection, then fetch.
+/// Waits until the node at `http` lists a peer (its announcement arrived).
+fn wait_for_peer(http: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = json(&format!("{b_http}/api/v1/status"));
+        let st = json(&format!("{http}/api/v1/status"));
         if st["peers"].as_array().is_some_and(|p| !p.is_empty()) {
             break;
         }
-        assert!(Instant::now() < deadline, "B never heard of A: {st:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the node never heard of its peer: {st:#}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A counter of the node at `http`'s `/metrics`.
+fn metric(http: &str, name: &str) -> f64 {
+    let (_, m) = http_get(&format!("{http}/metrics"));
+    String::from_utf8_lossy(&m)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {}", String::from_utf8_lossy(&m)))
+}
+
+/// Over libp2p only (A serves no blob listener): extra direct connections for the segments.
+#[test]
+fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
+    let t = tempfile::tempdir().unwrap();
+    let policy = policy(t.path());
+    let (a, a_p2p, a_http, _) = start(t.path(), s(&policy), 0, None, &["--blob-http", "off"]);
+    let (blob, hash) = upload(&a_http);
+
+    let (_b, _, b_http, _) = start(t.path(), s(&policy), 1, Some(&a_p2p), &[]);
+    // B has not got it.
+    let (code, _) = http_get(&format!("{b_http}/api/v1/blobs/{hash}"));
+    assert_eq!(code, 404);
+    wait_for_peer(&b_http);
     let out = pacmesh_ok(&["blob", "fetch", &hash, "--node", &b_http]);
     assert!(out.contains(&format!("{} bytes", blob.len())), "{out}");
     let (code, got) = http_get(&format!("{b_http}/api/v1/blobs/{hash}"));
@@ -123,6 +159,7 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
         })
         .count();
     assert_eq!(subscribed, 2, "{metrics}");
+    assert_eq!(metric(&b_http, "pacmesh_replicated_http_bytes_total"), 0.0);
     // Fetching again transfers nothing.
     let out = pacmesh_ok(&["blob", "fetch", &hash, "--node", &b_http, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -142,5 +179,49 @@ fn a_node_fetches_a_blob_from_its_peer_and_serves_it() {
     let o = pacmesh(&["blob", "fetch", "xyz", "--node", &b_http]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a blake3 hash"));
+    drop(a);
+}
+
+/// A announces its blob listener (the default, on its libp2p TCP address): B fetches the
+/// segments there, over plain HTTP, verifies them, and holds the same bytes. The listener
+/// answers blob requests only.
+#[test]
+fn a_node_fetches_from_its_peers_blob_listener() {
+    let t = tempfile::tempdir().unwrap();
+    let policy = policy(t.path());
+    let (a, a_p2p, a_http, listener) = start(t.path(), s(&policy), 0, None, &[]);
+    let listener = listener.unwrap();
+    assert!(listener.starts_with("http://127.0.0.1:"), "{listener}");
+    let (blob, hash) = upload(&a_http);
+    // Blobs and outboards, nothing else of the node's API.
+    let (code, got) = http_get(&format!("{listener}/api/v1/blobs/{hash}"));
+    assert_eq!(code, 200);
+    assert!(got == blob);
+    let (code, _) = http_get(&format!("{listener}/api/v1/blobs/{hash}/outboard"));
+    assert_eq!(code, 200);
+    for path in ["/api/v1/status", "/api/v1/queue", "/metrics", "/"] {
+        let (code, _) = http_get(&format!("{listener}{path}"));
+        assert_eq!(code, 404, "{path} is served on the blob listener");
+    }
+
+    let (_b, _, b_http, _) = start(
+        t.path(),
+        s(&policy),
+        1,
+        Some(&a_p2p),
+        &["--blob-http", "off"],
+    );
+    wait_for_peer(&b_http);
+    let out = pacmesh_ok(&["blob", "fetch", &hash, "--node", &b_http]);
+    assert!(out.contains(&format!("{} bytes", blob.len())), "{out}");
+    let (code, got) = http_get(&format!("{b_http}/api/v1/blobs/{hash}"));
+    assert_eq!(code, 200);
+    assert!(got == blob, "B serves other bytes than A holds");
+    // Every segment came from the listener.
+    let http_bytes = metric(&b_http, "pacmesh_replicated_http_bytes_total");
+    assert!(
+        http_bytes >= blob.len() as f64,
+        "{http_bytes} bytes over HTTP"
+    );
     drop(a);
 }

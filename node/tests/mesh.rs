@@ -800,9 +800,7 @@ fn a_node_is_reachable_through_a_relay_circuit() {
         &["--no-build"],
         &format!("relays = [\"{}\"]", relay.p2p),
     );
-    let circuit = nat
-        .proc
-        .listening("p2p-circuit", Duration::from_secs(30));
+    let circuit = nat.proc.listening("p2p-circuit", Duration::from_secs(30));
     assert!(circuit.contains(&relay.p2p), "{circuit}");
     let far = net.start(2, &[], &["--no-build", "--bootstrap", &circuit]);
     let dir = pkg(t.path(), "relayed", "true");

@@ -277,8 +277,7 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
         &format!("relays = [\"{}\"]", relay_at("10.1.0.1")),
         &[],
     );
-    a.proc
-        .wait_line("p2p-circuit", Duration::from_secs(30));
+    a.proc.wait_line("p2p-circuit", Duration::from_secs(30));
     // b knows a only by its circuit address on the relay (as seen from b's side).
     let circuit = format!("{}/p2p-circuit/p2p/{}", relay_at("10.2.0.1"), ids[1]);
     let b = start(
@@ -286,7 +285,12 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
         "b",
         "/ip4/0.0.0.0/tcp/4003",
         "",
-        &["--bootstrap", &relay_at("10.2.0.1"), "--bootstrap", &circuit],
+        &[
+            "--bootstrap",
+            &relay_at("10.2.0.1"),
+            "--bootstrap",
+            &circuit,
+        ],
     );
 
     // A direct connection between a and b: only hole punching can make one here.
@@ -314,8 +318,16 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
     let url = format!("{}/api/v1/blobs/{hash}/fetch", a.http);
     let (code, answer) = in_ns(&a.ns, || http_post(&url, b""));
     assert_eq!(code, 200, "{answer:#}");
-    assert_eq!(answer["size"].as_u64(), Some(blob.len() as u64), "{answer:#}");
-    let stored = t.path().join("data-a/blobs/blobs").join(&hash[..2]).join(&hash);
+    assert_eq!(
+        answer["size"].as_u64(),
+        Some(blob.len() as u64),
+        "{answer:#}"
+    );
+    let stored = t
+        .path()
+        .join("data-a/blobs/blobs")
+        .join(&hash[..2])
+        .join(&hash);
     let got = std::fs::read(&stored).unwrap_or_else(|e| panic!("{stored:?}: {e}"));
     assert!(got == blob, "a's copy differs from b's");
 }

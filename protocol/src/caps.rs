@@ -58,6 +58,13 @@ pub struct Announcement {
     /// (anti-entropy). Optional, added compatibly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<crate::Hash>,
+    /// The TCP port on which the node serves its blobs over plain HTTP (`GET
+    /// /api/v1/blobs/HASH` with `Range`, and `/api/v1/blobs/HASH/outboard`), at the IP
+    /// address a peer is connected to it from. Peers that have a direct connection fetch
+    /// segments there (verified against the outboard like any other) and fall back to
+    /// `/pacmesh/blobs/2` when it cannot be reached. Optional, added compatibly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_http_port: Option<u16>,
 }
 
 impl Message for Announcement {

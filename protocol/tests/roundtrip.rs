@@ -332,18 +332,26 @@ fn announcement() -> impl Strategy<Value = (SigningKey, Announcement)> {
                 busy,
             },
         );
-    (key(), 0u64..u64::MAX / 2, 1u64..u64::MAX / 2, caps).prop_map(|(k, t, ttl, capabilities)| {
-        let (time, expires) = (Timestamp::from_millis(t), Timestamp::from_millis(t + ttl));
-        let a = Announcement {
-            version: ANNOUNCEMENT_VERSION,
-            node: PublicKey::from(&k),
-            time,
-            expires,
-            capabilities,
-            digest: None,
-        };
-        (k, a)
-    })
+    (
+        key(),
+        0u64..u64::MAX / 2,
+        1u64..u64::MAX / 2,
+        caps,
+        proptest::option::of(any::<u16>()),
+    )
+        .prop_map(|(k, t, ttl, capabilities, blob_http_port)| {
+            let (time, expires) = (Timestamp::from_millis(t), Timestamp::from_millis(t + ttl));
+            let a = Announcement {
+                version: ANNOUNCEMENT_VERSION,
+                node: PublicKey::from(&k),
+                time,
+                expires,
+                capabilities,
+                digest: None,
+                blob_http_port,
+            };
+            (k, a)
+        })
 }
 
 fn round_trip<T: Message + PartialEq + std::fmt::Debug>(

@@ -117,6 +117,8 @@ pub struct NetConfig {
     pub capabilities: Arc<dyn Fn() -> Capabilities + Send + Sync>,
     /// Which blobs this node fetches from peers.
     pub replicate: replicate::Wants,
+    /// The port of this node's blob listener (`[mesh] blob_http`), announced to peers.
+    pub blob_http_port: Option<u16>,
 }
 
 impl std::fmt::Debug for NetConfig {
@@ -127,6 +129,15 @@ impl std::fmt::Debug for NetConfig {
             .field("mdns", &self.mdns)
             .field("announce_interval", &self.announce_interval)
             .finish_non_exhaustive()
+    }
+}
+
+/// The IP address a multiaddr starts with (`/ip4/…` or `/ip6/…`), if it does.
+fn multiaddr_ip(a: &Multiaddr) -> Option<std::net::IpAddr> {
+    match a.iter().next()? {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
     }
 }
 
@@ -197,6 +208,10 @@ struct Shared {
     /// Connected peers reached only through a relay circuit: never asked for blobs (the
     /// relay's byte budget is for signalling).
     relayed_only: Mutex<HashSet<PeerId>>,
+    /// The remote IP address of a direct connection to each peer that has one.
+    direct_ip: Mutex<HashMap<PeerId, std::net::IpAddr>>,
+    /// The blob HTTP port each peer announced last ([`Announcement::blob_http_port`]).
+    blob_ports: Mutex<HashMap<PeerId, u16>>,
     /// True once the node has caught up: a first sync round completed, or no peer answered
     /// within [`CATCH_UP_WAIT`].
     caught_up: watch::Sender<bool>,
@@ -227,6 +242,26 @@ impl NetHandle {
         let mut v = self.connected();
         v.retain(|p| !relayed.contains(p));
         v
+    }
+
+    /// Where `peer` serves blobs over plain HTTP (`http://IP:PORT`): the port it announced, at
+    /// the IP address of this node's direct connection to it. Never an address the peer named
+    /// itself: an announcement cannot point this node's requests at a third host. `None`
+    /// without a direct connection or an announced port.
+    pub fn blob_http_base(&self, peer: &PeerId) -> Option<String> {
+        let port = *self
+            .shared
+            .blob_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)?;
+        let ip = *self
+            .shared
+            .direct_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)?;
+        Some(format!("http://{}", std::net::SocketAddr::new(ip, port)))
     }
 
     /// Connected peers reached only through a relay circuit.
@@ -465,6 +500,8 @@ pub async fn start(
             listen: Mutex::default(),
             connected: Mutex::default(),
             relayed_only: Mutex::default(),
+            direct_ip: Mutex::default(),
+            blob_ports: Mutex::default(),
             caught_up: watch::channel(false).0,
         }),
     };
@@ -897,6 +934,7 @@ impl Loop {
             expires: now.saturating_add(self.cfg.announce_interval * 3),
             capabilities,
             digest: Some(digest),
+            blob_http_port: self.cfg.blob_http_port,
         };
         let bytes = match Signed::sign(self.core.key.signing_key(), &a) {
             Ok(s) => s.to_bytes(),
@@ -1019,6 +1057,16 @@ impl Loop {
                     .or_default()
                     .insert(connection_id, endpoint.is_relayed());
                 self.prune_relayed(peer_id);
+                if !endpoint.is_relayed()
+                    && let Some(ip) = multiaddr_ip(endpoint.get_remote_address())
+                {
+                    self.handle
+                        .shared
+                        .direct_ip
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(peer_id, ip);
+                }
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                     self.remember_addr(peer_id, address.clone());
                 }
@@ -1052,6 +1100,12 @@ impl Loop {
                 }
                 self.prune_relayed(peer_id);
                 if num_established == 0 {
+                    self.handle
+                        .shared
+                        .direct_ip
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&peer_id);
                     self.peer_addrs.remove(&peer_id);
                     self.bulk_dialed.remove(&peer_id);
                     tracing::info!(peer = %peer_id, "peer disconnected");
@@ -1457,7 +1511,20 @@ impl Loop {
         let connected = self.handle.connected().contains(&from);
         let fresh = {
             let mut peers = self.core.peers();
+            let port = a.blob_http_port;
             let fresh = peers.announce(from.to_string(), a, builder);
+            if fresh {
+                let mut ports = self
+                    .handle
+                    .shared
+                    .blob_ports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match port {
+                    Some(p) if p != 0 => ports.insert(from, p),
+                    _ => ports.remove(&from),
+                };
+            }
             // A peer's first announcement usually arrives after its connection was
             // established, when it was not in the table yet to be marked connected.
             if fresh && connected {

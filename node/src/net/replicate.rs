@@ -175,6 +175,144 @@ impl BlobSource for PeerSource {
     }
 }
 
+/// How long a peer's blob HTTP listener that could not be used is not tried again (the peer
+/// is asked over `/pacmesh/blobs/2` meanwhile).
+pub const HTTP_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Blob listeners (`http://IP:PORT`) that failed, and when.
+static HTTP_DOWN: std::sync::Mutex<Vec<(String, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+fn http_down(base: &str) -> bool {
+    let mut down = HTTP_DOWN.lock().unwrap_or_else(|p| p.into_inner());
+    down.retain(|(_, t)| t.elapsed() < HTTP_RETRY_AFTER);
+    down.iter().any(|(b, _)| b == base)
+}
+
+fn mark_http_down(base: &str) {
+    let mut down = HTTP_DOWN.lock().unwrap_or_else(|p| p.into_inner());
+    down.retain(|(b, t)| b != base && t.elapsed() < HTTP_RETRY_AFTER);
+    // Bounded: one entry per peer that ever announced a listener, oldest dropped first.
+    if down.len() >= 1024 {
+        down.remove(0);
+    }
+    down.push((base.to_string(), Instant::now()));
+}
+
+/// One peer as a source, asked at its blob HTTP listener first (plain HTTP, no encryption:
+/// the bytes are verified against the blob's hash all the same) and over `/pacmesh/blobs/2`
+/// once that fails. Both are the same peer, so the source has the peer's name: bytes that do
+/// not verify, from either, are charged to the peer.
+pub struct PreferHttp {
+    name: String,
+    http: Arc<dyn BlobSource>,
+    base: String,
+    p2p: Arc<dyn BlobSource>,
+    http_failed: std::sync::atomic::AtomicBool,
+    http_bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl PreferHttp {
+    /// `http` (at `base`) first, then `p2p`; bytes received over HTTP are counted in
+    /// `http_bytes`.
+    pub fn new(
+        name: String,
+        http: Arc<dyn BlobSource>,
+        base: String,
+        p2p: Arc<dyn BlobSource>,
+        http_bytes: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        PreferHttp {
+            name,
+            http,
+            base,
+            p2p,
+            http_failed: Default::default(),
+            http_bytes,
+        }
+    }
+
+    fn use_http(&self) -> bool {
+        !self.http_failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn failed(&self, e: &str) {
+        if !self
+            .http_failed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(peer = %self.name, base = %self.base, "blob HTTP listener not usable, asking over libp2p: {e}");
+        }
+        mark_http_down(&self.base);
+    }
+}
+
+impl BlobSource for PreferHttp {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn outboard(&self, blob: Hash) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            if self.use_http() {
+                match self.http.outboard(blob).await {
+                    Err(SourceError::Failed(e)) => self.failed(&e),
+                    r => return r,
+                }
+            }
+            self.p2p.outboard(blob).await
+        })
+    }
+
+    fn fetch_range(
+        &self,
+        blob: Hash,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        Box::pin(async move {
+            if self.use_http() {
+                match self.http.fetch_range(blob, offset, len).await {
+                    Err(SourceError::Failed(e)) => self.failed(&e),
+                    Ok(d) => {
+                        self.http_bytes.inc_by(d.len() as u64);
+                        return Ok(d);
+                    }
+                    r => return r,
+                }
+            }
+            self.p2p.fetch_range(blob, offset, len).await
+        })
+    }
+}
+
+/// The sources for `providers`: each peer's blob HTTP listener first where it announced one
+/// and is directly connected ([`PreferHttp`]), else `/pacmesh/blobs/2` only.
+pub fn peer_sources(
+    core: &Core,
+    net: &NetHandle,
+    providers: &[PeerId],
+) -> Vec<Arc<dyn BlobSource>> {
+    providers
+        .iter()
+        .map(|p| {
+            let p2p = Arc::new(PeerSource::new(net.clone(), *p)) as Arc<dyn BlobSource>;
+            match net.blob_http_base(p) {
+                Some(base) if !http_down(&base) => Arc::new(PreferHttp::new(
+                    p.to_string(),
+                    Arc::new(crate::fetch::HttpSource::new(&base, HTTP_TIMEOUT)),
+                    base,
+                    p2p,
+                    core.metrics.replicated_http_bytes.clone(),
+                )) as Arc<dyn BlobSource>,
+                _ => p2p,
+            }
+        })
+        .collect()
+}
+
+/// Each request to a peer's blob HTTP listener gives up after this long (a 4 MiB segment).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Fetches `hash` from `providers` with the fetch engine; peers caught sending bad bytes are
 /// charged a fault. Returns the bytes received.
 pub async fn fetch(
@@ -183,10 +321,7 @@ pub async fn fetch(
     hash: Hash,
     providers: &[PeerId],
 ) -> Result<u64> {
-    let sources: Vec<Arc<dyn BlobSource>> = providers
-        .iter()
-        .map(|p| Arc::new(PeerSource::new(net.clone(), *p)) as Arc<dyn BlobSource>)
-        .collect();
+    let sources = peer_sources(core, net, providers);
     let fetcher = Fetcher::new(
         core.blobs.clone(),
         core.data_dir.join("partial"),
@@ -337,5 +472,153 @@ pub async fn run(core: Arc<Core>, net: NetHandle, wants: Wants, mut stop: watch:
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A blob in memory; `flip` corrupts every range it serves.
+    struct Mem {
+        data: Vec<u8>,
+        flip: bool,
+        calls: AtomicU32,
+    }
+
+    impl Mem {
+        fn new(data: &[u8], flip: bool) -> Arc<Mem> {
+            Arc::new(Mem {
+                data: data.to_vec(),
+                flip,
+                calls: AtomicU32::new(0),
+            })
+        }
+    }
+
+    impl BlobSource for Mem {
+        fn name(&self) -> String {
+            "mem".into()
+        }
+        fn outboard(&self, _: Hash) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let (_, ob) = crate::fetch::Outboard::compute(&mut &self.data[..]).unwrap();
+            Box::pin(async move { Ok(ob.encode()) })
+        }
+        fn fetch_range(
+            &self,
+            _: Hash,
+            offset: u64,
+            len: u64,
+        ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let end = (offset + len).min(self.data.len() as u64) as usize;
+            let mut v = self.data[offset as usize..end].to_vec();
+            if self.flip && !v.is_empty() {
+                v[0] ^= 1;
+            }
+            Box::pin(async move { Ok(v) })
+        }
+    }
+
+    fn blob(len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(b"prefer http")
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    }
+
+    fn store(dir: &std::path::Path) -> Arc<crate::store::FsStore> {
+        let db = crate::store::open_db(&dir.join("db"), &Default::default()).unwrap();
+        Arc::new(crate::store::FsStore::open(dir, &db).unwrap().0)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A listener that cannot be reached (nothing listens on the port): the peer is asked
+    /// over libp2p instead, the listener is not asked again in this fetch, and not in the
+    /// next ones for a while; nothing counts as HTTP bytes.
+    #[test]
+    fn an_unreachable_blob_listener_falls_back_to_the_peer_connection() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let data = blob(9 << 20);
+        let hash = Hash::new(&data);
+        let p2p = Mem::new(&data, false);
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        let src = Arc::new(PreferHttp::new(
+            "peer".into(),
+            Arc::new(crate::fetch::HttpSource::new(&base, Duration::from_secs(5))),
+            base.clone(),
+            p2p.clone(),
+            counter.clone(),
+        ));
+        let t = tempfile::tempdir().unwrap();
+        let st = store(t.path());
+        let f = Fetcher::new(
+            st.clone(),
+            t.path().join("partial"),
+            vec![src.clone() as Arc<dyn BlobSource>],
+            FetchConfig::default(),
+        );
+        let report = rt().block_on(f.fetch(hash, None, None)).unwrap();
+        assert!(report.bad_sources.is_empty(), "{report:?}");
+        assert!(st.has(&hash).unwrap());
+        // Outboard and three segments, all from the peer connection.
+        assert!(p2p.calls.load(Ordering::SeqCst) >= 4);
+        assert_eq!(counter.get(), 0);
+        assert!(!src.use_http());
+        assert!(http_down(&base), "the listener is remembered as down");
+    }
+
+    /// Bytes from the listener that do not verify are the peer's: the fetch report names the
+    /// peer (which `fetch` then charges a fault), and the blob comes from an honest source.
+    #[test]
+    fn bad_bytes_from_a_blob_listener_are_charged_to_its_peer() {
+        let data = blob(9 << 20);
+        let hash = Hash::new(&data);
+        let liar_http = Mem::new(&data, true);
+        let liar_p2p = Mem::new(&data, false);
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        let liar = Arc::new(PreferHttp::new(
+            "liar-peer".into(),
+            liar_http.clone(),
+            "http://127.0.0.2:9".into(),
+            liar_p2p.clone(),
+            counter.clone(),
+        ));
+        let honest = Mem::new(&data, false);
+        let t = tempfile::tempdir().unwrap();
+        let st = store(t.path());
+        let f = Fetcher::new(
+            st.clone(),
+            t.path().join("partial"),
+            vec![liar as Arc<dyn BlobSource>, honest.clone()],
+            FetchConfig::default(),
+        );
+        let report = rt().block_on(f.fetch(hash, None, None)).unwrap();
+        assert!(st.has(&hash).unwrap());
+        assert_eq!(
+            report.bad_sources.iter().collect::<Vec<_>>(),
+            vec!["liar-peer"],
+            "{report:?}"
+        );
+        // Corrupt bytes did not count as a fallback: the peer's libp2p side was never asked.
+        assert_eq!(liar_p2p.calls.load(Ordering::SeqCst), 0);
+        assert!(liar_http.calls.load(Ordering::SeqCst) >= 1);
+        assert!(counter.get() > 0);
     }
 }

@@ -124,6 +124,7 @@ pub fn announcement() -> Announcement {
         expires: T0.saturating_add(std::time::Duration::from_secs(300)),
         capabilities: capabilities(),
         digest: None,
+        blob_http_port: None,
     }
 }
 
