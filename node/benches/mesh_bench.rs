@@ -17,7 +17,9 @@
 //! - **memory**: VmRSS of every node of an idle 10-node mesh (builders and a publisher).
 //!   Reference: a lone node with no peers.
 //! - **replication**: a blob fetched by a fresh node with `POST /api/v1/blobs/HASH/fetch`
-//!   (`pacmesh blob fetch`), from one provider and from four. References: curl from
+//!   (`pacmesh blob fetch`), from one provider and from four, once over the providers' blob
+//!   listeners (the default) and once with `--blob-http off` (libp2p only, noise + yamux);
+//!   the share of bytes that came over HTTP is checked for each. References: curl from
 //!   `python3 -m http.server` (plain file) and from the node's own blob GET.
 //! - **duplicates**: entries (tiny PKGBUILD folders, real makepkg in bubblewrap) enqueued at
 //!   once over equal builders: how many were built twice, and the makespan against the sum of
@@ -993,6 +995,21 @@ fn fetch_run(
     let v = pacmesh_node::blob_fetch::request_fetch(&f.http, hash).expect("blob fetch");
     let wall = t0.elapsed().as_secs_f64();
     let cpu = (cpu_ms(f.pid()) - f0, cpu_p() - p0);
+    // Bytes that came from the providers' blob HTTP listeners.
+    let http_bytes = ureq::get(&format!("{}/metrics", f.http))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("pacmesh_replicated_http_bytes_total ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0.0);
+    let mut v = v;
+    v["http_bytes"] = http_bytes.into();
     drop(f);
     let _ = std::fs::remove_dir_all(mesh.data_dir(k));
     (wall, v, cpu)
@@ -1034,7 +1051,8 @@ fn replication() {
     let mib = env_num("PACMESH_BENCH_BLOB_MIB", 1024);
     let runs = env_num("PACMESH_BENCH_FETCH_RUNS", 2) as usize;
     let t = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let fetchers = 2 + 2 * runs;
+    // Per path (blob listener, libp2p only): a first fetch and `runs` more, from 1 and from 4.
+    let fetchers = 2 * (2 + 2 * runs);
     let mesh = Mesh::new(t.path(), 4 + fetchers, false);
     let srv = t.path().join("www");
     std::fs::create_dir_all(&srv).unwrap();
@@ -1063,44 +1081,76 @@ fn replication() {
             rate(secs)
         ));
     };
-
-    // One provider.
-    let p0 = mesh.start(0, &[], &["--no-build"], "warn");
+    // The share of the bytes that came over the blob listeners, checked per path.
+    let over_http = |v: &Value| v["http_bytes"].as_f64().unwrap_or(0.0) / (mib << 20) as f64;
     let mut next = 4;
-    let (w, _, c) = fetch_run(&mesh, next, &[&p0], &hash);
-    next += 1;
-    row_cpu(
-        "mesh, 1 provider, first request (provider computes the outboard)",
-        w,
-        Some(c),
-    );
-    let mut one = Vec::new();
-    for _ in 0..runs {
+    let mut best_of: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+    for (path, args) in [
+        ("blob listener", &["--no-build"][..]),
+        ("libp2p only", &["--no-build", "--blob-http", "off"][..]),
+    ] {
+        let p0 = mesh.start(0, &[], args, "warn");
         let (w, v, c) = fetch_run(&mesh, next, &[&p0], &hash);
         next += 1;
-        assert_eq!(v["size"].as_u64(), Some(mib << 20), "{v}");
-        one.push(w);
-        row_cpu("mesh, 1 provider → 1 fetcher", w, Some(c));
-    }
-    // Four providers (their outboards computed by a first fetch).
-    let others: Vec<NodeProc> = (1..4)
-        .map(|i| mesh.start(i, &[p0.p2p.clone()], &["--no-build"], "warn"))
-        .collect();
-    let four: Vec<&NodeProc> = std::iter::once(&p0).chain(others.iter()).collect();
-    let (w, _, c) = fetch_run(&mesh, next, &four, &hash);
-    next += 1;
-    row_cpu(
-        "mesh, 4 providers, first request (3 compute the outboard)",
-        w,
-        Some(c),
-    );
-    let mut many = Vec::new();
-    for _ in 0..runs {
-        let (w, v, c) = fetch_run(&mesh, next, &four, &hash);
+        row_cpu(
+            &format!("{path}: 1 provider, first request (provider computes the outboard)"),
+            w,
+            Some(c),
+        );
+        let http = path == "blob listener";
+        let check = |v: &Value| {
+            assert_eq!(v["size"].as_u64(), Some(mib << 20), "{v}");
+            let share = over_http(v);
+            assert!(
+                if http { share >= 0.99 } else { share == 0.0 },
+                "{path}: {:.0} % over HTTP",
+                share * 100.0
+            );
+        };
+        check(&v);
+        let mut one = Vec::new();
+        for _ in 0..runs {
+            let (w, v, c) = fetch_run(&mesh, next, &[&p0], &hash);
+            next += 1;
+            check(&v);
+            one.push(w);
+            row_cpu(&format!("{path}: 1 provider → 1 fetcher"), w, Some(c));
+        }
+        // Four providers (their outboards computed by a first fetch).
+        let others: Vec<NodeProc> = (1..4)
+            .map(|i| mesh.start(i, &[p0.p2p.clone()], args, "warn"))
+            .collect();
+        let four: Vec<&NodeProc> = std::iter::once(&p0).chain(others.iter()).collect();
+        let (w, _, c) = fetch_run(&mesh, next, &four, &hash);
         next += 1;
-        assert_eq!(v["size"].as_u64(), Some(mib << 20), "{v}");
-        many.push(w);
-        row_cpu("mesh, 4 providers → 1 fetcher", w, Some(c));
+        row_cpu(
+            &format!("{path}: 4 providers, first request (3 compute the outboard)"),
+            w,
+            Some(c),
+        );
+        let mut many = Vec::new();
+        for _ in 0..runs {
+            let (w, v, c) = fetch_run(&mesh, next, &four, &hash);
+            next += 1;
+            check(&v);
+            many.push(w);
+            row_cpu(&format!("{path}: 4 providers → 1 fetcher"), w, Some(c));
+        }
+        if http {
+            // The node's own blob GET, for the table below (this provider has a listener).
+            for _ in 0..runs {
+                let out = t.path().join("download.bin");
+                let s = curl(&format!("{}/api/v1/blobs/{hash}", p0.http), &out);
+                row_cpu(
+                    "curl ← the node's blob GET (hashes the file, then streams it)",
+                    s,
+                    None,
+                );
+            }
+        }
+        drop(others);
+        drop(p0);
+        best_of.push((path, one, many));
     }
 
     // References: plain HTTP on loopback, same file, same disk.
@@ -1137,14 +1187,6 @@ fn replication() {
     }
     let _ = server.kill();
     let _ = server.wait();
-    for _ in 0..runs {
-        let s = curl(&format!("{}/api/v1/blobs/{hash}", p0.http), &out);
-        row_cpu(
-            "curl ← the node's blob GET (hashes the file, then streams it)",
-            s,
-            None,
-        );
-    }
     // The disk's floor for a durable copy: write the size and fsync it (the content store
     // fsyncs every imported blob).
     let mut disk = Vec::new();
@@ -1163,8 +1205,6 @@ fn replication() {
         disk.push(s);
         row_cpu("disk: write the same size and fsync (no network)", s, None);
     }
-    drop(others);
-    drop(p0);
     let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
     println!();
     println!(
@@ -1177,14 +1217,16 @@ fn replication() {
         println!("{r}");
     }
     println!();
-    println!(
-        "best of {runs}: 1 provider {:.0} MiB/s (target ≥ 400), 4 providers {:.0} MiB/s (target ≥ 1 provider), plain HTTP {:.0} MiB/s ({:.2}× of plain), disk write + fsync {:.0} MiB/s",
-        rate(best(&one)),
-        rate(best(&many)),
-        rate(best(&plain)),
-        best(&plain) / best(&one),
-        rate(best(&disk)),
-    );
+    for (path, one, many) in &best_of {
+        println!(
+            "best of {runs}, {path}: 1 provider {:.0} MiB/s (target ≥ 400), 4 providers {:.0} MiB/s (target ≥ 1 provider); plain HTTP {:.0} MiB/s ({:.2}× of plain)",
+            rate(best(one)),
+            rate(best(many)),
+            rate(best(&plain)),
+            best(&plain) / best(one),
+        );
+    }
+    println!("disk write + fsync {:.0} MiB/s", rate(best(&disk)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,10 +61,114 @@ pub async fn bind(
 /// holds at most one pooled segment buffer while it is answered).
 pub const BLOB_HTTP_CONCURRENCY: usize = 16;
 
+/// Connections the blob listener keeps open at once; further ones wait in the kernel's accept
+/// queue until one closes.
+pub const BLOB_HTTP_CONNECTIONS: usize = 128;
+
+/// A TCP listener that holds at most `n` accepted connections at once (each carries a permit,
+/// returned when hyper drops it) and sets `TCP_NODELAY` on them.
+struct Limited {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// An accepted connection of a [`Limited`] listener.
+struct Permitted {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Permitted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Permitted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Permitted;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Permitted, SocketAddr) {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            // The semaphore is never closed.
+            return std::future::pending().await;
+        };
+        loop {
+            match self.inner.accept().await {
+                Ok((mut stream, addr)) => {
+                    nodelay(&mut stream);
+                    return (
+                        Permitted {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                // As axum's own TCP listener: a failed accept (a reset connection, or no file
+                // descriptor left) is logged and retried, after a pause when the process is
+                // short of resources.
+                Err(e) => {
+                    tracing::debug!("blob listener: accept failed: {e}");
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
 /// Binds the peers' blob listener at `addr` (`[mesh] blob_http`): only `GET
 /// /api/v1/blobs/HASH` (with `Range`: unverified bytes, checked by the fetcher against the
 /// outboard; without: verified on read) and `GET /api/v1/blobs/HASH/outboard`, at most
-/// [`BLOB_HTTP_CONCURRENCY`] at once. Nothing else of the node's API is reachable there.
+/// [`BLOB_HTTP_CONCURRENCY`] at once over at most [`BLOB_HTTP_CONNECTIONS`] connections.
+/// Nothing else of the node's API is reachable there.
 pub async fn bind_blobs(
     core: Arc<Core>,
     addr: SocketAddr,
@@ -95,7 +199,10 @@ pub async fn bind_blobs(
             },
         ))
         .with_state(core);
-    let listener = axum::serve::ListenerExt::tap_io(listener, nodelay);
+    let listener = Limited {
+        inner: listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(BLOB_HTTP_CONNECTIONS)),
+    };
     Ok((local, async move { axum::serve(listener, app).await }))
 }
 
@@ -375,4 +482,60 @@ async fn repo_file(
             tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
         ))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// A [`Limited`] listener serves at most its number of connections at once: the next one
+    /// is answered only once an earlier one closes.
+    #[test]
+    fn the_blob_listener_holds_a_bounded_number_of_connections() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = inner.local_addr().unwrap();
+            let listener = Limited {
+                inner,
+                permits: Arc::new(tokio::sync::Semaphore::new(2)),
+            };
+            let app = Router::new().route("/", get(|| async { "hi" }));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            addr
+        });
+        let ask = |c: &mut std::net::TcpStream| {
+            c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        };
+        let connect = || {
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            c
+        };
+        let (mut a, mut b) = (connect(), connect());
+        assert!(ask(&mut a).ends_with("hi"));
+        assert!(ask(&mut b).ends_with("hi"));
+        // Both keep-alive connections are open: the third waits in the accept queue.
+        let mut c = connect();
+        assert_eq!(ask(&mut c), "", "a third connection was served");
+        drop(a);
+        let mut buf = [0u8; 512];
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).ends_with("hi"),
+            "served once a connection closed"
+        );
+        drop(b);
+    }
 }

@@ -297,7 +297,7 @@ impl Mirror {
         let Some(net) = self.core.net.get() else {
             return self.fetcher.fetch(blob, size, progress).await;
         };
-        let mut sources = crate::mirror_mesh::peer_sources(net, &blob);
+        let mut sources = crate::mirror_mesh::peer_sources(&self.core, net, &blob);
         {
             let bad = self.bad_sources.lock().unwrap();
             sources.extend(

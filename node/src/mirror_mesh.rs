@@ -35,7 +35,6 @@ use crate::core::Core;
 use crate::fetch::BlobSource;
 use crate::mirror::MirrorConfig;
 use crate::net::NetHandle;
-use crate::net::replicate::PeerSource;
 
 /// The tag a mirror announces.
 pub const MIRROR_TAG: &str = "mirror";
@@ -112,19 +111,18 @@ pub async fn start(
     Ok((handle, task))
 }
 
-/// The connected peers (direct connections only) as blob sources for `blob`, rotated by the blob's first byte: the
-/// fetch engine asks sources in order for blobs of one segment, so the rotation spreads small
-/// packages over the providers (larger blobs are spread by segment anyway).
-pub fn peer_sources(net: &NetHandle, blob: &Hash) -> Vec<Arc<dyn BlobSource>> {
+/// The connected peers (direct connections only) as blob sources for `blob`, rotated by the
+/// blob's first byte: the fetch engine asks sources in order for blobs of one segment, so the
+/// rotation spreads small packages over the providers (larger blobs are spread by segment
+/// anyway). A peer with a blob listener is asked there first
+/// ([`crate::net::replicate::peer_sources`]).
+pub fn peer_sources(core: &Core, net: &NetHandle, blob: &Hash) -> Vec<Arc<dyn BlobSource>> {
     let mut peers = net.blob_peers();
     if !peers.is_empty() {
         let k = blob.as_bytes()[0] as usize % peers.len();
         peers.rotate_left(k);
     }
-    peers
-        .into_iter()
-        .map(|p| Arc::new(PeerSource::new(net.clone(), p)) as Arc<dyn BlobSource>)
-        .collect()
+    crate::net::replicate::peer_sources(core, net, &peers)
 }
 
 /// If `source` (a fetch engine source name) is a peer, charges it the fault that disconnects
