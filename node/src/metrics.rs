@@ -21,6 +21,7 @@
 //! | `pacmesh_relayed_connections_closed_total` | counter | | network layer (a relayed connection closed because a direct one to the same peer opened) |
 //! | `pacmesh_replicated_bytes_total` | counter | | network layer (blob bytes received from peers) |
 //! | `pacmesh_replicated_http_bytes_total` | counter | | network layer (of those, bytes received from peers' blob HTTP listeners) |
+//! | `pacmesh_blob_http_fallbacks_total` | counter | | network layer (fetches that gave a peer's blob listener up, unreachable or failing, and asked the peer over libp2p) |
 //! | `pacmesh_retention_released_total` | counter | | retention (own output dropped once enough peers keep it) |
 //! | `pacmesh_blobs_fetched_total` | counter | `result`: ok, failed | network layer |
 //! | `pacmesh_blobs_stored`, `pacmesh_blobs_stored_bytes` | gauge | | health monitor (every 30 s) |
@@ -105,6 +106,7 @@ pub struct Metrics {
     pub relayed_closed: Counter,
     pub replicated_bytes: Counter,
     pub replicated_http_bytes: Counter,
+    pub blob_http_fallbacks: Counter,
     pub retention_released: Counter,
     pub blobs_fetched: Family<ResultLabels, Counter>,
     pub blobs_stored: Gauge,
@@ -158,6 +160,7 @@ impl Metrics {
             relayed_closed: Counter::default(),
             replicated_bytes: Counter::default(),
             replicated_http_bytes: Counter::default(),
+            blob_http_fallbacks: Counter::default(),
             retention_released: Counter::default(),
             blobs_fetched: Family::default(),
             blobs_stored: Gauge::default(),
@@ -231,6 +234,11 @@ impl Metrics {
                 "Blob bytes received from peers' blob HTTP listeners",
                 Unit::Bytes,
                 m.replicated_http_bytes.clone(),
+            );
+            r.register(
+                "blob_http_fallbacks",
+                "Fetches that gave a peer's blob listener up and asked the peer over libp2p",
+                m.blob_http_fallbacks.clone(),
             );
             r.register(
                 "retention_released",

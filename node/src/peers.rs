@@ -168,6 +168,7 @@ impl PeerTable {
                     "slots": c.slots,
                     "busy": c.busy,
                     "digest": a.digest.map(|d| d.to_string()),
+                    "blob_http_port": a.blob_http_port,
                     "last_seen": p.received.0,
                 })
             })

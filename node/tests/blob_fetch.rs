@@ -212,6 +212,14 @@ fn a_node_fetches_from_its_peers_blob_listener() {
         &["--blob-http", "off"],
     );
     wait_for_peer(&b_http);
+    // A's announcement carries the listener's port (B's status shows it).
+    let st = json(&format!("{b_http}/api/v1/status"));
+    let port = listener.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        st["peers"][0]["blob_http_port"].as_u64(),
+        Some(port),
+        "{st:#}"
+    );
     let out = pacmesh_ok(&["blob", "fetch", &hash, "--node", &b_http]);
     assert!(out.contains(&format!("{} bytes", blob.len())), "{out}");
     let (code, got) = http_get(&format!("{b_http}/api/v1/blobs/{hash}"));

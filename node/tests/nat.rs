@@ -158,11 +158,15 @@ impl Node {
     }
 
     fn relayed_closed(&self) -> f64 {
+        self.metric("pacmesh_relayed_connections_closed_total")
+    }
+
+    fn metric(&self, name: &str) -> f64 {
         let url = format!("{}/metrics", self.http);
         let (_, m) = in_ns(&self.ns, || http_get(&url));
         String::from_utf8_lossy(&m)
             .lines()
-            .filter_map(|l| l.strip_prefix("pacmesh_relayed_connections_closed_total "))
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .filter_map(|v| v.trim().parse::<f64>().ok())
             .sum()
     }
@@ -330,4 +334,10 @@ fn nodes_behind_two_nats_punch_a_direct_connection_through_a_relay() {
         .join(&hash);
     let got = std::fs::read(&stored).unwrap_or_else(|e| panic!("{stored:?}: {e}"));
     assert!(got == blob, "a's copy differs from b's");
+    // b announced its blob listener, but behind its router nobody can reach it: a tried it
+    // (at b's router's address, the address of the punched connection), gave up after the
+    // connect timeout, and took every byte over the punched libp2p connection.
+    assert_eq!(a.metric("pacmesh_replicated_http_bytes_total"), 0.0);
+    assert!(a.metric("pacmesh_blob_http_fallbacks_total") >= 1.0);
+    assert!(a.metric("pacmesh_replicated_bytes_total") >= blob.len() as f64);
 }

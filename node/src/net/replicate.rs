@@ -208,18 +208,27 @@ pub struct PreferHttp {
     base: String,
     p2p: Arc<dyn BlobSource>,
     http_failed: std::sync::atomic::AtomicBool,
-    http_bytes: prometheus_client::metrics::counter::Counter,
+    counters: HttpCounters,
+}
+
+/// What [`PreferHttp`] counts (`pacmesh_replicated_http_bytes_total`,
+/// `pacmesh_blob_http_fallbacks_total`).
+#[derive(Clone, Default)]
+pub struct HttpCounters {
+    /// Bytes received from blob listeners.
+    pub bytes: prometheus_client::metrics::counter::Counter,
+    /// Fetches that gave a peer's listener up and went on over libp2p.
+    pub fallbacks: prometheus_client::metrics::counter::Counter,
 }
 
 impl PreferHttp {
-    /// `http` (at `base`) first, then `p2p`; bytes received over HTTP are counted in
-    /// `http_bytes`.
+    /// `http` (at `base`) first, then `p2p`.
     pub fn new(
         name: String,
         http: Arc<dyn BlobSource>,
         base: String,
         p2p: Arc<dyn BlobSource>,
-        http_bytes: prometheus_client::metrics::counter::Counter,
+        counters: HttpCounters,
     ) -> Self {
         PreferHttp {
             name,
@@ -227,7 +236,7 @@ impl PreferHttp {
             base,
             p2p,
             http_failed: Default::default(),
-            http_bytes,
+            counters,
         }
     }
 
@@ -240,6 +249,7 @@ impl PreferHttp {
             .http_failed
             .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
+            self.counters.fallbacks.inc();
             tracing::info!(peer = %self.name, base = %self.base, "blob HTTP listener not usable, asking over libp2p: {e}");
         }
         mark_http_down(&self.base);
@@ -274,7 +284,7 @@ impl BlobSource for PreferHttp {
                 match self.http.fetch_range(blob, offset, len).await {
                     Err(SourceError::Failed(e)) => self.failed(&e),
                     Ok(d) => {
-                        self.http_bytes.inc_by(d.len() as u64);
+                        self.counters.bytes.inc_by(d.len() as u64);
                         return Ok(d);
                     }
                     r => return r,
@@ -302,7 +312,10 @@ pub fn peer_sources(
                     Arc::new(crate::fetch::HttpSource::new(&base, HTTP_TIMEOUT)),
                     base,
                     p2p,
-                    core.metrics.replicated_http_bytes.clone(),
+                    HttpCounters {
+                        bytes: core.metrics.replicated_http_bytes.clone(),
+                        fallbacks: core.metrics.blob_http_fallbacks.clone(),
+                    },
                 )) as Arc<dyn BlobSource>,
                 _ => p2p,
             }
@@ -558,13 +571,13 @@ mod tests {
         let data = blob(9 << 20);
         let hash = Hash::new(&data);
         let p2p = Mem::new(&data, false);
-        let counter = prometheus_client::metrics::counter::Counter::default();
+        let counters = HttpCounters::default();
         let src = Arc::new(PreferHttp::new(
             "peer".into(),
             Arc::new(crate::fetch::HttpSource::new(&base, Duration::from_secs(5))),
             base.clone(),
             p2p.clone(),
-            counter.clone(),
+            counters.clone(),
         ));
         let t = tempfile::tempdir().unwrap();
         let st = store(t.path());
@@ -579,7 +592,8 @@ mod tests {
         assert!(st.has(&hash).unwrap());
         // Outboard and three segments, all from the peer connection.
         assert!(p2p.calls.load(Ordering::SeqCst) >= 4);
-        assert_eq!(counter.get(), 0);
+        assert_eq!(counters.bytes.get(), 0);
+        assert_eq!(counters.fallbacks.get(), 1, "one fallback per fetch");
         assert!(!src.use_http());
         assert!(http_down(&base), "the listener is remembered as down");
     }
@@ -592,13 +606,13 @@ mod tests {
         let hash = Hash::new(&data);
         let liar_http = Mem::new(&data, true);
         let liar_p2p = Mem::new(&data, false);
-        let counter = prometheus_client::metrics::counter::Counter::default();
+        let counters = HttpCounters::default();
         let liar = Arc::new(PreferHttp::new(
             "liar-peer".into(),
             liar_http.clone(),
             "http://127.0.0.2:9".into(),
             liar_p2p.clone(),
-            counter.clone(),
+            counters.clone(),
         ));
         let honest = Mem::new(&data, false);
         let t = tempfile::tempdir().unwrap();
@@ -619,6 +633,7 @@ mod tests {
         // Corrupt bytes did not count as a fallback: the peer's libp2p side was never asked.
         assert_eq!(liar_p2p.calls.load(Ordering::SeqCst), 0);
         assert!(liar_http.calls.load(Ordering::SeqCst) >= 1);
-        assert!(counter.get() > 0);
+        assert!(counters.bytes.get() > 0);
+        assert_eq!(counters.fallbacks.get(), 0);
     }
 }
