@@ -276,6 +276,8 @@ impl HttpSource {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
+            // The engine keeps several requests in flight per source: keep their connections.
+            .max_idle_connections_per_host(16)
             .http_status_as_error(false)
             .build()
             .into();

@@ -309,7 +309,7 @@ pub fn peer_sources(
             match net.blob_http_base(p) {
                 Some(base) if !http_down(&base) => Arc::new(PreferHttp::new(
                     p.to_string(),
-                    Arc::new(crate::fetch::HttpSource::new(&base, HTTP_TIMEOUT)),
+                    http_source(&base),
                     base,
                     p2p,
                     HttpCounters {
@@ -325,6 +325,22 @@ pub fn peer_sources(
 
 /// Each request to a peer's blob HTTP listener gives up after this long (a 4 MiB segment).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The HTTP source for a blob listener, kept between fetches so that its connections are
+/// reused (a mirror fetching thousands of small packages would otherwise open one connection
+/// per package). At most 256 are kept; beyond that the map starts afresh.
+fn http_source(base: &str) -> Arc<dyn BlobSource> {
+    static SOURCES: std::sync::Mutex<Option<HashMap<String, Arc<crate::fetch::HttpSource>>>> =
+        std::sync::Mutex::new(None);
+    let mut map = SOURCES.lock().unwrap_or_else(|p| p.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if map.len() >= 256 && !map.contains_key(base) {
+        map.clear();
+    }
+    map.entry(base.to_string())
+        .or_insert_with(|| Arc::new(crate::fetch::HttpSource::new(base, HTTP_TIMEOUT)))
+        .clone()
+}
 
 /// Fetches `hash` from `providers` with the fetch engine; peers caught sending bad bytes are
 /// charged a fault. Returns the bytes received.
@@ -635,5 +651,15 @@ mod tests {
         assert!(liar_http.calls.load(Ordering::SeqCst) >= 1);
         assert!(counters.bytes.get() > 0);
         assert_eq!(counters.fallbacks.get(), 0);
+    }
+
+    /// One HTTP source (one connection pool) per listener, shared by the fetches.
+    #[test]
+    fn fetches_share_a_listeners_connections() {
+        let a = http_source("http://127.0.0.1:1");
+        let b = http_source("http://127.0.0.1:1");
+        let c = http_source("http://127.0.0.1:2");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 }
