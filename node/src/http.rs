@@ -164,9 +164,33 @@ impl axum::serve::Listener for Limited {
     }
 }
 
+/// `GET /api/v1/blobs/HASH` on the blob listener: ranges only, at most one segment (4 MiB)
+/// per request, the bytes unverified (the fetcher checks them against the outboard). Nothing
+/// on this listener hashes a whole blob per request (only the outboard, computed once and
+/// kept), so a stranger's requests cost reads and sends, as on `/pacmesh/blobs/2`.
+async fn blob_segment(
+    State(core): State<Arc<Core>>,
+    Path(hash): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Ok(hash) = hash.parse::<Hash>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a blake3 hash"),
+        );
+    };
+    let Some(range) = headers.get(header::RANGE) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "this listener serves byte ranges only (Range: bytes=A-B, at most 4 MiB)",
+        );
+    };
+    crate::http_sync::blob_range(&core, hash, range, Some(crate::bufpool::BUF_LEN as u64)).await
+}
+
 /// Binds the peers' blob listener at `addr` (`[mesh] blob_http`): only `GET
-/// /api/v1/blobs/HASH` (with `Range`: unverified bytes, checked by the fetcher against the
-/// outboard; without: verified on read) and `GET /api/v1/blobs/HASH/outboard`, at most
+/// /api/v1/blobs/HASH` with `Range` (at most 4 MiB per request, unverified bytes, checked by
+/// the fetcher against the outboard) and `GET /api/v1/blobs/HASH/outboard`, at most
 /// [`BLOB_HTTP_CONCURRENCY`] at once over at most [`BLOB_HTTP_CONNECTIONS`] connections.
 /// Nothing else of the node's API is reachable there.
 pub async fn bind_blobs(
@@ -182,7 +206,7 @@ pub async fn bind_blobs(
     let local = listener.local_addr()?;
     let turns = Arc::new(tokio::sync::Semaphore::new(BLOB_HTTP_CONCURRENCY));
     let app = Router::new()
-        .route("/api/v1/blobs/{hash}", get(get_blob))
+        .route("/api/v1/blobs/{hash}", get(blob_segment))
         .route(
             "/api/v1/blobs/{hash}/outboard",
             get(crate::http_sync::outboard),
@@ -405,7 +429,7 @@ pub(crate) async fn get_blob(
         );
     };
     if let Some(range) = headers.get(header::RANGE) {
-        return crate::http_sync::blob_range(&core, hash, range).await;
+        return crate::http_sync::blob_range(&core, hash, range, None).await;
     }
     // Verified by hashing the file first (streaming, bounded memory), then streamed; the file
     // is read-only and named by its hash, so what was verified is what is sent.

@@ -81,8 +81,14 @@ fn parse_range(v: &HeaderValue, size: u64) -> Option<(u64, u64)> {
 }
 
 /// A byte range of a stored blob (not verified here: the fetcher verifies each segment against
-/// the outboard, and a whole-blob `GET` without `Range` is verified as before).
-pub async fn blob_range(core: &Core, hash: Hash, range: &HeaderValue) -> Response {
+/// the outboard, and a whole-blob `GET` without `Range` is verified as before). With `max`,
+/// at most that many bytes from the range's start are sent (the `Content-Range` says which).
+pub async fn blob_range(
+    core: &Core,
+    hash: Hash,
+    range: &HeaderValue,
+    max: Option<u64>,
+) -> Response {
     let c_has = {
         let blobs = core.blobs.clone();
         blocking(move || crate::store::BlobStore::has(blobs.as_ref(), &hash)).await
@@ -109,6 +115,7 @@ pub async fn blob_range(core: &Core, hash: Hash, range: &HeaderValue) -> Respons
             .body(Body::empty())
             .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     };
+    let len = max.map_or(len, |m| len.min(m.max(1)));
     let partial = |body: Body| {
         Response::builder()
             .status(StatusCode::PARTIAL_CONTENT)

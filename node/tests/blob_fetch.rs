@@ -193,10 +193,45 @@ fn a_node_fetches_from_its_peers_blob_listener() {
     let listener = listener.unwrap();
     assert!(listener.starts_with("http://127.0.0.1:"), "{listener}");
     let (blob, hash) = upload(&a_http);
-    // Blobs and outboards, nothing else of the node's API.
-    let (code, got) = http_get(&format!("{listener}/api/v1/blobs/{hash}"));
-    assert_eq!(code, 200);
-    assert!(got == blob);
+    // Ranges of blobs (at most one 4 MiB segment each) and outboards, nothing else of the
+    // node's API; a whole blob is not hashed and sent per request.
+    let (code, _) = http_get(&format!("{listener}/api/v1/blobs/{hash}"));
+    assert_eq!(code, 400);
+    let ranged = |range: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .get(&format!("{listener}/api/v1/blobs/{hash}"))
+            .header("range", range)
+            .call()
+            .unwrap();
+        let cr = r
+            .headers()
+            .get("content-range")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .unwrap();
+        (r.status().as_u16(), cr, body)
+    };
+    let (code, cr, got) = ranged("bytes=100-199");
+    assert_eq!((code, got.as_slice()), (206, &blob[100..200]));
+    assert_eq!(
+        cr.as_deref(),
+        Some(format!("bytes 100-199/{}", blob.len()).as_str())
+    );
+    let (code, cr, got) = ranged("bytes=0-");
+    assert_eq!(code, 206);
+    assert_eq!(got.as_slice(), &blob[..4 << 20], "one segment at most");
+    assert_eq!(
+        cr.as_deref(),
+        Some(format!("bytes 0-{}/{}", (4 << 20) - 1, blob.len()).as_str())
+    );
     let (code, _) = http_get(&format!("{listener}/api/v1/blobs/{hash}/outboard"));
     assert_eq!(code, 200);
     for path in ["/api/v1/status", "/api/v1/queue", "/metrics", "/"] {
