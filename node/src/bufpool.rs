@@ -106,8 +106,9 @@ impl BufPool {
 }
 
 /// A buffer of [`SEGMENTS`] that goes back to the pool when dropped: the owner of an HTTP
-/// response body (`Bytes::from_owner`), given back once hyper has sent it.
-pub struct Pooled(pub Vec<u8>);
+/// response body (`Bytes::from_owner`), given back once hyper has sent it, with whatever
+/// permit bounds such bodies (released then too).
+pub struct Pooled(pub Vec<u8>, pub Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {

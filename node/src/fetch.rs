@@ -257,11 +257,22 @@ pub trait BlobSource: Send + Sync {
         offset: u64,
         len: u64,
     ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>>;
+    /// Bytes this source delivered did not verify: the segment at `offset`, or the outboard
+    /// (`None`). `false` (the default): they are the source's fault (dropped, reported, struck).
+    /// `true`: the source got them over a channel that does not authenticate its peer (a blob
+    /// listener in plain HTTP, where anyone on the path can change bytes); it stops using that
+    /// channel, and the engine asks again without blaming it.
+    fn disown(&self, _what: Option<u64>) -> bool {
+        false
+    }
 }
 
 /// How long an [`HttpSource`] waits for a TCP connection: an unreachable source (a peer
 /// behind NAT or a firewall, a stopped mirror) is given up on quickly.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long an [`HttpSource`] waits for the head of a response.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Fetches over a node's (or mirror's) HTTP API: `GET /api/v1/blobs/HASH/outboard` and
 /// `GET /api/v1/blobs/HASH` with a `Range` header.
@@ -276,7 +287,11 @@ impl HttpSource {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
+            // A server that accepts but does not answer is given up on before the whole
+            // timeout.
+            .timeout_recv_response(Some(RESPONSE_TIMEOUT.min(timeout)))
             // The engine keeps several requests in flight per source: keep their connections.
+            .max_idle_connections(64)
             .max_idle_connections_per_host(16)
             .http_status_as_error(false)
             .build()
@@ -332,6 +347,21 @@ impl HttpSource {
                         }
                     }
                     body.truncate(got);
+                    if got == body.len() {
+                        // The end of the body, read so that the connection goes back to the
+                        // agent's pool (ureq keeps only connections whose body was read to the
+                        // end); more bytes than asked would be a broken server.
+                        let mut more = [0u8; 1];
+                        match reader.read(&mut more) {
+                            Ok(0) => {}
+                            Ok(_) => {
+                                return Err(SourceError::Failed(format!(
+                                    "{url}: body longer than the {len} bytes asked"
+                                )));
+                            }
+                            Err(e) => return Err(SourceError::Failed(format!("{url}: {e}"))),
+                        }
+                    }
                     return Ok(body);
                 }
                 let mut body = Vec::new();
@@ -847,7 +877,12 @@ impl Fetcher {
                             }
                             return Ok(report);
                         }
-                        if (d.len() as u64) < SEGMENT_LEN || expected_len.is_some() {
+                        if ((d.len() as u64) < SEGMENT_LEN || expected_len.is_some())
+                            && self.sources[i].disown(Some(0))
+                        {
+                            // Asked again (over the source's other channel) with the segments.
+                            tracing::info!(source = %name, blob = %blob.fmt_short(), "blob does not verify over an unauthenticated channel; asking again");
+                        } else if (d.len() as u64) < SEGMENT_LEN || expected_len.is_some() {
                             tracing::warn!(source = %name, blob = %blob.fmt_short(), "blob does not verify; source dropped");
                             report.bad_sources.insert(name.clone());
                             self.strike(&name);
@@ -1003,6 +1038,13 @@ impl Fetcher {
                                 Ok(ob)
                             });
                             match ob {
+                                Ok(ob)
+                                    if expected_len.is_some_and(|l| l != ob.len)
+                                        && self.sources[i].disown(None) =>
+                                {
+                                    tracing::info!(source = %name, blob = %blob.fmt_short(), "outboard length differs over an unauthenticated channel; asking again");
+                                    outboard_tried.remove(&i);
+                                }
                                 Ok(ob) if expected_len.is_some_and(|l| l != ob.len) => {
                                     tracing::warn!(source = %name, blob = %blob.fmt_short(), "outboard length {} is not the expected {}", ob.len, expected_len.unwrap_or(0));
                                     report.bad_sources.insert(name.clone());
@@ -1033,6 +1075,10 @@ impl Fetcher {
                                         }
                                     }
                                     state = Some((ob, p, i));
+                                }
+                                Err(e) if self.sources[i].disown(None) => {
+                                    tracing::info!(source = %name, blob = %blob.fmt_short(), "bad outboard over an unauthenticated channel, asking again: {e}");
+                                    outboard_tried.remove(&i);
                                 }
                                 Err(e) => {
                                     tracing::warn!(source = %name, blob = %blob.fmt_short(), "bad outboard: {e}");
@@ -1088,6 +1134,14 @@ impl Fetcher {
                                 if let Some(f) = &progress {
                                     f(landed.len);
                                 }
+                            } else if self.sources[i].disown(Some(if ob.cvs.is_empty() {
+                                0
+                            } else {
+                                ob.segment(seg).0
+                            })) {
+                                // Still queued: asked again, of this source's other channel or
+                                // of another source.
+                                tracing::info!(source = %name, blob = %blob.fmt_short(), segment = seg, "segment does not verify over an unauthenticated channel; asking again");
                             } else {
                                 tracing::warn!(source = %name, blob = %blob.fmt_short(), segment = seg, "segment does not verify; source dropped");
                                 report.bad_sources.insert(name.clone());
@@ -1186,8 +1240,23 @@ fn why(sources: &[Arc<dyn BlobSource>], dropped: &BTreeMap<usize, String>, n: us
 /// Computes (and verifies against its name) the outboard of a stored blob. Small in-process
 /// cache: outboards of large blobs are asked for by every fetcher.
 pub fn outboard_of(store: &FsStore, blob: &Hash) -> Result<Option<Vec<u8>>> {
-    static CACHE: Mutex<Option<HashMap<Hash, Arc<Vec<u8>>>>> = Mutex::new(None);
-    if let Some(v) = CACHE.lock().unwrap().as_ref().and_then(|c| c.get(blob)) {
+    // Outboards computed (each a full read and hash of its blob): at most `CACHE_BYTES` of
+    // them and `CACHE_ENTRIES`, the oldest dropped first, so that asking for outboards in turn
+    // makes a node hash the same blobs again only past that.
+    const CACHE_BYTES: usize = 16 << 20;
+    const CACHE_ENTRIES: usize = 4096;
+    struct Cache {
+        map: HashMap<Hash, Arc<Vec<u8>>>,
+        order: std::collections::VecDeque<Hash>,
+        bytes: usize,
+    }
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+    if let Some(v) = CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|c| c.map.get(blob).cloned())
+    {
         return Ok(Some(v.as_ref().clone()));
     }
     if !store.has(blob)? {
@@ -1207,12 +1276,23 @@ pub fn outboard_of(store: &FsStore, blob: &Hash) -> Result<Option<Vec<u8>>> {
         bail!("blob {blob} is damaged on disk");
     }
     let bytes = ob.encode();
-    let mut g = CACHE.lock().unwrap();
-    let c = g.get_or_insert_with(HashMap::new);
-    if c.len() >= 64 {
-        c.clear();
+    let mut g = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let c = g.get_or_insert_with(|| Cache {
+        map: HashMap::new(),
+        order: Default::default(),
+        bytes: 0,
+    });
+    if c.map.insert(*blob, Arc::new(bytes.clone())).is_none() {
+        c.order.push_back(*blob);
+        c.bytes += bytes.len();
+        while (c.bytes > CACHE_BYTES || c.order.len() > CACHE_ENTRIES) && c.order.len() > 1 {
+            if let Some(old) = c.order.pop_front()
+                && let Some(v) = c.map.remove(&old)
+            {
+                c.bytes -= v.len();
+            }
+        }
     }
-    c.insert(*blob, Arc::new(bytes.clone()));
     Ok(Some(bytes))
 }
 
@@ -1700,5 +1780,49 @@ mod tests {
             "one fetched it, the other found it"
         );
         assert_eq!(e.store.read(&h).unwrap(), d);
+    }
+
+    /// Segments fetched one after the other from one HTTP source use one connection: the body
+    /// is read to its end, so the connection goes back to the pool.
+    #[test]
+    fn an_http_source_reuses_its_connection_for_full_segments() {
+        use axum::response::IntoResponse;
+        let rt = rt();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let a2 = accepted.clone();
+        let addr = rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let l = axum::serve::ListenerExt::tap_io(l, move |_| {
+                a2.fetch_add(1, Ordering::SeqCst);
+            });
+            let app = axum::Router::new().route(
+                "/api/v1/blobs/{hash}",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::PARTIAL_CONTENT,
+                        [(
+                            axum::http::header::CONTENT_RANGE,
+                            format!("bytes 0-{}/{}", SEGMENT_LEN - 1, 3 * SEGMENT_LEN),
+                        )],
+                        vec![7u8; SEGMENT_LEN as usize],
+                    )
+                        .into_response()
+                }),
+            );
+            tokio::spawn(async move { axum::serve(l, app).await });
+            addr
+        });
+        let src = HttpSource::new(&format!("http://{addr}"), Duration::from_secs(10));
+        let blob = Hash::new(b"x");
+        for _ in 0..3 {
+            let d = rt.block_on(src.fetch_range(blob, 0, SEGMENT_LEN)).unwrap();
+            assert_eq!(d.len() as u64, SEGMENT_LEN);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for three segments"
+        );
     }
 }

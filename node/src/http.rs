@@ -57,25 +57,80 @@ pub async fn bind(
     Ok((local, async move { axum::serve(listener, app).await }))
 }
 
-/// Requests the blob listener ([`bind_blobs`]) answers at once; more wait for a turn (each
-/// holds at most one pooled segment buffer while it is answered).
+/// Requests the blob listener ([`bind_blobs`]) answers at once; more wait for a turn. A turn
+/// is held until the response body has been sent, so at most this many segment buffers
+/// (4 MiB) are held by the listener at any time.
 pub const BLOB_HTTP_CONCURRENCY: usize = 16;
 
-/// Connections the blob listener keeps open at once; further ones wait in the kernel's accept
-/// queue until one closes.
+/// Connections the blob listener keeps open at once; one more is accepted and closed at once
+/// (the fetcher then asks over libp2p).
 pub const BLOB_HTTP_CONNECTIONS: usize = 128;
 
-/// A TCP listener that holds at most `n` accepted connections at once (each carries a permit,
-/// returned when hyper drops it) and sets `TCP_NODELAY` on them.
+/// Connections the blob listener keeps open at once from one IP address (a fetching node
+/// keeps a few per blob it fetches).
+pub const BLOB_HTTP_CONNECTIONS_PER_IP: usize = 16;
+
+/// A connection of the blob listener that neither reads nor writes a byte for this long is
+/// closed: an idle keep-alive connection, a client that sends no request or stops reading.
+pub const BLOB_HTTP_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A TCP listener that holds a bounded number of accepted connections (each carries a
+/// permit and its IP's count, returned when hyper drops it), closes connections that stay
+/// idle, and sets `TCP_NODELAY` on them.
 struct Limited {
     inner: tokio::net::TcpListener,
     permits: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    max_per_ip: usize,
+    idle: std::time::Duration,
 }
 
 /// An accepted connection of a [`Limited`] listener.
 struct Permitted {
     stream: tokio::net::TcpStream,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    ip: std::net::IpAddr,
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    idle: std::time::Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Drop for Permitted {
+    fn drop(&mut self) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Permitted {
+    /// After an I/O poll: progress pushes the idle deadline back; no progress past it is an
+    /// error that closes the connection.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        match r {
+            std::task::Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "blob listener: connection idle",
+                ))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Permitted {
@@ -84,7 +139,8 @@ impl tokio::io::AsyncRead for Permitted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        let r = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        self.watch(cx, r)
     }
 }
 
@@ -94,14 +150,16 @@ impl tokio::io::AsyncWrite for Permitted {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch(cx, r)
     }
     fn poll_write_vectored(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
@@ -125,22 +183,9 @@ impl axum::serve::Listener for Limited {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Permitted, SocketAddr) {
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            // The semaphore is never closed.
-            return std::future::pending().await;
-        };
         loop {
-            match self.inner.accept().await {
-                Ok((mut stream, addr)) => {
-                    nodelay(&mut stream);
-                    return (
-                        Permitted {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
-                }
+            let (mut stream, addr) = match self.inner.accept().await {
+                Ok(a) => a,
                 // As axum's own TCP listener: a failed accept (a reset connection, or no file
                 // descriptor left) is logged and retried, after a pause when the process is
                 // short of resources.
@@ -154,8 +199,38 @@ impl axum::serve::Listener for Limited {
                     ) {
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
+                    continue;
                 }
+            };
+            // Full, or too many from this address: closed at once (dropped), so that the
+            // client learns it now rather than after a timeout.
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "blob listener full: connection closed");
+                continue;
+            };
+            let ip = addr.ip();
+            {
+                let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+                let n = m.entry(ip).or_insert(0);
+                if *n >= self.max_per_ip {
+                    tracing::debug!(%addr, "blob listener: too many connections from this address");
+                    continue;
+                }
+                *n += 1;
             }
+            nodelay(&mut stream);
+            let deadline = Box::pin(tokio::time::sleep(self.idle));
+            return (
+                Permitted {
+                    stream,
+                    _permit: permit,
+                    ip,
+                    per_ip: self.per_ip.clone(),
+                    idle: self.idle,
+                    deadline,
+                },
+                addr,
+            );
         }
     }
 
@@ -166,10 +241,10 @@ impl axum::serve::Listener for Limited {
 
 /// `GET /api/v1/blobs/HASH` on the blob listener: ranges only, at most one segment (4 MiB)
 /// per request, the bytes unverified (the fetcher checks them against the outboard). Nothing
-/// on this listener hashes a whole blob per request (only the outboard, computed once and
-/// kept), so a stranger's requests cost reads and sends, as on `/pacmesh/blobs/2`.
+/// on this listener hashes a whole blob per request (outboards are computed once and cached),
+/// so a stranger's requests cost reads and sends, as on `/pacmesh/blobs/2`.
 async fn blob_segment(
-    State(core): State<Arc<Core>>,
+    State((core, turns)): State<(Arc<Core>, Arc<tokio::sync::Semaphore>)>,
     Path(hash): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
@@ -185,14 +260,29 @@ async fn blob_segment(
             "this listener serves byte ranges only (Range: bytes=A-B, at most 4 MiB)",
         );
     };
-    crate::http_sync::blob_range(&core, hash, range, Some(crate::bufpool::BUF_LEN as u64)).await
+    let Ok(turn) = turns.acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    crate::http_sync::blob_range(&core, hash, range, Some(turn)).await
+}
+
+/// `GET /api/v1/blobs/HASH/outboard` on the blob listener, one turn of the listener's.
+async fn blob_outboard(
+    State((core, turns)): State<(Arc<Core>, Arc<tokio::sync::Semaphore>)>,
+    path: Path<String>,
+) -> Response {
+    let Ok(_turn) = turns.acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    crate::http_sync::outboard(State(core), path).await
 }
 
 /// Binds the peers' blob listener at `addr` (`[mesh] blob_http`): only `GET
 /// /api/v1/blobs/HASH` with `Range` (at most 4 MiB per request, unverified bytes, checked by
 /// the fetcher against the outboard) and `GET /api/v1/blobs/HASH/outboard`, at most
-/// [`BLOB_HTTP_CONCURRENCY`] at once over at most [`BLOB_HTTP_CONNECTIONS`] connections.
-/// Nothing else of the node's API is reachable there.
+/// [`BLOB_HTTP_CONCURRENCY`] at once over at most [`BLOB_HTTP_CONNECTIONS`] connections
+/// ([`BLOB_HTTP_CONNECTIONS_PER_IP`] from one address), each closed after
+/// [`BLOB_HTTP_IDLE`] without progress. Nothing else of the node's API is reachable there.
 pub async fn bind_blobs(
     core: Arc<Core>,
     addr: SocketAddr,
@@ -207,27 +297,32 @@ pub async fn bind_blobs(
     let turns = Arc::new(tokio::sync::Semaphore::new(BLOB_HTTP_CONCURRENCY));
     let app = Router::new()
         .route("/api/v1/blobs/{hash}", get(blob_segment))
-        .route(
-            "/api/v1/blobs/{hash}/outboard",
-            get(crate::http_sync::outboard),
-        )
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let turns = turns.clone();
-                async move {
-                    let Ok(_turn) = turns.acquire_owned().await else {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-                    };
-                    next.run(req).await
-                }
-            },
-        ))
-        .with_state(core);
-    let listener = Limited {
-        inner: listener,
-        permits: Arc::new(tokio::sync::Semaphore::new(BLOB_HTTP_CONNECTIONS)),
-    };
+        .route("/api/v1/blobs/{hash}/outboard", get(blob_outboard))
+        .with_state((core, turns));
+    let listener = Limited::new(
+        listener,
+        BLOB_HTTP_CONNECTIONS,
+        BLOB_HTTP_CONNECTIONS_PER_IP,
+        BLOB_HTTP_IDLE,
+    );
     Ok((local, async move { axum::serve(listener, app).await }))
+}
+
+impl Limited {
+    fn new(
+        inner: tokio::net::TcpListener,
+        max: usize,
+        max_per_ip: usize,
+        idle: std::time::Duration,
+    ) -> Self {
+        Limited {
+            inner,
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            per_ip: Default::default(),
+            max_per_ip,
+            idle,
+        }
+    }
 }
 
 /// Sets `TCP_NODELAY` on an accepted connection. hyper writes a response's head and body
@@ -514,52 +609,109 @@ mod tests {
     use std::io::{Read, Write};
     use std::time::Duration;
 
-    /// A [`Limited`] listener serves at most its number of connections at once: the next one
-    /// is answered only once an earlier one closes.
-    #[test]
-    fn the_blob_listener_holds_a_bounded_number_of_connections() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = rt.block_on(async {
+    fn serve(rt: &tokio::runtime::Runtime, max: usize, per_ip: usize, idle_ms: u64) -> SocketAddr {
+        rt.block_on(async {
             let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = inner.local_addr().unwrap();
-            let listener = Limited {
-                inner,
-                permits: Arc::new(tokio::sync::Semaphore::new(2)),
-            };
+            let listener = Limited::new(inner, max, per_ip, Duration::from_millis(idle_ms));
             let app = Router::new().route("/", get(|| async { "hi" }));
             tokio::spawn(async move { axum::serve(listener, app).await });
             addr
-        });
-        let ask = |c: &mut std::net::TcpStream| {
-            c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-            let mut buf = [0u8; 512];
-            let n = c.read(&mut buf).unwrap_or(0);
-            String::from_utf8_lossy(&buf[..n]).to_string()
-        };
-        let connect = || {
-            let c = std::net::TcpStream::connect(addr).unwrap();
-            c.set_read_timeout(Some(Duration::from_millis(1500)))
-                .unwrap();
-            c
-        };
-        let (mut a, mut b) = (connect(), connect());
+        })
+    }
+
+    fn connect(addr: SocketAddr) -> std::net::TcpStream {
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    }
+
+    /// Sends a request; the answer's text ("" when the server closed the connection).
+    fn ask(c: &mut std::net::TcpStream) -> String {
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A [`Limited`] listener holds at most its number of connections: one more is closed at
+    /// once (not left waiting in the accept queue, where its client would only time out), and
+    /// a connection is served again once an earlier one closed.
+    #[test]
+    fn the_blob_listener_holds_a_bounded_number_of_connections() {
+        let rt = rt();
+        let addr = serve(&rt, 2, 2, 60_000);
+        let (mut a, mut b) = (connect(addr), connect(addr));
         assert!(ask(&mut a).ends_with("hi"));
         assert!(ask(&mut b).ends_with("hi"));
-        // Both keep-alive connections are open: the third waits in the accept queue.
-        let mut c = connect();
+        let t = std::time::Instant::now();
+        let mut c = connect(addr);
         assert_eq!(ask(&mut c), "", "a third connection was served");
+        assert!(t.elapsed() < Duration::from_secs(3), "closed at once");
         drop(a);
-        let mut buf = [0u8; 512];
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let n = c.read(&mut buf).unwrap();
-        assert!(
-            String::from_utf8_lossy(&buf[..n]).ends_with("hi"),
-            "served once a connection closed"
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut d = connect(addr);
+            if ask(&mut d).ends_with("hi") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never served again");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         drop(b);
+    }
+
+    /// At most `per_ip` connections from one address.
+    #[test]
+    fn the_blob_listener_limits_connections_per_address() {
+        let rt = rt();
+        let addr = serve(&rt, 10, 1, 60_000);
+        let mut a = connect(addr);
+        assert!(ask(&mut a).ends_with("hi"));
+        let mut b = connect(addr);
+        assert_eq!(
+            ask(&mut b),
+            "",
+            "a second connection from 127.0.0.1 was served"
+        );
+        assert!(ask(&mut a).ends_with("hi"), "the first one still is");
+    }
+
+    /// A connection without a request, or idle after one, is closed after the idle time and
+    /// frees its place.
+    #[test]
+    fn the_blob_listener_closes_idle_connections() {
+        let rt = rt();
+        let addr = serve(&rt, 1, 1, 300);
+        let mut a = connect(addr);
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            a.read(&mut buf).unwrap_or(0),
+            0,
+            "an idle connection stays open"
+        );
+        assert!(t.elapsed() < Duration::from_secs(4));
+        // Its place is free again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut b = connect(addr);
+            if ask(&mut b).ends_with("hi") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the place was not freed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

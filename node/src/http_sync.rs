@@ -81,13 +81,15 @@ fn parse_range(v: &HeaderValue, size: u64) -> Option<(u64, u64)> {
 }
 
 /// A byte range of a stored blob (not verified here: the fetcher verifies each segment against
-/// the outboard, and a whole-blob `GET` without `Range` is verified as before). With `max`,
-/// at most that many bytes from the range's start are sent (the `Content-Range` says which).
+/// the outboard, and a whole-blob `GET` without `Range` is verified as before). With `turn`
+/// (the blob listener, [`crate::http::bind_blobs`]): at most one segment (4 MiB) from the
+/// range's start (the `Content-Range` says which), read at once into a pooled buffer that
+/// holds the turn until the body is sent. Without: streamed in 256 KiB reads.
 pub async fn blob_range(
     core: &Core,
     hash: Hash,
     range: &HeaderValue,
-    max: Option<u64>,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response {
     let c_has = {
         let blobs = core.blobs.clone();
@@ -115,7 +117,11 @@ pub async fn blob_range(
             .body(Body::empty())
             .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     };
-    let len = max.map_or(len, |m| len.min(m.max(1)));
+    let len = if turn.is_some() {
+        len.min(crate::bufpool::BUF_LEN as u64)
+    } else {
+        len
+    };
     let partial = |body: Body| {
         Response::builder()
             .status(StatusCode::PARTIAL_CONTENT)
@@ -128,7 +134,7 @@ pub async fn blob_range(
             .body(body)
             .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     };
-    if len <= crate::bufpool::BUF_LEN as u64 {
+    if let Some(turn) = turn {
         // A fetcher's segment: one read on the blocking pool into a pooled buffer, sent as one
         // body (no per-chunk hops between the runtime and the blocking pool), and the buffer
         // goes back to the pool once sent.
@@ -141,7 +147,10 @@ pub async fn blob_range(
         })
         .await;
         return match read {
-            Ok(Ok(buf)) => partial(Body::from(Bytes::from_owner(crate::bufpool::Pooled(buf)))),
+            Ok(Ok(buf)) => partial(Body::from(Bytes::from_owner(crate::bufpool::Pooled(
+                buf,
+                Some(turn),
+            )))),
             Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(r) => r,
         };

@@ -161,14 +161,21 @@ impl Node {
         self.metric("pacmesh_relayed_connections_closed_total")
     }
 
+    /// A metric of the node's `/metrics`; panics when it is not there (a renamed metric must
+    /// not read as 0).
     fn metric(&self, name: &str) -> f64 {
         let url = format!("{}/metrics", self.http);
         let (_, m) = in_ns(&self.ns, || http_get(&url));
-        String::from_utf8_lossy(&m)
-            .lines()
-            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .filter_map(|v| v.trim().parse::<f64>().ok())
-            .sum()
+        let m = String::from_utf8_lossy(&m);
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in the metrics of {}:\n{m}", self.ns))
     }
 }
 

@@ -132,6 +132,9 @@ impl std::fmt::Debug for NetConfig {
     }
 }
 
+/// Most announced blob HTTP ports remembered; past it only connected peers' are kept.
+const MAX_BLOB_PORTS: usize = 4096;
+
 /// The IP address a multiaddr starts with (`/ip4/…` or `/ip6/…`), if it does.
 fn multiaddr_ip(a: &Multiaddr) -> Option<std::net::IpAddr> {
     match a.iter().next()? {
@@ -528,6 +531,7 @@ pub async fn start(
         last_announced: None,
         announce_soon: false,
         links: HashMap::new(),
+        conn_ips: HashMap::new(),
         peer_addrs: HashMap::new(),
         bulk_dialed: HashMap::new(),
     };
@@ -612,6 +616,9 @@ struct Loop {
     /// Each peer's open connections, and whether each goes through a relay circuit (one being
     /// closed because a direct one opened is already left out).
     links: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    /// The remote IP address of each direct connection to each peer (`Shared::direct_ip` is
+    /// one of them while any is open).
+    conn_ips: HashMap<PeerId, HashMap<ConnectionId, std::net::IpAddr>>,
     /// Direct (not relayed) addresses of connected peers: where extra connections go.
     peer_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// When this node last dialled extra connections to a peer.
@@ -1060,6 +1067,11 @@ impl Loop {
                 if !endpoint.is_relayed()
                     && let Some(ip) = multiaddr_ip(endpoint.get_remote_address())
                 {
+                    self.conn_ips
+                        .entry(peer_id)
+                        .or_default()
+                        .insert(connection_id, ip);
+                    // The newest direct connection's address.
                     self.handle
                         .shared
                         .direct_ip
@@ -1099,13 +1111,34 @@ impl Loop {
                     }
                 }
                 self.prune_relayed(peer_id);
-                if num_established == 0 {
-                    self.handle
+                {
+                    // The address of a direct connection still open, if any.
+                    let left = self.conn_ips.get_mut(&peer_id).and_then(|m| {
+                        m.remove(&connection_id);
+                        m.values().next().copied()
+                    });
+                    let mut ips = self
+                        .handle
                         .shared
                         .direct_ip
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&peer_id);
+                        .unwrap_or_else(|p| p.into_inner());
+                    match left {
+                        Some(ip) => {
+                            if !self.conn_ips[&peer_id]
+                                .values()
+                                .any(|v| Some(v) == ips.get(&peer_id))
+                            {
+                                ips.insert(peer_id, ip);
+                            }
+                        }
+                        None => {
+                            self.conn_ips.remove(&peer_id);
+                            ips.remove(&peer_id);
+                        }
+                    }
+                }
+                if num_established == 0 {
                     self.peer_addrs.remove(&peer_id);
                     self.bulk_dialed.remove(&peer_id);
                     tracing::info!(peer = %peer_id, "peer disconnected");
@@ -1524,6 +1557,11 @@ impl Loop {
                     Some(p) if p != 0 => ports.insert(from, p),
                     _ => ports.remove(&from),
                 };
+                // Bounded: announcements are cheap to make under fresh keys.
+                if ports.len() > MAX_BLOB_PORTS {
+                    let connected = self.handle.connected();
+                    ports.retain(|p, _| connected.contains(p));
+                }
             }
             // A peer's first announcement usually arrives after its connection was
             // established, when it was not in the table yet to be marked connected.

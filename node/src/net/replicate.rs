@@ -200,14 +200,19 @@ fn mark_http_down(base: &str) {
 
 /// One peer as a source, asked at its blob HTTP listener first (plain HTTP, no encryption:
 /// the bytes are verified against the blob's hash all the same) and over `/pacmesh/blobs/2`
-/// once that fails. Both are the same peer, so the source has the peer's name: bytes that do
-/// not verify, from either, are charged to the peer.
+/// once that fails or does not have the blob. The source has the peer's name, but only bytes
+/// that came over libp2p (authenticated by noise) are charged to the peer: bytes from the
+/// listener that do not verify may have been changed by anyone on the path, or come from
+/// whatever else answers at that address, so they only make this source stop using the
+/// listener ([`BlobSource::disown`]), and the engine asks again.
 pub struct PreferHttp {
     name: String,
     http: Arc<dyn BlobSource>,
     base: String,
     p2p: Arc<dyn BlobSource>,
     http_failed: std::sync::atomic::AtomicBool,
+    /// Offsets of segments, and the outboard (`None`), delivered over HTTP in this fetch.
+    over_http: std::sync::Mutex<HashSet<Option<u64>>>,
     counters: HttpCounters,
 }
 
@@ -236,8 +241,23 @@ impl PreferHttp {
             base,
             p2p,
             http_failed: Default::default(),
+            over_http: Default::default(),
             counters,
         }
+    }
+
+    fn mark_over_http(&self, what: Option<u64>) {
+        self.over_http
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(what);
+    }
+
+    fn unmark_over_http(&self, what: Option<u64>) {
+        self.over_http
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&what);
     }
 
     fn use_http(&self) -> bool {
@@ -265,10 +285,17 @@ impl BlobSource for PreferHttp {
         Box::pin(async move {
             if self.use_http() {
                 match self.http.outboard(blob).await {
+                    Ok(d) => {
+                        self.mark_over_http(None);
+                        return Ok(d);
+                    }
                     Err(SourceError::Failed(e)) => self.failed(&e),
-                    r => return r,
+                    // Asked over libp2p too: whatever answers at that address may not be the
+                    // peer.
+                    Err(SourceError::NotFound) => {}
                 }
             }
+            self.unmark_over_http(None);
             self.p2p.outboard(blob).await
         })
     }
@@ -282,16 +309,37 @@ impl BlobSource for PreferHttp {
         Box::pin(async move {
             if self.use_http() {
                 match self.http.fetch_range(blob, offset, len).await {
-                    Err(SourceError::Failed(e)) => self.failed(&e),
+                    Ok(d) if d.is_empty() && len > 0 => {
+                        self.failed("an empty answer to a range request")
+                    }
                     Ok(d) => {
                         self.counters.bytes.inc_by(d.len() as u64);
+                        self.mark_over_http(Some(offset));
                         return Ok(d);
                     }
-                    r => return r,
+                    Err(SourceError::Failed(e)) => self.failed(&e),
+                    Err(SourceError::NotFound) => {}
                 }
             }
+            // Whatever comes now comes over libp2p: the peer's own.
+            self.unmark_over_http(Some(offset));
             self.p2p.fetch_range(blob, offset, len).await
         })
+    }
+
+    fn disown(&self, what: Option<u64>) -> bool {
+        let came_over_http = self
+            .over_http
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&what);
+        if came_over_http {
+            self.failed(match what {
+                None => "an outboard that does not verify",
+                Some(_) => "bytes that do not verify",
+            });
+        }
+        came_over_http
     }
 }
 
@@ -530,18 +578,24 @@ mod tests {
         fn name(&self) -> String {
             "mem".into()
         }
-        fn outboard(&self, _: Hash) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
+        fn outboard(&self, blob: Hash) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let (_, ob) = crate::fetch::Outboard::compute(&mut &self.data[..]).unwrap();
+            let (hash, ob) = crate::fetch::Outboard::compute(&mut &self.data[..]).unwrap();
+            if hash != blob {
+                return Box::pin(async { Err(SourceError::NotFound) });
+            }
             Box::pin(async move { Ok(ob.encode()) })
         }
         fn fetch_range(
             &self,
-            _: Hash,
+            blob: Hash,
             offset: u64,
             len: u64,
         ) -> BoxFuture<'_, Result<Vec<u8>, SourceError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if Hash::new(&self.data) != blob {
+                return Box::pin(async { Err(SourceError::NotFound) });
+            }
             let end = (offset + len).min(self.data.len() as u64) as usize;
             let mut v = self.data[offset as usize..end].to_vec();
             if self.flip && !v.is_empty() {
@@ -614,43 +668,88 @@ mod tests {
         assert!(http_down(&base), "the listener is remembered as down");
     }
 
-    /// Bytes from the listener that do not verify are the peer's: the fetch report names the
-    /// peer (which `fetch` then charges a fault), and the blob comes from an honest source.
+    /// Bytes from the listener that do not verify are not the peer's fault (anyone on the
+    /// path can change them): the peer is not reported, the listener is given up, and the
+    /// segments come over the peer's libp2p connection. Bytes that do not verify over libp2p
+    /// are the peer's.
     #[test]
-    fn bad_bytes_from_a_blob_listener_are_charged_to_its_peer() {
+    fn bad_bytes_from_a_blob_listener_are_asked_again_over_libp2p() {
         let data = blob(9 << 20);
         let hash = Hash::new(&data);
-        let liar_http = Mem::new(&data, true);
-        let liar_p2p = Mem::new(&data, false);
+        let t = tempfile::tempdir().unwrap();
+        let fetch = |sources: Vec<Arc<dyn BlobSource>>, dir: &str| {
+            let st = store(&t.path().join(dir));
+            let f = Fetcher::new(
+                st.clone(),
+                t.path().join(dir).join("partial"),
+                sources,
+                FetchConfig::default(),
+            );
+            let r = rt().block_on(f.fetch(hash, None, None));
+            (r, st)
+        };
+        // The listener lies, the peer's libp2p side is honest; the only source.
+        let (http, p2p) = (Mem::new(&data, true), Mem::new(&data, false));
         let counters = HttpCounters::default();
-        let liar = Arc::new(PreferHttp::new(
-            "liar-peer".into(),
-            liar_http.clone(),
+        let peer = Arc::new(PreferHttp::new(
+            "peer".into(),
+            http.clone(),
             "http://127.0.0.2:9".into(),
-            liar_p2p.clone(),
+            p2p.clone(),
             counters.clone(),
         ));
+        let (report, st) = fetch(vec![peer.clone() as Arc<dyn BlobSource>], "a");
+        let report = report.unwrap();
+        assert!(st.has(&hash).unwrap());
+        assert!(report.bad_sources.is_empty(), "{report:?}");
+        assert!(!peer.use_http(), "the listener is given up");
+        assert_eq!(counters.fallbacks.get(), 1);
+        // Three segments: every one that came over HTTP was asked again over libp2p.
+        assert!(p2p.calls.load(Ordering::SeqCst) >= 3);
+        // Lying over libp2p is the peer's fault.
+        let liar = Arc::new(PreferHttp::new(
+            "liar".into(),
+            Mem::new(&data, true),
+            "http://127.0.0.3:9".into(),
+            Mem::new(&data, true),
+            HttpCounters::default(),
+        ));
         let honest = Mem::new(&data, false);
+        let (report, st) = fetch(vec![liar as Arc<dyn BlobSource>, honest], "b");
+        assert!(st.has(&hash).unwrap());
+        assert_eq!(
+            report.unwrap().bad_sources.iter().collect::<Vec<_>>(),
+            vec!["liar"]
+        );
+    }
+
+    /// A listener that does not have the blob (or is not the peer's at all) is not believed:
+    /// the peer is asked over libp2p, and the listener stays in use for other blobs.
+    #[test]
+    fn a_listener_without_the_blob_is_checked_over_libp2p() {
+        let data = blob(9 << 20);
+        let hash = Hash::new(&data);
+        let other = Mem::new(&blob(100), false);
+        let p2p = Mem::new(&data, false);
+        let peer = Arc::new(PreferHttp::new(
+            "peer".into(),
+            other,
+            "http://127.0.0.4:9".into(),
+            p2p.clone(),
+            HttpCounters::default(),
+        ));
         let t = tempfile::tempdir().unwrap();
         let st = store(t.path());
         let f = Fetcher::new(
             st.clone(),
             t.path().join("partial"),
-            vec![liar as Arc<dyn BlobSource>, honest.clone()],
+            vec![peer.clone() as Arc<dyn BlobSource>],
             FetchConfig::default(),
         );
-        let report = rt().block_on(f.fetch(hash, None, None)).unwrap();
+        rt().block_on(f.fetch(hash, None, None)).unwrap();
         assert!(st.has(&hash).unwrap());
-        assert_eq!(
-            report.bad_sources.iter().collect::<Vec<_>>(),
-            vec!["liar-peer"],
-            "{report:?}"
-        );
-        // Corrupt bytes did not count as a fallback: the peer's libp2p side was never asked.
-        assert_eq!(liar_p2p.calls.load(Ordering::SeqCst), 0);
-        assert!(liar_http.calls.load(Ordering::SeqCst) >= 1);
-        assert!(counters.bytes.get() > 0);
-        assert_eq!(counters.fallbacks.get(), 0);
+        assert!(peer.use_http());
+        assert!(p2p.calls.load(Ordering::SeqCst) >= 4);
     }
 
     /// One HTTP source (one connection pool) per listener, shared by the fetches.
