@@ -1315,7 +1315,7 @@ pub fn outboard_of_file(path: &Path) -> io::Result<(Hash, Outboard)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -1492,7 +1492,8 @@ mod tests {
         )
     }
 
-    fn rt() -> tokio::runtime::Runtime {
+    /// A two-worker runtime for tests (also used by other modules' tests).
+    pub(crate) fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

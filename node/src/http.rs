@@ -606,6 +606,7 @@ async fn repo_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::tests::rt;
     use std::io::{Read, Write};
     use std::time::Duration;
 
@@ -632,14 +633,6 @@ mod tests {
         let mut buf = [0u8; 512];
         let n = c.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).to_string()
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
     }
 
     /// A [`Limited`] listener holds at most its number of connections: one more is closed at

@@ -555,6 +555,7 @@ pub async fn run(core: Arc<Core>, net: NetHandle, wants: Wants, mut stop: watch:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::tests::rt;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A blob in memory; `flip` corrupts every range it serves.
@@ -617,14 +618,6 @@ mod tests {
     fn store(dir: &std::path::Path) -> Arc<crate::store::FsStore> {
         let db = crate::store::open_db(&dir.join("db"), &Default::default()).unwrap();
         Arc::new(crate::store::FsStore::open(dir, &db).unwrap().0)
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
     }
 
     /// A listener that cannot be reached (nothing listens on the port): the peer is asked
