@@ -202,7 +202,7 @@ pub async fn run(
     let busy: Arc<std::sync::atomic::AtomicU32> = Arc::default();
     let net = if cfg.mesh_enabled {
         // The peers' blob listener: on the libp2p TCP listen IP unless configured.
-        let default_listen = ["/ip4/0.0.0.0/tcp/0".to_string()];
+        let default_listen = [crate::net::DEFAULT_TCP_LISTEN.to_string()];
         let listen_s: &[String] = if cfg.listen.is_empty() {
             &default_listen
         } else {

@@ -76,11 +76,7 @@ fn upload(http: &str) -> (Vec<u8>, String) {
         .finalize_xof();
     xof.fill(&mut blob);
     let (code, v) = {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
+        let mut r = lenient_agent()
             .put(&format!("{http}/api/v1/blobs"))
             .send(&blob[..])
             .unwrap();
@@ -198,11 +194,7 @@ fn a_node_fetches_from_its_peers_blob_listener() {
     let (code, _) = http_get(&format!("{listener}/api/v1/blobs/{hash}"));
     assert_eq!(code, 400);
     let ranged = |range: &str| {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
+        let mut r = lenient_agent()
             .get(&format!("{listener}/api/v1/blobs/{hash}"))
             .header("range", range)
             .call()

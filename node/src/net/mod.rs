@@ -132,6 +132,9 @@ impl std::fmt::Debug for NetConfig {
     }
 }
 
+/// The TCP listen address of a node configured with none (with QUIC on the same IP).
+pub const DEFAULT_TCP_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
+
 /// Most announced blob HTTP ports remembered; past it only connected peers' are kept.
 const MAX_BLOB_PORTS: usize = 4096;
 
@@ -484,7 +487,7 @@ pub async fn start(
     swarm.behaviour_mut().gossipsub.subscribe(&announce)?;
     let listen = if cfg.listen.is_empty() {
         vec![
-            "/ip4/0.0.0.0/tcp/0".parse()?,
+            DEFAULT_TCP_LISTEN.parse()?,
             "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
         ]
     } else {

@@ -192,22 +192,22 @@ impl Drop for Proc {
     }
 }
 
-pub fn http_get(url: &str) -> (u16, Vec<u8>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// An HTTP client that returns error statuses as answers instead of errors.
+pub fn lenient_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
-        .into();
-    let mut r = agent.get(url).call().expect("GET");
+        .into()
+}
+
+pub fn http_get(url: &str) -> (u16, Vec<u8>) {
+    let mut r = lenient_agent().get(url).call().expect("GET");
     let code = r.status().as_u16();
     (code, r.body_mut().read_to_vec().unwrap_or_default())
 }
 
 pub fn http_post(url: &str, body: &[u8]) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = match agent.post(url).send(body) {
+    let mut r = match lenient_agent().post(url).send(body) {
         Ok(r) => r,
         // The server may answer 413 and close before the body is sent.
         Err(ureq::Error::Io(_)) => return (0, Value::Null),
